@@ -2,3 +2,23 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+TINY = {"n_vocab": 97, "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}
+
+
+@pytest.fixture
+def tiny_hparams():
+    """Tiny GPT-2 hyper-parameters as the hparams.json dict: 2 layers, width 16, context 32."""
+    return dict(TINY)
+
+
+@pytest.fixture
+def openai_folder(tmp_path, tiny_hparams):
+    """A tiny model folder in OpenAI's layout, written by TF1's Saver; yields (folder, weights)."""
+    from openai_layout import make_openai_folder
+
+    folder = str(tmp_path / "models" / "tiny")
+    weights = make_openai_folder(folder, tiny_hparams, seed=0)
+    return folder, weights

@@ -1,0 +1,273 @@
+"""Checkpoints in OpenAI's name-based TensorFlow format: the one table of variable names.
+
+This module owns the files that hold weights: the table of OpenAI variable names and shapes
+(`model/wte`, `model/h0/attn/c_attn/w`, ...), reading an original OpenAI checkpoint or a run's
+`model-<N>` with a shape check per tensor, writing `model-<N>.index` +
+`model-<N>.data-00000-of-00001` (the TF1 `Saver` bundle format, so `tf.train.load_checkpoint`,
+TF1 `Saver` code and gpt-2-simple open them) and the `checkpoint` state file, and
+`load_model(folder)`. It does not know about optimizers, datasets or sampling.
+
+Files are written under temporary names and renamed, and the state file changes only after the
+new checkpoint is complete, so a crash never leaves a half-written checkpoint in use.
+"""
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from .hparams import load_hparams
+from .model import GPT2
+
+STATE_FILE = "checkpoint"
+DATA_SUFFIX = ".data-00000-of-00001"
+INDEX_SUFFIX = ".index"
+
+
+def openai_variables(hparams):
+    """The OpenAI checkpoint table: `[(name, shape)]` in checkpoint order (148 entries for 124M).
+
+    Shapes are as stored in the checkpoint: `conv1d` weights are `[1, nx, nf]`.
+    """
+    e = hparams.n_embd
+    table = [("model/wte", (hparams.n_vocab, e)), ("model/wpe", (hparams.n_ctx, e))]
+    for i in range(hparams.n_layer):
+        h = f"model/h{i}"
+        table += [
+            (f"{h}/ln_1/g", (e,)),
+            (f"{h}/ln_1/b", (e,)),
+            (f"{h}/attn/c_attn/w", (1, e, 3 * e)),
+            (f"{h}/attn/c_attn/b", (3 * e,)),
+            (f"{h}/attn/c_proj/w", (1, e, e)),
+            (f"{h}/attn/c_proj/b", (e,)),
+            (f"{h}/ln_2/g", (e,)),
+            (f"{h}/ln_2/b", (e,)),
+            (f"{h}/mlp/c_fc/w", (1, e, 4 * e)),
+            (f"{h}/mlp/c_fc/b", (4 * e,)),
+            (f"{h}/mlp/c_proj/w", (1, 4 * e, e)),
+            (f"{h}/mlp/c_proj/b", (e,)),
+        ]
+    return table + [("model/ln_f/g", (e,)), ("model/ln_f/b", (e,))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a checkpoint in a folder
+
+
+def read_state(folder):
+    """Checkpoint prefixes named by `folder/checkpoint`, oldest first (latest last); [] if none."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    latest = re.findall(r'^model_checkpoint_path:\s*"(.*)"\s*$', text, re.M)
+    names = re.findall(r'^all_model_checkpoint_paths:\s*"(.*)"\s*$', text, re.M)
+    names = [n for n in names if not latest or n != latest[0]] + latest[:1]
+    # TF1 Saver writes absolute paths for absolute folders; a moved folder keeps its basenames.
+    return [n if os.path.isabs(n) and _bundle_exists(n) else os.path.join(folder, os.path.basename(n))
+            for n in names]
+
+
+def _bundle_exists(prefix):
+    return os.path.isfile(prefix + INDEX_SUFFIX)
+
+
+def find_checkpoint(folder, checkpoint="latest"):
+    """The prefix of a checkpoint in `folder`: the latest one, or the one named (e.g. 'model-1000').
+
+    Raises:
+        FileNotFoundError: the folder, its state file or the named checkpoint does not exist.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"model folder {folder!r} does not exist; download a model with "
+            "download_gpt2(model_name='124M') or fine-tune to create a run folder"
+        )
+    if checkpoint not in (None, "latest"):
+        prefix = os.path.join(folder, os.path.basename(str(checkpoint)))
+        if not _bundle_exists(prefix):
+            found = [os.path.basename(p) for p in read_state(folder)]
+            raise FileNotFoundError(
+                f"checkpoint={checkpoint!r} not found in {folder} ({prefix}{INDEX_SUFFIX} is missing); "
+                f"checkpoints there: {found or 'none'}"
+            )
+        return prefix
+    for prefix in reversed(read_state(folder)):
+        if _bundle_exists(prefix):
+            return prefix
+    raise FileNotFoundError(
+        f"{folder} holds no checkpoint (no '{STATE_FILE}' file naming an existing .index); "
+        "download the model again or fine-tune to create one"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def checked_reader(prefix, hparams):
+    """Open the bundle at `prefix` and check every tensor of the table against `hparams`.
+
+    Returns:
+        A `tf.train.CheckpointReader`.
+
+    Raises:
+        ValueError: a tensor is missing or has the wrong shape (the message names it), or the
+            bundle cannot be read.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"cannot read checkpoint {prefix}: {_first_line(e)}") from None
+    shapes = reader.get_variable_to_shape_map()
+    for name, shape in openai_variables(hparams):
+        if name not in shapes:
+            raise ValueError(
+                f"checkpoint {prefix} has no tensor {name}; it is not a GPT-2 checkpoint "
+                f"with n_layer={hparams.n_layer}"
+            )
+        if tuple(shapes[name]) != shape:
+            raise ValueError(
+                f"checkpoint {prefix}: tensor {name} has shape {list(shapes[name])} but hparams.json "
+                f"implies {list(shape)}; hparams.json does not belong to this checkpoint"
+            )
+    return reader
+
+
+def read_tensor(reader, prefix, name):
+    """One tensor as numpy, turning a truncated or corrupt data file into a ValueError."""
+    try:
+        return reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError) as e:
+        raise ValueError(
+            f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
+            f"{_first_line(e)}); download the model again or restore an earlier checkpoint"
+        ) from None
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_model(folder, checkpoint="latest"):
+    """Load GPT-2 from a model folder (`models/124M`) or a run folder (`checkpoint/run1`).
+
+    Args:
+        folder: a folder with `hparams.json`, a `checkpoint` state file and the bundle it names.
+        checkpoint: 'latest', or the name of one checkpoint in the folder (e.g. 'model-1000').
+
+    Returns:
+        A `GPT2` whose `.hparams` are the folder's; `model(tokens)` gives logits.
+
+    Raises:
+        FileNotFoundError: missing folder, hparams.json or checkpoint files.
+        ValueError: malformed hparams.json, or a checkpoint that disagrees with it or is corrupt.
+    """
+    prefix = find_checkpoint(folder, checkpoint)
+    hparams = load_hparams(folder)
+    reader = checked_reader(prefix, hparams)
+
+    def init(name, shape):
+        return read_tensor(reader, prefix, name).reshape(shape)
+
+    model = GPT2(hparams, init=init)
+    model.checkpoint_path = prefix
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_bundle(prefix, tensors):
+    """Write `{name: array}` as a TF bundle at `prefix`, atomically.
+
+    The bundle is written under a temporary prefix, then its data file and index are renamed
+    (index last: a bundle is only seen as present once its index exists).
+    """
+    folder, base = os.path.split(prefix)
+    tmp = os.path.join(folder, f".tmp-{base}-{os.getpid()}")
+    names = list(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=tmp,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tensors[n] for n in names],
+    )
+    for suffix in (DATA_SUFFIX, INDEX_SUFFIX):
+        _fsync(tmp + suffix)
+        os.replace(tmp + suffix, prefix + suffix)
+    _fsync_dir(folder)
+    return prefix
+
+
+def model_tensors(model):
+    """The model's weights by OpenAI name, reshaped to the checkpoint's shapes."""
+    return {name: tf.reshape(model.weights[name], shape) for name, shape in openai_variables(model.hparams)}
+
+
+def write_state(folder, prefixes):
+    """Rewrite `folder/checkpoint` to list `prefixes` (latest last), with relative names."""
+    names = [os.path.basename(p) for p in prefixes]
+    lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+    path = os.path.join(folder, STATE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model, folder, step, *, max_checkpoints=1, extra=None):
+    """Save `model` as `folder/model-<step>` and make it the latest checkpoint.
+
+    Args:
+        model: a `GPT2`.
+        folder: the run folder (created if missing).
+        step: the step number in the file name.
+        max_checkpoints: how many checkpoints to keep; older ones are deleted only after the
+            new one is complete and recorded. None or <= 0 keeps all.
+        extra: optional `{name: tensor}` saved in the same bundle (e.g. optimizer state);
+            names must not collide with the model's.
+
+    Returns:
+        The new checkpoint's prefix.
+    """
+    os.makedirs(folder, exist_ok=True)
+    prefix = os.path.join(folder, f"model-{int(step)}")
+    tensors = model_tensors(model)
+    for name, value in (extra or {}).items():
+        assert name not in tensors, f"extra tensor {name} collides with a model weight"
+        tensors[name] = value
+    write_bundle(prefix, tensors)
+    kept = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix] + [prefix]
+    dropped = []
+    if max_checkpoints and max_checkpoints > 0:
+        dropped, kept = kept[:-max_checkpoints], kept[-max_checkpoints:]
+    write_state(folder, kept)
+    for old in dropped:
+        for suffix in (INDEX_SUFFIX, DATA_SUFFIX, ".meta"):
+            if os.path.exists(old + suffix):
+                os.remove(old + suffix)
+    return prefix
+
+
+def _fsync(path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder):
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def numpy_weights(model):
+    """The model's weights as `{name: np.ndarray}` in checkpoint shapes (for tests and export)."""
+    return {name: np.asarray(t) for name, t in model_tensors(model).items()}

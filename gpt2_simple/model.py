@@ -1,0 +1,227 @@
+"""GPT-2 as a `tf.Module`: the math from token ids to next-token logits.
+
+This module owns the forward pass: token and position embeddings, pre-LayerNorm transformer
+blocks (masked multi-head self-attention with a key/value cache, tanh-GELU MLP), the final
+LayerNorm and the output projection tied to the token embedding. Each variable is registered
+under its OpenAI checkpoint name (`model/h0/attn/c_attn/w`, ...) in `GPT2.weights`; reading and
+writing those names is `checkpoint.py`'s job, sampling is `sample.py`'s.
+
+Weights of the `conv1d` layers are stored here as `[nx, nf]`; OpenAI's checkpoints hold them as
+`[1, nx, nf]`, and `checkpoint.py` reshapes on the way in and out.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+LAYER_NORM_EPSILON = 1e-5
+_MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
+
+
+def normal_init(seed=None):
+    """An initialiser with OpenAI's scheme: N(0, 0.02) weights, N(0, 0.01) for wpe, g=1, b=0."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, shape):
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == "g":
+            return np.ones(shape, np.float32)
+        if leaf == "b":
+            return np.zeros(shape, np.float32)
+        stddev = 0.01 if leaf == "wpe" else 0.02
+        return rng.normal(0.0, stddev, size=shape).astype(np.float32)
+
+    return init
+
+
+class _Layer(tf.Module):
+    """A module whose variables are created by `init(name, shape)` and registered by full name."""
+
+    def __init__(self, scope, registry, init):
+        super().__init__(name=scope.rsplit("/", 1)[-1])
+        self._scope = scope
+        self._registry = registry
+        self._init = init
+
+    def _weight(self, leaf, shape):
+        name = f"{self._scope}/{leaf}"
+        value = self._init(name, tuple(shape))
+        variable = tf.Variable(value, dtype=tf.float32, name=leaf)
+        self._registry[name] = variable
+        return variable
+
+
+class LayerNorm(_Layer):
+    def __init__(self, scope, registry, init, n_embd):
+        super().__init__(scope, registry, init)
+        self.g = self._weight("g", [n_embd])
+        self.b = self._weight("b", [n_embd])
+
+    def __call__(self, x):
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * self.g + self.b
+
+
+class Conv1D(_Layer):
+    """OpenAI's `conv1d`: a dense layer applied to every position, `x @ w + b`."""
+
+    def __init__(self, scope, registry, init, nx, nf):
+        super().__init__(scope, registry, init)
+        self.w = self._weight("w", [nx, nf])
+        self.b = self._weight("b", [nf])
+
+    def __call__(self, x):
+        nf = self.w.shape[-1]
+        leading = tf.shape(x)[:-1]
+        y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), self.w) + self.b  # [batch*seq, nf]
+        return tf.reshape(y, tf.concat([leading, [nf]], axis=0))
+
+
+def gelu(x):
+    """OpenAI's tanh approximation of GELU (what the checkpoints were trained with)."""
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+
+class Attention(_Layer):
+    def __init__(self, scope, registry, init, hparams):
+        super().__init__(scope, registry, init)
+        self.n_head = hparams.n_head
+        self.c_attn = Conv1D(f"{scope}/c_attn", registry, init, hparams.n_embd, 3 * hparams.n_embd)
+        self.c_proj = Conv1D(f"{scope}/c_proj", registry, init, hparams.n_embd, hparams.n_embd)
+
+    def _split_heads(self, x):
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        x = tf.reshape(x, [batch, seq, self.n_head, x.shape[-1] // self.n_head])
+        return tf.transpose(x, [0, 2, 1, 3])  # [batch, n_head, seq, head_dim]
+
+    def _merge_heads(self, x):
+        batch, seq = tf.shape(x)[0], tf.shape(x)[2]
+        x = tf.transpose(x, [0, 2, 1, 3])  # [batch, seq, n_head, head_dim]
+        return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
+
+    def __call__(self, x, past=None):
+        q, k, v = tf.split(self.c_attn(x), 3, axis=-1)  # 3 x [batch, seq, n_embd]
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        present = tf.stack([k, v], axis=1)  # [batch, 2, n_head, seq, head_dim]
+        if past is not None:
+            past_k, past_v = tf.unstack(past, axis=1)
+            k = tf.concat([past_k, k], axis=-2)  # [batch, n_head, past+seq, head_dim]
+            v = tf.concat([past_v, v], axis=-2)
+        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
+        # Query i (at absolute position past+i) sees keys 0..past+i: the mask is aligned to
+        # the lower right so that cached keys stay visible.
+        n_q, n_k = tf.shape(scores)[-2], tf.shape(scores)[-1]
+        visible = tf.range(n_q)[:, None] + (n_k - n_q) >= tf.range(n_k)[None, :]  # [seq, past+seq]
+        scores = tf.where(visible, scores, _MASKED)
+        a = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [batch, n_head, seq, head_dim]
+        return self.c_proj(self._merge_heads(a)), present
+
+
+class MLP(_Layer):
+    def __init__(self, scope, registry, init, n_embd):
+        super().__init__(scope, registry, init)
+        self.c_fc = Conv1D(f"{scope}/c_fc", registry, init, n_embd, 4 * n_embd)
+        self.c_proj = Conv1D(f"{scope}/c_proj", registry, init, 4 * n_embd, n_embd)
+
+    def __call__(self, x):
+        return self.c_proj(gelu(self.c_fc(x)))
+
+
+class Block(_Layer):
+    def __init__(self, scope, registry, init, hparams):
+        super().__init__(scope, registry, init)
+        self.ln_1 = LayerNorm(f"{scope}/ln_1", registry, init, hparams.n_embd)
+        self.attn = Attention(f"{scope}/attn", registry, init, hparams)
+        self.ln_2 = LayerNorm(f"{scope}/ln_2", registry, init, hparams.n_embd)
+        self.mlp = MLP(f"{scope}/mlp", registry, init, hparams.n_embd)
+
+    def __call__(self, x, past=None):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT2(tf.Module):
+    """GPT-2 language model.
+
+    Args:
+        hparams: an `HParams`.
+        init: `init(name, shape) -> np.ndarray` giving the initial value of each variable by its
+            OpenAI name; defaults to OpenAI's random initialisation (`normal_init(seed)`).
+        seed: seed of the default random initialisation.
+
+    Attributes:
+        hparams: the `HParams` it was built with.
+        weights: dict from OpenAI checkpoint name to `tf.Variable`, in checkpoint order.
+    """
+
+    def __init__(self, hparams, *, init=None, seed=None):
+        super().__init__(name="model")
+        self.hparams = hparams
+        init = init or normal_init(seed)
+        self.weights = {}
+        root = _Layer("model", self.weights, init)
+        self.wte = root._weight("wte", [hparams.n_vocab, hparams.n_embd])
+        self.wpe = root._weight("wpe", [hparams.n_ctx, hparams.n_embd])
+        self.h = [Block(f"model/h{i}", self.weights, init, hparams) for i in range(hparams.n_layer)]
+        self.ln_f = LayerNorm("model/ln_f", self.weights, init, hparams.n_embd)
+
+    def forward(self, tokens, past=None):
+        """Run the model on `tokens`, continuing after the cached `past`.
+
+        Args:
+            tokens: int `[batch, seq]`.
+            past: float32 `[batch, n_layer, 2, n_head, past_len, head_dim]`, the `present` of
+                the earlier tokens, or None when `tokens` start at position 0.
+
+        Returns:
+            (logits, present): float32 `[batch, seq, n_vocab]` and the keys and values of
+            `tokens`, `[batch, n_layer, 2, n_head, seq, head_dim]`, to concatenate onto `past`
+            (axis -2) for the next call.
+        """
+        tokens = tf.convert_to_tensor(tokens)
+        tokens = tf.cast(tokens, tf.int32) if tokens.dtype != tf.int32 else tokens
+        past_len = 0 if past is None else tf.shape(past)[-2]
+        positions = past_len + tf.range(tf.shape(tokens)[1])
+        x = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)  # [batch, seq, n_embd]
+        pasts = [None] * len(self.h) if past is None else tf.unstack(past, len(self.h), axis=1)
+        presents = []
+        for block, layer_past in zip(self.h, pasts):
+            x, present = block(x, layer_past)
+            presents.append(present)
+        x = self.ln_f(x)
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), self.wte, transpose_b=True)
+        logits = tf.reshape(logits, [batch, seq, self.hparams.n_vocab])
+        return logits, tf.stack(presents, axis=1)
+
+    def __call__(self, tokens):
+        """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.
+
+        Raises:
+            ValueError: (eagerly) tokens that are not `[batch, seq]`, longer than `n_ctx`, or
+                ids outside the vocabulary.
+        """
+        if tf.executing_eagerly():
+            check_tokens(tokens, self.hparams)
+        return self.forward(tokens)[0]
+
+
+def check_tokens(tokens, hparams, name="tokens"):
+    """Raise a one-line ValueError unless `tokens` is int `[batch, seq]` within the model's range."""
+    array = np.asarray(tokens)
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be int [batch, seq] with seq >= 1, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {array.dtype}")
+    if array.shape[1] > hparams.n_ctx:
+        raise ValueError(
+            f"{name} has {array.shape[1]} positions but the model's context is n_ctx={hparams.n_ctx}; "
+            "pass at most n_ctx tokens per sequence"
+        )
+    if array.size and (array.min() < 0 or array.max() >= hparams.n_vocab):
+        raise ValueError(
+            f"{name} holds ids in [{array.min()}, {array.max()}] but the vocabulary has "
+            f"n_vocab={hparams.n_vocab} ids; encode text with the model's own encoder"
+        )
