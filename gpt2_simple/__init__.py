@@ -1,9 +1,41 @@
 """gpt2_simple: fine-tune OpenAI's GPT-2 on your own text and generate from it, in native TensorFlow 2.
 
+    import gpt2_simple as gpt2
+    gpt2.download_gpt2(model_name="124M")
+    sess = gpt2.start_tf_sess()
+    gpt2.finetune(sess, "mytext.txt", steps=1000)
+    gpt2.generate(sess)
+
 Importing the package configures nothing: no eager-mode switch, no device or thread settings.
 """
 from .checkpoint import load_model
+from .download import DownloadError, download_gpt2, is_gpt2_downloaded
 from .hparams import HParams, load_hparams
 from .model import GPT2
+from .session import Session, reset_session, start_tf_sess
 
-__all__ = ["GPT2", "HParams", "load_hparams", "load_model"]
+__all__ = [
+    "DownloadError",
+    "GPT2",
+    "HParams",
+    "Session",
+    "copy_checkpoint_from_gdrive",
+    "copy_checkpoint_to_gdrive",
+    "copy_file_from_gdrive",
+    "copy_file_to_gdrive",
+    "download_gpt2",
+    "encode_csv",
+    "encode_dataset",
+    "finetune",
+    "generate",
+    "generate_to_file",
+    "get_tarfile_name",
+    "is_gpt2_downloaded",
+    "is_mounted",
+    "load_gpt2",
+    "load_hparams",
+    "load_model",
+    "mount_gdrive",
+    "reset_session",
+    "start_tf_sess",
+]

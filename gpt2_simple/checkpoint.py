@@ -220,7 +220,7 @@ def write_state(folder, prefixes):
     os.replace(tmp, path)
 
 
-def save_checkpoint(model, folder, step, *, max_checkpoints=1, extra=None):
+def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None):
     """Save `model` as `folder/model-<step>` and make it the latest checkpoint.
 
     Args:
@@ -229,29 +229,40 @@ def save_checkpoint(model, folder, step, *, max_checkpoints=1, extra=None):
         step: the step number in the file name.
         max_checkpoints: how many checkpoints to keep; older ones are deleted only after the
             new one is complete and recorded. None or <= 0 keeps all.
-        extra: optional `{name: tensor}` saved in the same bundle (e.g. optimizer state);
-            names must not collide with the model's.
+        companions: optional `{name: {tensor_name: tensor}}`: further bundles of the same step,
+            written as `folder/<name>-<step>` before the model bundle and pruned with it (the
+            optimizer state, for instance), so the model file stays the size of the model.
 
     Returns:
         The new checkpoint's prefix.
     """
     os.makedirs(folder, exist_ok=True)
-    prefix = os.path.join(folder, f"model-{int(step)}")
-    tensors = model_tensors(model)
-    for name, value in (extra or {}).items():
-        assert name not in tensors, f"extra tensor {name} collides with a model weight"
-        tensors[name] = value
-    write_bundle(prefix, tensors)
+    step = int(step)
+    for name, tensors in (companions or {}).items():
+        write_bundle(os.path.join(folder, f"{name}-{step}"), tensors)
+    prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model))
     kept = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix] + [prefix]
     dropped = []
     if max_checkpoints and max_checkpoints > 0:
         dropped, kept = kept[:-max_checkpoints], kept[-max_checkpoints:]
     write_state(folder, kept)
     for old in dropped:
-        for suffix in (INDEX_SUFFIX, DATA_SUFFIX, ".meta"):
-            if os.path.exists(old + suffix):
-                os.remove(old + suffix)
+        remove_bundle(old, companions=list(companions or ()))
     return prefix
+
+
+def remove_bundle(prefix, companions=()):
+    """Delete checkpoint `prefix` (and `<companion>-<step>` bundles of the same step)."""
+    for p in [prefix] + [companion_path(prefix, c) for c in companions]:
+        for suffix in (INDEX_SUFFIX, DATA_SUFFIX, ".meta"):
+            if os.path.exists(p + suffix):
+                os.remove(p + suffix)
+
+
+def companion_path(prefix, name):
+    """The prefix of the `name` companion bundle of checkpoint `prefix` (`model-7` -> `optimizer-7`)."""
+    folder, base = os.path.split(prefix)
+    return os.path.join(folder, re.sub(r"^model", name, base))
 
 
 def _fsync(path):

@@ -1,0 +1,168 @@
+"""Loading a model into a session and generating text: gpt-2-simple's `load_gpt2` and `generate`.
+
+This module owns the text side of generation: choosing the folder (a run or a pretrained
+model), encoding the prefix, calling the compiled sampler in batches, decoding, truncating,
+stripping the prefix, and printing, returning or writing the texts with gpt-2-simple's
+formatting. The sampling loop itself is `sample.py`'s.
+
+Differences from gpt-2-simple 0.8.1, each one of its reported failures:
+- the sampler is compiled once per loaded model, so repeated calls neither slow down nor leak;
+- `length` may exceed the model's context (a sliding window continues the text);
+- with `truncate`, sampling stops as soon as every text in the batch contains it;
+- `include_prefix=False` removes the prefix with or without `truncate`;
+- `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works.
+"""
+import os
+import re
+
+import numpy as np
+
+from encoder import get_encoder
+
+from .checkpoint import load_model
+from .names import model_folder, run_folder
+
+DEFAULT_DELIM = "=" * 20 + "\n"
+
+
+def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkpoint", model_name=None,
+              model_dir="models", multi_gpu=False, reuse=False):
+    """Load a fine-tuned run (or, with `model_name`, a pretrained model) into `sess`.
+
+    Args:
+        sess: a `Session` from `start_tf_sess()`.
+        checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'.
+        run_name, checkpoint_dir: the run folder `checkpoint_dir/run_name`.
+        model_name, model_dir: if `model_name` is set, load `model_dir/model_name` instead.
+        multi_gpu, reuse: accepted for compatibility; they have no effect in TF2.
+
+    Returns:
+        `sess` (gpt-2-simple returned None).
+    """
+    folder = model_folder(model_dir, model_name) if model_name else run_folder(checkpoint_dir, run_name)
+    model = load_model(folder, checkpoint)
+    label = "Loading pretrained model" if model_name else "Loading checkpoint"
+    print(label, model.checkpoint_path)
+    sess.set_model(model, get_encoder(folder), folder)
+    return sess
+
+
+def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models",
+             sample_dir="samples", return_as_list=False, truncate=None, destination_path=None,
+             sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
+             temperature=0.7, top_k=0, top_p=0.0, include_prefix=True):
+    """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
+
+    Args:
+        sess: a `Session` holding a model (`load_gpt2` or `finetune` put it there).
+        run_name, checkpoint_dir, model_name, model_dir: accepted for compatibility; the
+            session's own model and encoder are used.
+        sample_dir: unused, as in gpt-2-simple.
+        return_as_list: return the texts instead of printing them.
+        truncate: cut each text at the first occurrence of this string; sampling stops early
+            once every text of a batch contains it.
+        destination_path: write the texts to this UTF-8 file instead of printing them.
+        sample_delim: written after each text (empty when nsamples == 1, as upstream).
+        prefix: the prompt; None or '' starts from `<|endoftext|>`.
+        seed: int for reproducible texts.
+        nsamples: number of texts; a multiple of `batch_size`.
+        batch_size: texts generated in parallel.
+        length: tokens per text; as in gpt-2-simple it INCLUDES the prefix's tokens. May exceed
+            the model's context.
+        temperature: > 0; lower is more conservative.
+        top_k: sample from the k most likely tokens (0: all).
+        top_p: nucleus sampling threshold in (0, 1]; when > 0 it replaces top_k.
+        include_prefix: False removes the prefix from each text.
+
+    Returns:
+        The list of texts if `return_as_list`, else None.
+
+    Raises:
+        ValueError: invalid options (the message names the argument and the fix).
+    """
+    enc = sess.encoder
+    sampler = sess.sampler  # raises if no model is loaded
+    n_ctx = sess.model.hparams.n_ctx
+    prefix = prefix or None
+    context = enc.encode(prefix) if prefix else [enc.eot_token]
+    new_tokens = length - len(context) if prefix else length
+    _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx, new_tokens, prefix)
+    if nsamples == 1:
+        sample_delim = ""
+    stop = _stop_when_all_contain(enc, truncate) if truncate else None
+
+    texts = []
+    out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
+    try:
+        for b in range(nsamples // batch_size):
+            batch_seed = None if seed is None else int(seed) * 1_000_003 + b
+            tokens = sampler.sample(
+                np.tile(np.asarray(context, np.int32), (batch_size, 1)), new_tokens,
+                temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
+                chunk=64 if stop else None, stop=stop,
+            )
+            for row in tokens:
+                text = _finish(enc, context, row, prefix, truncate, include_prefix)
+                if out_file:
+                    out_file.write(f"{text}\n{sample_delim}")
+                elif not return_as_list:
+                    print(f"{text}\n{sample_delim}", end="")
+                texts.append(text)
+    finally:
+        if out_file:
+            out_file.close()
+    return texts if return_as_list else None
+
+
+def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models",
+                     truncate=None, destination_path="gpt_2_gen_texts.txt", sample_delim=DEFAULT_DELIM,
+                     prefix=None, seed=None, nsamples=1, batch_size=1, length=1023, temperature=0.7, top_k=0,
+                     top_p=0.0, include_prefix=True):
+    """`generate(...)` writing to `destination_path` (gpt-2-simple's signature and defaults)."""
+    return generate(
+        sess, run_name=run_name, checkpoint_dir=checkpoint_dir, model_name=model_name, model_dir=model_dir,
+        return_as_list=False, truncate=truncate, destination_path=destination_path, sample_delim=sample_delim,
+        prefix=prefix, seed=seed, nsamples=nsamples, batch_size=batch_size, length=length,
+        temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix,
+    )
+
+
+def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx, new_tokens, prefix):
+    checks = [
+        (isinstance(batch_size, int) and batch_size > 0, f"batch_size={batch_size!r} must be a positive integer"),
+        (isinstance(nsamples, int) and nsamples > 0, f"nsamples={nsamples!r} must be a positive integer"),
+        (not (isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0
+              and nsamples % batch_size), f"nsamples={nsamples} is not divisible by batch_size={batch_size}; "
+         "make nsamples a multiple of batch_size"),
+        (isinstance(length, int) and length > 0, f"length={length!r} must be a positive number of tokens"),
+        (temperature > 0, f"temperature={temperature!r} must be > 0 (0.7 is a good start)"),
+        (isinstance(top_k, int) and top_k >= 0, f"top_k={top_k!r} must be an integer >= 0 (0 turns it off)"),
+        (0.0 <= top_p <= 1.0, f"top_p={top_p!r} must be in [0, 1] (0 turns it off; 0.9 is typical)"),
+        (len(context) < n_ctx, f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
+         f"shorten the prefix below {n_ctx} tokens"),
+        (not prefix or new_tokens > 0, f"length={length} includes the prefix's {len(context)} tokens, leaving "
+         f"nothing to generate; pass length > {len(context)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _stop_when_all_contain(enc, truncate):
+    def stop(tokens):
+        return all(truncate in enc.decode(row) for row in tokens)
+
+    return stop
+
+
+def _finish(enc, context, new, prefix, truncate, include_prefix):
+    """Decode one sample and apply gpt-2-simple's truncate / include_prefix / lstrip rules."""
+    text = enc.decode(list(context) + list(new)) if prefix else enc.decode(new)
+    if truncate:
+        body = text[len(prefix):] if prefix and text.startswith(prefix) else text
+        cut = re.search(f"(.*?)(?:{re.escape(truncate)})", body, re.S)
+        body = cut.group(1) if cut else body
+        text = prefix + body if prefix and text.startswith(prefix) else body
+    if prefix and not include_prefix and text.startswith(prefix):
+        text = text[len(prefix):]
+    return text.lstrip("\n")

@@ -1,0 +1,415 @@
+"""Fine-tuning: gpt-2-simple's `finetune`, as a TF2 training loop that resumes exactly.
+
+This module owns the training run: validating the options once, choosing where the weights
+come from (`restore_from`), the compiled train step (loss, gradient accumulation, optimizer
+update), and the outer Python loop with gpt-2-simple's cadence and printed lines: progress,
+samples, saves, Ctrl-C. Datasets are `dataset.py`'s, files are `checkpoint.py`'s, the update
+rule is `optimizer.py`'s.
+
+A save writes `model-<N>` (the weights, in the OpenAI format) and `optimizer-<N>` (the optimizer
+slots plus a JSON training state: the data sampler's random state, the running average and the
+seed), so `restore_from='latest'` continues exactly where the run stopped.
+"""
+import dataclasses
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from encoder import get_encoder
+
+from . import checkpoint
+from . import dataset as dataset_module
+from .names import check_name, model_folder, run_folder, sample_folder
+from .optimizer import OPTIMIZERS, make_optimizer
+
+COUNTER_FILE = "counter"
+METADATA_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
+STATE_TENSOR = "training_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """`finetune`'s keyword arguments, checked once."""
+
+    steps: int = -1  # steps in this call; -1 runs until interrupted
+    model_name: str = "124M"
+    model_dir: str = "models"
+    combine: int = 50000  # characters of small text files joined into one chunk
+    batch_size: int = 1
+    learning_rate: float = 0.0001
+    accumulate_gradients: int = 5  # minibatches per step; their gradients are AVERAGED
+    restore_from: str = "latest"  # 'latest', 'fresh', or a run folder / checkpoint path
+    run_name: str = "run1"
+    checkpoint_dir: str = "checkpoint"
+    sample_every: int = 100  # steps between training samples; <= 0 never samples
+    sample_length: int = 1023
+    sample_num: int = 1
+    save_every: int = 1000  # steps between saves; <= 0 saves only at the end
+    print_every: int = 1
+    max_checkpoints: int = 1
+    only_train_transformer_layers: bool = False
+    optimizer: str = "adam"
+    overwrite: bool = False
+    seed: int = None
+    sample_dir: str = "samples"
+
+    def __post_init__(self):
+        def positive(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps == 0 or self.steps < -1:
+            raise ValueError(f"steps={self.steps!r} must be a positive number of steps, or -1 to train until interrupted")
+        for name in ("batch_size", "accumulate_gradients", "sample_length", "sample_num", "print_every", "combine"):
+            positive(name)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0 (1e-4 is the default)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not supported; use one of {OPTIMIZERS}")
+        if not isinstance(self.restore_from, str) or not self.restore_from:
+            raise ValueError(f"restore_from={self.restore_from!r} must be 'latest', 'fresh' or a run folder")
+        check_name("run_name", self.run_name)
+        check_name("model_name", self.model_name)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r} must be an integer or None")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `finetune` returns (gpt-2-simple returned None)."""
+
+    run_dir: str
+    step: int  # the last saved step, the N of model-N
+    losses: dict  # step -> loss of every step run in this call
+
+
+def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", combine=50000, batch_size=1,
+             learning_rate=0.0001, accumulate_gradients=5, restore_from="latest", run_name="run1",
+             checkpoint_dir="checkpoint", sample_every=100, sample_length=1023, sample_num=1, multi_gpu=False,
+             save_every=1000, print_every=1, max_checkpoints=1, use_memory_saving_gradients=False,
+             only_train_transformer_layers=False, optimizer="adam", overwrite=False, reuse=False, *, seed=None,
+             sample_dir="samples"):
+    """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
+
+    gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
+    `accumulate_gradients` minibatches are averaged (gpt-2-simple summed them; with Adam this
+    barely matters, with SGD divide the learning rate you used there by accumulate_gradients);
+    the optimizer and data-sampling state are saved, so a resume continues exactly; a dataset
+    shorter than the context trains on windows of its own length; resuming does not need the
+    base model folder; samples may be longer than the context.
+
+    Args:
+        sess: a `Session`; after training it holds the trained model, ready for `generate`.
+        dataset: a .txt/.csv/.npz file, a folder or a glob of them.
+        steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
+        model_name, model_dir: the base model folder `model_dir/model_name` (any folder in the
+            OpenAI layout) used when the run starts fresh.
+        combine: characters of consecutive small text files joined into one chunk.
+        batch_size: sequences per minibatch.
+        learning_rate: constant learning rate.
+        accumulate_gradients: minibatches per optimizer step.
+        restore_from: 'latest' (the run's newest checkpoint, or the base model if the run has
+            none), 'fresh' (the base model; the step counter restarts) or a run folder or
+            checkpoint path to start from.
+        run_name, checkpoint_dir: the run folder.
+        sample_every, sample_length, sample_num: training samples every N steps (<= 0: never).
+        multi_gpu, use_memory_saving_gradients, reuse: accepted; not implemented in this
+            version (a warning says so).
+        save_every: steps between checkpoints (<= 0: only at the end).
+        print_every: steps between progress lines.
+        max_checkpoints: checkpoints kept in the run folder.
+        only_train_transformer_layers: freeze wte, wpe and ln_f.
+        optimizer: 'adam' or 'sgd'.
+        overwrite: with restore_from='latest', delete the run's older checkpoints and event
+            files and save the restored weights at once.
+        seed: makes data sampling and training samples reproducible.
+        sample_dir: parent folder of the training samples (`sample_dir/run_name/samples-N`).
+
+    Returns:
+        A `TrainResult`.
+    """
+    opts = TrainOptions(
+        steps=_as_int("steps", steps), model_name=model_name, model_dir=model_dir, combine=combine,
+        batch_size=batch_size, learning_rate=learning_rate, accumulate_gradients=accumulate_gradients,
+        restore_from=restore_from, run_name=run_name, checkpoint_dir=checkpoint_dir, sample_every=sample_every,
+        sample_length=sample_length, sample_num=sample_num, save_every=save_every, print_every=print_every,
+        max_checkpoints=max_checkpoints, only_train_transformer_layers=only_train_transformer_layers,
+        optimizer=optimizer, overwrite=overwrite, seed=seed, sample_dir=sample_dir,
+    )
+    _warn_unimplemented(multi_gpu=multi_gpu, use_memory_saving_gradients=use_memory_saving_gradients, reuse=reuse)
+    run_dir = run_folder(opts.checkpoint_dir, opts.run_name)
+    source_dir, prefix, resuming = _weights_source(opts, run_dir)
+    print("Loading checkpoint", prefix)
+    model = checkpoint.load_model(source_dir, os.path.basename(prefix))
+    enc = get_encoder(source_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    _copy_metadata(source_dir, run_dir)
+
+    names = [n for n in model.weights if n.startswith("model/h") or not opts.only_train_transformer_layers]
+    opt = make_optimizer(opts.optimizer, {n: model.weights[n] for n in names}, opts.learning_rate)
+    state = _load_training_state(prefix, opt) if resuming else None
+    seed = state["seed"] if state else (opts.seed if opts.seed is not None else _random_seed())
+
+    print("Loading dataset...")
+    chunks = dataset_module.load_dataset(enc, dataset, opts.combine)
+    data = dataset_module.Sampler(chunks, seed=seed)
+    if state:
+        data.set_state(state["data_sampler"])
+    window = min(model.hparams.n_ctx, data.longest)
+    print("dataset has", data.total_size, "tokens")
+    if window < model.hparams.n_ctx:
+        print(f"The dataset's longest chunk is {window} tokens, shorter than the context "
+              f"({model.hparams.n_ctx}): training on {window}-token windows")
+
+    sess.set_model(model, enc, run_dir)
+    train_step = _compile_train_step(model, opt, names)
+    counter = (_step_of(prefix) + 1) if resuming else 1
+    avg = tuple(state["avg_loss"]) if state else (0.0, 0.0)
+
+    def save(step):
+        _save(model, opt, run_dir, step, data, avg, seed, opts, _printed_name(step, opts))
+
+    if opts.overwrite and resuming:
+        _remove_old_files(run_dir)
+        save(counter - 1)
+
+    writer = tf.summary.create_file_writer(run_dir)
+    losses = {}
+    counter_base = counter
+    start = time.time()
+    print("Training...")
+    with _StopOnSignal() as stop, writer.as_default():
+        while True:
+            if opts.steps > 0 and counter == counter_base + opts.steps:
+                save(counter - 1)
+                break
+            if stop.requested:
+                print("interrupted")
+                save(counter - 1)
+                break
+            if opts.save_every > 0 and (counter - 1) % opts.save_every == 0 and counter > 1:
+                save(counter - 1)
+            if opts.sample_every > 0 and (counter - 1) % opts.sample_every == 0 and counter > 1:
+                _generate_samples(sess, data, opts, counter, seed)
+            batches = np.stack([data.sample_batch(opts.batch_size, window) for _ in range(opts.accumulate_gradients)])
+            loss = float(train_step(tf.constant(batches, tf.int32)))
+            losses[counter] = loss
+            tf.summary.scalar("loss", loss, step=counter)
+            if counter % opts.print_every == 0:
+                avg = (avg[0] * 0.99 + loss, avg[1] * 0.99 + 1.0)
+                print(f"[{counter} | {time.time() - start:2.2f}] loss={loss:2.2f} avg={avg[0] / avg[1]:2.2f}")
+            counter += 1
+    writer.close()
+    return TrainResult(run_dir=run_dir, step=counter - 1, losses=losses)
+
+
+def _printed_name(step, opts):
+    """The name of a save as gpt-2-simple prints it: `checkpoint/run1/model-N`."""
+    return os.path.join(opts.checkpoint_dir, opts.run_name, f"model-{step}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the weights come from
+
+
+def _weights_source(opts, run_dir):
+    """(folder, checkpoint prefix, resuming) for `restore_from`."""
+    if opts.restore_from == "latest":
+        if checkpoint.read_state(run_dir):
+            return run_dir, checkpoint.find_checkpoint(run_dir), True
+        print(f"No checkpoint in {run_dir} yet: starting from the base model "
+              f"{model_folder(opts.model_dir, opts.model_name)}")
+    if opts.restore_from in ("latest", "fresh"):
+        folder = model_folder(opts.model_dir, opts.model_name)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"base model folder {folder} does not exist; download it with "
+                f"gpt2.download_gpt2(model_name={opts.model_name!r}) or pass model_dir= where it is"
+            )
+        return folder, checkpoint.find_checkpoint(folder), False
+    path = opts.restore_from
+    if os.path.isfile(path + checkpoint.INDEX_SUFFIX):  # a checkpoint prefix such as checkpoint/run1/model-100
+        return os.path.dirname(path) or ".", path, False
+    if os.path.isdir(path):
+        return path, checkpoint.find_checkpoint(path), False
+    raise FileNotFoundError(
+        f"restore_from={path!r} is neither 'latest', 'fresh', a run folder nor a checkpoint prefix; "
+        "pass a folder such as 'checkpoint/run1'"
+    )
+
+
+def _copy_metadata(source_dir, run_dir):
+    if os.path.realpath(source_dir) == os.path.realpath(run_dir):
+        return
+    for name in METADATA_FILES:
+        src = os.path.join(source_dir, name)
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"{src} not found; the model folder {source_dir} is incomplete "
+                                    "(download it again with download_gpt2)")
+        tmp = os.path.join(run_dir, name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, os.path.join(run_dir, name))
+
+
+def _step_of(prefix):
+    match = re.search(r"-(\d+)$", os.path.basename(prefix))
+    if match:
+        return int(match.group(1))
+    counter_file = os.path.join(os.path.dirname(prefix), COUNTER_FILE)
+    with open(counter_file, encoding="utf-8") as f:
+        return int(f.read().strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled step
+
+
+def lm_loss(model, tokens):
+    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next)."""
+    logits = model.forward(tokens)[0]  # [batch, seq, n_vocab]
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
+    return tf.reduce_mean(losses)
+
+
+def _compile_train_step(model, opt, names):
+    """One optimizer step over `[accumulate, batch, seq]` tokens; returns the mean loss."""
+    variables = [model.weights[n] for n in names]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.int32)])
+    def train_step(batches):
+        n = tf.shape(batches)[0]
+        grads = [tf.zeros_like(v) for v in variables]
+        total = tf.constant(0.0)
+        for i in tf.range(n):
+            with tf.GradientTape() as tape:
+                loss = lm_loss(model, batches[i])
+            step_grads = tape.gradient(loss, variables)
+            grads = [g + tf.convert_to_tensor(s) for g, s in zip(grads, step_grads)]
+            total += loss
+        scale = 1.0 / tf.cast(n, tf.float32)
+        opt.apply([g * scale for g in grads])
+        return total * scale
+
+    return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and resuming
+
+
+def _save(model, opt, run_dir, step, data, avg, seed, opts, printed_name):
+    print("Saving", printed_name)
+    state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state()}
+    companion = dict(opt.state())
+    companion[STATE_TENSOR] = tf.constant(json.dumps(state))
+    checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
+                               companions={"optimizer": companion})
+    path = os.path.join(run_dir, COUNTER_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(f"{step}\n")
+    os.replace(path + ".tmp", path)
+
+
+def _load_training_state(prefix, opt):
+    """Restore the optimizer from `optimizer-<N>` beside `prefix`; returns the training state or None."""
+    path = checkpoint.companion_path(prefix, "optimizer")
+    if not os.path.isfile(path + checkpoint.INDEX_SUFFIX):
+        print(f"No optimizer state beside {prefix} (a gpt-2-simple run?): the optimizer starts fresh")
+        return None
+    reader = tf.train.load_checkpoint(path)
+    try:
+        opt.load_state(lambda name: checkpoint.read_tensor(reader, path, name))
+        state = json.loads(checkpoint.read_tensor(reader, path, STATE_TENSOR).decode("utf-8"))
+    except (tf.errors.NotFoundError, KeyError, ValueError) as e:
+        warnings.warn(f"optimizer state {path} does not fit this run ({e}); the optimizer starts fresh")
+        return None
+    return state
+
+
+def _remove_old_files(run_dir):
+    """`overwrite=True`: delete the run's checkpoints and TensorBoard event files."""
+    for prefix in checkpoint.read_state(run_dir):
+        checkpoint.remove_bundle(prefix, companions=["optimizer"])
+    for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        os.remove(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training samples, signals, small helpers
+
+
+def _generate_samples(sess, data, opts, counter, seed):
+    """gpt-2-simple's training samples: `sample_num` texts from one random dataset token."""
+    rng = np.random.default_rng([seed, counter])
+    context = data.sample(1)
+    texts = []
+    while len(texts) < opts.sample_num:
+        rows = np.tile(np.asarray(context, np.int32)[None], (opts.batch_size, 1))
+        out = sess.sampler.sample(rows, opts.sample_length, temperature=1.0, top_k=40,
+                                  seed=int(rng.integers(2**62)))
+        for row in out[: opts.sample_num - len(texts)]:
+            text = sess.encoder.decode(list(context) + list(row))
+            texts.append(f"======== SAMPLE {len(texts) + 1} ========\n{text}\n")
+    print(texts[-1])
+    folder = sample_folder(opts.sample_dir, opts.run_name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"samples-{counter}"), "w", encoding="utf-8") as f:
+        f.write("\n".join(texts))
+
+
+class _StopOnSignal:
+    """Turn SIGINT (Ctrl-C, Colab's interrupt) and SIGTERM (preemption) into a request to save and stop.
+
+    The loop checks `requested` between steps, so a save never records a half-finished step. A
+    second Ctrl-C raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _as_int(name, value):
+    """Accept ints and integer strings (the CLI passes strings), like gpt-2-simple's int()."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} must be an integer") from None
+    return value
+
+
+def _random_seed():
+    return int(np.random.default_rng().integers(2**31))
+
+
+def _warn_unimplemented(**flags):
+    for name, value in flags.items():
+        if value:
+            warnings.warn(f"finetune({name}=True) is not implemented in this version of gpt2_simple and is "
+                          "ignored; training runs on one device with ordinary gradients", stacklevel=3)

@@ -1,0 +1,87 @@
+"""The sampler: logit filters without a model, reproducible draws, no retracing, sliding window."""
+import numpy as np
+import tensorflow as tf
+
+from gpt2_simple.hparams import HParams
+from gpt2_simple.model import GPT2
+from gpt2_simple.sample import Sampler, filter_logits
+
+LOGITS = tf.constant([[1.0, 4.0, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 10.0, -1.0]])
+
+
+def _kept(filtered):
+    return (filtered.numpy() > -1e9).astype(int).tolist()
+
+
+def test_filters_keep_the_right_tokens():
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.0)) == [[1] * 5, [1] * 5]
+    assert _kept(filter_logits(LOGITS, 1.0, 2, 0.0)) == [[0, 1, 0, 1, 0], [1, 1, 1, 1, 0]]  # ties at the kth kept
+    assert _kept(filter_logits(LOGITS, 1.0, 1, 0.0)) == [[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]
+    # Row 0 probabilities (sorted): .644 .237 .087 .032 .012 -> top_p 0.7 keeps two, 0.5 keeps one.
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.7)) == [[0, 1, 0, 1, 0], [0, 0, 0, 1, 0]]
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.5)) == [[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]
+    # top_p replaces top_k, as in gpt-2-simple.
+    assert _kept(filter_logits(LOGITS, 1.0, 1, 0.7)) == [[0, 1, 0, 1, 0], [0, 0, 0, 1, 0]]
+    np.testing.assert_allclose(filter_logits(LOGITS, 0.5, 0, 0.0).numpy(), LOGITS.numpy() * 2)
+
+
+def test_filters_never_empty_or_nan_at_extremes():
+    for top_p in (1e-9, 1.0):
+        out = filter_logits(LOGITS, 1e-3, 0, top_p).numpy()
+        assert not np.isnan(out).any() and ((out > -1e9).sum(-1) >= 1).all()
+    out = filter_logits(tf.fill([1, 7], -np.float32(3e38)), 1.0, 3, 0.0).numpy()
+    assert not np.isnan(out).any()
+
+
+def _model(n_ctx=32):
+    return GPT2(HParams(n_vocab=97, n_ctx=n_ctx, n_embd=16, n_head=2, n_layer=2), seed=0)
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_chunking():
+    sampler = Sampler(_model())
+    context = np.array([[3, 1, 4], [1, 5, 9]])
+    a = sampler.sample(context, 20, seed=7)
+    assert a.shape == (2, 20) and a.dtype == np.int32 and a.min() >= 0 and a.max() < 97
+    np.testing.assert_array_equal(a, sampler.sample(context, 20, seed=7))
+    np.testing.assert_array_equal(a, sampler.sample(context, 20, seed=7, chunk=6))
+    assert not np.array_equal(a, sampler.sample(context, 20, seed=8))
+
+
+def test_greedy_sampling_equals_argmax_of_full_forward():
+    model = _model()
+    sampler = Sampler(model)
+    tokens = np.array([[5, 6, 7]])
+    out = sampler.sample(tokens, 10, top_k=1, seed=0)
+    expected = tokens
+    for _ in range(10):
+        nxt = np.argmax(model(expected).numpy()[:, -1], axis=-1)[:, None]
+        expected = np.concatenate([expected, nxt], axis=1)
+    np.testing.assert_array_equal(out, expected[:, 3:])
+
+
+def test_no_retrace_for_new_lengths_batches_and_options():
+    sampler = Sampler(_model())
+    sampler.sample(np.array([[1]]), 3, seed=0)
+    assert sampler.tracing_count == 1
+    sampler.sample(np.array([[1, 2, 3, 4, 5]] * 4), 9, temperature=0.5, top_k=5, seed=1)
+    sampler.sample(np.array([[2, 3]] * 2), 1, top_p=0.9, seed=2)
+    assert sampler.tracing_count == 1
+
+
+def test_length_beyond_context_slides_the_window():
+    model = _model(n_ctx=16)
+    sampler = Sampler(model)
+    out = sampler.sample(np.array([[1, 2, 3]]), 50, top_k=1, seed=0)
+    assert out.shape == (1, 50)
+    # The first tokens are ordinary greedy continuation within the context.
+    expected = np.array([[1, 2, 3]])
+    for _ in range(13):
+        nxt = np.argmax(model(expected).numpy()[:, -1], axis=-1)[:, None]
+        expected = np.concatenate([expected, nxt], axis=1)
+    np.testing.assert_array_equal(out[:, :13], expected[:, 3:])
+
+
+def test_stop_ends_sampling_between_chunks():
+    sampler = Sampler(_model())
+    out = sampler.sample(np.array([[1]]), 30, seed=0, chunk=4, stop=lambda tokens: tokens.shape[1] >= 8)
+    assert out.shape == (1, 8)
