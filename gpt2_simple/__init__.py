@@ -9,10 +9,13 @@
 Importing the package configures nothing: no eager-mode switch, no device or thread settings.
 """
 from .checkpoint import load_model
+from .dataset import encode_csv, encode_dataset
 from .download import DownloadError, download_gpt2, is_gpt2_downloaded
+from .generate import generate, generate_to_file, load_gpt2
 from .hparams import HParams, load_hparams
 from .model import GPT2
 from .session import Session, reset_session, start_tf_sess
+from .train import finetune
 
 __all__ = [
     "DownloadError",

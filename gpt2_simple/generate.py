@@ -67,8 +67,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         seed: int for reproducible texts.
         nsamples: number of texts; a multiple of `batch_size`.
         batch_size: texts generated in parallel.
-        length: tokens per text; as in gpt-2-simple it INCLUDES the prefix's tokens. May exceed
-            the model's context.
+        length: tokens to generate after the prefix. May exceed the model's context
+            (gpt-2-simple capped it at 1023 minus the prefix's tokens).
         temperature: > 0; lower is more conservative.
         top_k: sample from the k most likely tokens (0: all).
         top_p: nucleus sampling threshold in (0, 1]; when > 0 it replaces top_k.
@@ -85,8 +85,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     n_ctx = sess.model.hparams.n_ctx
     prefix = prefix or None
     context = enc.encode(prefix) if prefix else [enc.eot_token]
-    new_tokens = length - len(context) if prefix else length
-    _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx, new_tokens, prefix)
+    _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx)
     if nsamples == 1:
         sample_delim = ""
     stop = _stop_when_all_contain(enc, truncate) if truncate else None
@@ -97,7 +96,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         for b in range(nsamples // batch_size):
             batch_seed = None if seed is None else int(seed) * 1_000_003 + b
             tokens = sampler.sample(
-                np.tile(np.asarray(context, np.int32), (batch_size, 1)), new_tokens,
+                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
                 temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
                 chunk=64 if stop else None, stop=stop,
             )
@@ -127,7 +126,7 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
     )
 
 
-def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx, new_tokens, prefix):
+def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx):
     checks = [
         (isinstance(batch_size, int) and batch_size > 0, f"batch_size={batch_size!r} must be a positive integer"),
         (isinstance(nsamples, int) and nsamples > 0, f"nsamples={nsamples!r} must be a positive integer"),
@@ -140,8 +139,6 @@ def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, cont
         (0.0 <= top_p <= 1.0, f"top_p={top_p!r} must be in [0, 1] (0 turns it off; 0.9 is typical)"),
         (len(context) < n_ctx, f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
          f"shorten the prefix below {n_ctx} tokens"),
-        (not prefix or new_tokens > 0, f"length={length} includes the prefix's {len(context)} tokens, leaving "
-         f"nothing to generate; pass length > {len(context)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -135,13 +135,14 @@ class Sampler:
         pending, past = context, self._empty_past(batch)
         out = np.zeros([batch, 0], np.int32)
         while out.shape[1] < length:
-            cached = past.shape[-2]
-            n = min(chunk, length - out.shape[1])
-            if cached + pending.shape[1] + n - 1 > n_ctx:
-                # The cache is full: start again from the newest half of the text (sliding window).
+            # Feeding `pending` and then n - 1 drawn tokens must fit in the context.
+            room = n_ctx - past.shape[-2] - pending.shape[1] + 1
+            if room < 1:
+                # The context is full: continue from the newest half of the text (sliding window).
                 keep = max(n_ctx // 2, 1)
                 pending, past = history[:, -keep:], self._empty_past(batch)
-                n = min(n, n_ctx - keep + 1)
+                room = n_ctx - keep + 1
+            n = min(chunk, length - out.shape[1], room)
             chunk_seed = tf.constant([seed, out.shape[1]], tf.int64)
             tokens, past = self._decode(
                 tf.constant(pending), past, tf.constant(n, tf.int32), tf.constant(temperature, tf.float32),

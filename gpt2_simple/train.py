@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from encoder import get_encoder
 
@@ -152,6 +153,11 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
     print("Loading checkpoint", prefix)
     model = checkpoint.load_model(source_dir, os.path.basename(prefix))
     enc = get_encoder(source_dir)
+    chunks = dataset_module.load_dataset(enc, dataset, opts.combine)
+    window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
+    if window < 2:
+        raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
+                         "pass more text")
     os.makedirs(run_dir, exist_ok=True)
     _copy_metadata(source_dir, run_dir)
 
@@ -160,13 +166,9 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
     state = _load_training_state(prefix, opt) if resuming else None
     seed = state["seed"] if state else (opts.seed if opts.seed is not None else _random_seed())
 
-    print("Loading dataset...")
-    chunks = dataset_module.load_dataset(enc, dataset, opts.combine)
     data = dataset_module.Sampler(chunks, seed=seed)
     if state:
         data.set_state(state["data_sampler"])
-    window = min(model.hparams.n_ctx, data.longest)
-    print("dataset has", data.total_size, "tokens")
     if window < model.hparams.n_ctx:
         print(f"The dataset's longest chunk is {window} tokens, shorter than the context "
               f"({model.hparams.n_ctx}): training on {window}-token windows")
@@ -204,7 +206,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             batches = np.stack([data.sample_batch(opts.batch_size, window) for _ in range(opts.accumulate_gradients)])
             loss = float(train_step(tf.constant(batches, tf.int32)))
             losses[counter] = loss
-            tf.summary.scalar("loss", loss, step=counter)
+            _log_scalar("loss", loss, counter)
             if counter % opts.print_every == 0:
                 avg = (avg[0] * 0.99 + loss, avg[1] * 0.99 + 1.0)
                 print(f"[{counter} | {time.time() - start:2.2f}] loss={loss:2.2f} avg={avg[0] / avg[1]:2.2f}")
@@ -392,6 +394,18 @@ class _StopOnSignal:
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+# TensorBoard's scalar plugin reads events with this metadata. Writing them with the core
+# `tf.summary.write` keeps the `tensorboard` package (which tensorflow-cpu lacks) optional.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+)
+
+
+def _log_scalar(tag, value, step):
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
 
 
 def _as_int(name, value):

