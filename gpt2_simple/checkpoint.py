@@ -202,6 +202,16 @@ def write_bundle(prefix, tensors):
     return prefix
 
 
+def remove_temporaries(folder):
+    """Delete what an interrupted save left behind (`.tmp-*` bundles, `*.tmp` files); returns them."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [f for f in os.listdir(folder) if f.startswith(".tmp-") or f.endswith(".tmp")]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def model_tensors(model):
     """The model's weights by OpenAI name, reshaped to the checkpoint's shapes."""
     return {name: tf.reshape(model.weights[name], shape) for name, shape in openai_variables(model.hparams)}

@@ -10,6 +10,8 @@ import warnings
 
 import tensorflow as tf
 
+from .sample import Sampler
+
 
 class Session:
     """What `start_tf_sess()` returns: the model, encoder and compiled sampler in use.
@@ -37,8 +39,6 @@ class Session:
     @property
     def sampler(self):
         """The compiled `sample.Sampler` of the current model, built once and reused."""
-        from .sample import Sampler
-
         if self.model is None:
             raise ValueError(
                 "no model is loaded in this session; call gpt2.load_gpt2(sess, run_name='run1') "

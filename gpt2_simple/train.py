@@ -159,6 +159,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
                          "pass more text")
     os.makedirs(run_dir, exist_ok=True)
+    checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
     _copy_metadata(source_dir, run_dir)
 
     names = [n for n in model.weights if n.startswith("model/h") or not opts.only_train_transformer_layers]
