@@ -13,8 +13,11 @@ text `<|endoftext|>` is appended (encoded as ordinary text: 7 tokens, not id 502
 file continues the buffer. CSV rows join the buffer as `<|startoftext|>` + first column +
 `<|endoftext|>` + newline. Two deliberate differences: invalid UTF-8 becomes U+FFFD with one
 warning per file (upstream dropped it silently), and a text file larger than `LARGE_FILE_BYTES`
-is its own chunk (it goes through the token cache and does not join the buffer).
+is its own chunk (it goes through the token cache and does not join the buffer; its bad-UTF-8
+warning is given when it is encoded, not on later cache hits). An empty file adds nothing, not
+even a separator.
 """
+import codecs
 import contextlib
 import csv
 import glob
@@ -35,6 +38,7 @@ LARGE_FILE_BYTES = 16 * 1024 * 1024  # text files above this size use the on-dis
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 
+_BYTES_PER_PROCESS = 4 * 1024 * 1024  # encode large files with one worker per this many bytes
 _SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary
 _CACHE_SUFFIX = ".gpt2tok"  # our token-cache files; never read back as dataset files
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of one bad byte
@@ -108,15 +112,19 @@ def read_text(path):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        bad = len(_ESCAPED_BYTE.findall(raw.decode("utf-8", "surrogateescape")))
+        _warn_bad_utf8(path, len(_ESCAPED_BYTE.findall(raw.decode("utf-8", "surrogateescape"))))
+        text = raw.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _warn_bad_utf8(path, bad):
+    if bad:
         warnings.warn(
             f"{path}: {bad} invalid UTF-8 byte(s) replaced with U+FFFD; re-save the file as "
             "UTF-8 to keep those characters",
             UnicodeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        text = raw.decode("utf-8", "replace")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _check_text(head, path):
@@ -212,7 +220,7 @@ def _vocab_digest(enc):
 
 
 def _cached_tokens(enc, path, cache_dir, vocab_digest):
-    """A large text file's tokens as a read-only uint16 memmap, encoding it on first use.
+    """A large text file's tokens as a read-only memmap, encoding it on first use.
 
     The cache key covers the file (absolute path, size, mtime) and the vocabulary, so editing
     the file or switching vocabularies re-encodes. The cache file appears atomically.
@@ -225,23 +233,40 @@ def _cached_tokens(enc, path, cache_dir, vocab_digest):
     os.makedirs(root, exist_ok=True)
     cache_path = os.path.join(root, hashlib.sha256(key.encode("utf-8")).hexdigest() + _CACHE_SUFFIX)
     if not os.path.exists(cache_path):
+        _warn_bad_utf8(path, _count_bad_utf8(path))
         fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-", suffix=_CACHE_SUFFIX)
         os.close(fd)
         try:
             _encode_file(enc, path, tmp)
             os.replace(tmp, cache_path)
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            for leftover in (tmp, tmp + ".tmp"):  # ours, and encode_file's own temporary
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+    dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what encode_file writes
     if os.path.getsize(cache_path) == 0:
-        return np.zeros(0, np.uint16)
-    return np.memmap(cache_path, dtype="<u2", mode="r")
+        return np.zeros(0, dtype)
+    return np.memmap(cache_path, dtype=dtype, mode="r")
 
 
 def _encode_file(enc, path, out_path):
-    """Encode a text file into a flat little-endian uint16 token file (the cache format)."""
-    tokens = enc.encode(read_text(path))
-    np.asarray(tokens, dtype="<u2").tofile(out_path)
+    """Encode a text file into a flat little-endian token file, on up to every core.
+
+    `encoder.encode_file` reads text exactly as `read_text` does (universal newlines, U+FFFD
+    for invalid UTF-8) and gives the same ids as `enc.encode` of the whole text.
+    """
+    processes = max(1, min(os.cpu_count() or 1, os.path.getsize(path) // _BYTES_PER_PROCESS))
+    bpe.encode_file(enc, path, out_path, processes=processes)
+
+
+def _count_bad_utf8(path):
+    """The number of bytes in `path` that are not valid UTF-8, read in bounded blocks."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    bad = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            bad += len(_ESCAPED_BYTE.findall(decoder.decode(block)))
+    return bad + len(_ESCAPED_BYTE.findall(decoder.decode(b"", final=True)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +302,7 @@ def load_dataset(enc, path, combine=50000, *, cache_dir=None):
             chunks += _load_npz(file, n_vocab)
         elif file.endswith(".csv"):
             buffer += _csv_text(file)
-        elif os.path.getsize(file) > LARGE_FILE_BYTES and dtype is np.uint16:
+        elif os.path.getsize(file) > LARGE_FILE_BYTES:
             digest = digest or _vocab_digest(enc)
             chunks.append(_cached_tokens(enc, file, cache_dir, digest))
         else:
