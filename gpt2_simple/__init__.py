@@ -9,6 +9,15 @@
 Importing the package configures nothing: no eager-mode switch, no device or thread settings.
 """
 from .checkpoint import load_model
+from .colab import (
+    copy_checkpoint_from_gdrive,
+    copy_checkpoint_to_gdrive,
+    copy_file_from_gdrive,
+    copy_file_to_gdrive,
+    get_tarfile_name,
+    is_mounted,
+    mount_gdrive,
+)
 from .dataset import encode_csv, encode_dataset
 from .download import DownloadError, download_gpt2, is_gpt2_downloaded
 from .generate import generate, generate_to_file, load_gpt2
