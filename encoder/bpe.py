@@ -102,6 +102,9 @@ class Encoder:
 
     def _encode_piece(self, piece):
         symbols = "".join([self._byte_symbols[b] for b in piece.encode("utf-8")])
+        whole = self.encoder.get(symbols)
+        if whole is not None:  # a piece that is itself a token needs no merging (most words)
+            return (whole,)
         return tuple(self.encoder[s] for s in self.bpe(symbols))
 
     def encode_ordinary(self, text):
