@@ -1,6 +1,9 @@
 """The sampler: logit filters without a model, reproducible draws, no retracing, sliding window."""
 import numpy as np
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from gpt2_simple.hparams import HParams
 from gpt2_simple.model import GPT2
@@ -85,3 +88,24 @@ def test_stop_ends_sampling_between_chunks():
     sampler = Sampler(_model())
     out = sampler.sample(np.array([[1]]), 30, seed=0, chunk=4, stop=lambda tokens: tokens.shape[1] >= 8)
     assert out.shape == (1, 8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    logits=hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 40)),
+                      elements=st.floats(-1e4, 1e4, width=32)),
+    temperature=st.floats(1e-3, 10.0),
+    top_k=st.integers(0, 50),
+    top_p=st.floats(0.0, 1.0),
+)
+def test_filters_never_give_nan_or_an_empty_distribution(logits, temperature, top_k, top_p):
+    out = filter_logits(tf.constant(logits), temperature, top_k, top_p).numpy()
+    assert not np.isnan(out).any()
+    kept = out > -1e9
+    assert kept.any(axis=-1).all()
+    # The most likely token always survives, and probabilities are finite and sum to 1.
+    assert kept[np.arange(len(logits)), logits.argmax(-1)].all()
+    probs = tf.nn.softmax(out).numpy()
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-4)
+    if top_k and not top_p:
+        assert (kept.sum(-1) >= np.minimum(top_k, logits.shape[1])).all()
