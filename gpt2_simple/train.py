@@ -10,6 +10,7 @@ A save writes `model-<N>` (the weights, in the OpenAI format) and `optimizer-<N>
 slots plus a JSON training state: the data sampler's random state, the running average and the
 seed), so `restore_from='latest'` continues exactly where the run stopped.
 """
+import contextlib
 import dataclasses
 import glob
 import json
@@ -183,15 +184,15 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         _save(model, opt, run_dir, step, data, avg, seed, opts, _printed_name(step, opts))
 
     if opts.overwrite and resuming:
-        _remove_old_files(run_dir)
-        save(counter - 1)
+        save(counter - 1)  # first, so the run always has a checkpoint
+        _remove_older_files(run_dir)
 
     writer = tf.summary.create_file_writer(run_dir)
     losses = {}
     counter_base = counter
     start = time.time()
     print("Training...")
-    with _StopOnSignal() as stop, writer.as_default():
+    with contextlib.closing(writer), _StopOnSignal() as stop, writer.as_default():
         while True:
             if opts.steps > 0 and counter == counter_base + opts.steps:
                 save(counter - 1)
@@ -212,7 +213,6 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
                 avg = (avg[0] * 0.99 + loss, avg[1] * 0.99 + 1.0)
                 print(f"[{counter} | {time.time() - start:2.2f}] loss={loss:2.2f} avg={avg[0] / avg[1]:2.2f}")
             counter += 1
-    writer.close()
     return TrainResult(run_dir=run_dir, step=counter - 1, losses=losses)
 
 
@@ -339,9 +339,11 @@ def _load_training_state(prefix, opt):
     return state
 
 
-def _remove_old_files(run_dir):
-    """`overwrite=True`: delete the run's checkpoints and TensorBoard event files."""
-    for prefix in checkpoint.read_state(run_dir):
+def _remove_older_files(run_dir):
+    """`overwrite=True`: keep only the latest checkpoint; delete older ones and old event files."""
+    *older, latest = checkpoint.read_state(run_dir)
+    checkpoint.write_state(run_dir, [latest])
+    for prefix in older:
         checkpoint.remove_bundle(prefix, companions=["optimizer"])
     for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         os.remove(path)
