@@ -28,7 +28,9 @@ import regex
 # OpenAI's pre-tokenisation pattern, verbatim (it needs the `regex` module for \p{L} / \p{N}).
 PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 ENDOFTEXT = "<|endoftext|>"
-_CACHE_LIMIT = 1 << 20  # pieces remembered; the cache is cleared when it grows past this
+# Pieces remembered per Encoder (about 170 bytes each, so ~45 MB at most); the cache is emptied
+# when full. English text needs far fewer; the bound matters for endless novel pieces.
+_CACHE_LIMIT = 1 << 18
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,24 +103,26 @@ class Encoder:
         return word
 
     def _encode_piece(self, piece):
+        """The ids of one pretokenizer piece (steps 2 and 3), remembered in the cache."""
         symbols = "".join([self._byte_symbols[b] for b in piece.encode("utf-8")])
         whole = self.encoder.get(symbols)
         if whole is not None:  # a piece that is itself a token needs no merging (most words)
-            return (whole,)
-        return tuple(self.encoder[s] for s in self.bpe(symbols))
+            ids = (whole,)
+        else:
+            ids = tuple(self.encoder[s] for s in self.bpe(symbols))
+        if len(self._cache) >= _CACHE_LIMIT:  # checked per new piece: one huge text stays bounded
+            self._cache.clear()
+        self._cache[piece] = ids
+        return ids
 
     def encode_ordinary(self, text):
         """Token ids of `text`, treating every character as ordinary text."""
         cache = self._cache
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
         ids = []
         extend = ids.extend
         for piece in PATTERN.findall(text):
             hit = cache.get(piece)
-            if hit is None:
-                hit = cache[piece] = self._encode_piece(piece)
-            extend(hit)
+            extend(hit if hit is not None else self._encode_piece(piece))
         return ids
 
     def encode(self, text, *, allow_special=False):

@@ -45,9 +45,9 @@ def read_vocab(folder):
         raise ValueError(f"{merges_path} does not start with a '#version' line; it is not a GPT-2 vocab.bpe: {_FIX}")
     merges = []
     for number, line in enumerate(lines[1:], start=2):
-        if not line:
+        if not line.strip():
             continue
-        pair = tuple(line.split(" "))
+        pair = tuple(line.split())  # as OpenAI's reader: also tolerates "\r\n" line ends
         if len(pair) != 2 or not all(pair):
             raise ValueError(f"{merges_path} line {number} is not a pair of symbols: {line!r}; {_FIX}")
         if pair[0] + pair[1] not in encoder:

@@ -126,7 +126,9 @@ def bench_encoder(args):
         result["gpt_2_simple_mbps"] = megabytes / timed_fresh(lambda: module.get_encoder(vocab), lambda e: e.encode(text))
         assert theirs.encode(text[:100000]) == enc.encode(text[:100000]), "gpt-2-simple's encoder disagrees"
         result["ratio_vs_gpt_2_simple"] = result["ours_mbps"] / result["gpt_2_simple_mbps"]
+    result["all_cores_vs_one_process"] = result["ours_all_cores_mbps"] / result["ours_mbps"]
     if "tiktoken_mbps" in result:
+        result["ours_vs_tiktoken"] = result["ours_mbps"] / result["tiktoken_mbps"]
         result["all_cores_vs_tiktoken"] = result["ours_all_cores_mbps"] / result["tiktoken_mbps"]
     return result
 
