@@ -100,11 +100,17 @@ class Attention(_Layer):
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
     def __call__(self, x, past=None):
+        """(output, present): `present` holds the keys and values of `x`'s positions only."""
+        past_k, past_v = (None, None) if past is None else tf.unstack(past, axis=1)
+        out, k, v = self.attend(x, past_k, past_v)
+        seq = tf.shape(x)[1]
+        return out, tf.stack([k[:, :, -seq:], v[:, :, -seq:]], axis=1)  # [batch, 2, n_head, seq, head_dim]
+
+    def attend(self, x, past_k=None, past_v=None):
+        """(output, keys, values), the keys and values covering the past and `x`: [batch, n_head, past+seq, head_dim]."""
         q, k, v = tf.split(self.c_attn(x), 3, axis=-1)  # 3 x [batch, seq, n_embd]
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        present = tf.stack([k, v], axis=1)  # [batch, 2, n_head, seq, head_dim]
-        if past is not None:
-            past_k, past_v = tf.unstack(past, axis=1)
+        if past_k is not None:
             k = tf.concat([past_k, k], axis=-2)  # [batch, n_head, past+seq, head_dim]
             v = tf.concat([past_v, v], axis=-2)
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
@@ -114,7 +120,7 @@ class Attention(_Layer):
         visible = tf.range(n_q)[:, None] + (n_k - n_q) >= tf.range(n_k)[None, :]  # [seq, past+seq]
         scores = tf.where(visible, scores, _MASKED)
         a = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [batch, n_head, seq, head_dim]
-        return self.c_proj(self._merge_heads(a)), present
+        return self.c_proj(self._merge_heads(a)), k, v
 
 
 class MLP(_Layer):
@@ -137,9 +143,15 @@ class Block(_Layer):
 
     def __call__(self, x, past=None):
         a, present = self.attn(self.ln_1(x), past)
+        return self._finish(x, a), present
+
+    def attend(self, x, keys=None, values=None):
+        a, keys, values = self.attn.attend(self.ln_1(x), keys, values)
+        return self._finish(x, a), keys, values
+
+    def _finish(self, x, a):
         x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, present
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT2(tf.Module):
@@ -190,11 +202,34 @@ class GPT2(tf.Module):
         for block, layer_past in zip(self.h, pasts):
             x, present = block(x, layer_past)
             presents.append(present)
+        return self._logits(x), tf.stack(presents, axis=1)
+
+    def forward_cached(self, tokens, keys, values):
+        """`forward` for decoding loops: per-layer caches in, the grown caches out.
+
+        Args:
+            tokens: int32 `[batch, seq]`, following the cached positions.
+            keys, values: lists of n_layer float32 `[batch, n_head, past_len, head_dim]`.
+
+        Returns:
+            (logits `[batch, seq, n_vocab]`, keys, values), the caches now covering `tokens`
+            too. Unlike `forward`, the caches are not stacked and unstacked on every call.
+        """
+        positions = tf.shape(keys[0])[-2] + tf.range(tf.shape(tokens)[1])
+        x = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)  # [batch, seq, n_embd]
+        new_keys, new_values = [], []
+        for block, k, v in zip(self.h, keys, values):
+            x, k, v = block.attend(x, k, v)
+            new_keys.append(k)
+            new_values.append(v)
+        return self._logits(x), new_keys, new_values
+
+    def _logits(self, x):
+        """Final LayerNorm and the output projection tied to wte: [batch, seq, n_vocab]."""
         x = self.ln_f(x)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), self.wte, transpose_b=True)
-        logits = tf.reshape(logits, [batch, seq, self.hparams.n_vocab])
-        return logits, tf.stack(presents, axis=1)
+        return tf.reshape(logits, [batch, seq, self.hparams.n_vocab])
 
     def __call__(self, tokens):
         """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.

@@ -60,12 +60,13 @@ class Sampler:
     def __init__(self, model):
         self.model = model
         hp = model.hparams
-        past_shape = [None, hp.n_layer, 2, hp.n_head, None, hp.head_dim]
+        cache = [tf.TensorSpec([None, hp.n_head, None, hp.head_dim], tf.float32)] * hp.n_layer
         self._decode = tf.function(
             self._decode_chunk,
             input_signature=[
                 tf.TensorSpec([None, None], tf.int32),  # pending: tokens not yet in the cache
-                tf.TensorSpec(past_shape, tf.float32),  # past: keys and values so far
+                cache,  # keys of every layer so far
+                cache,  # values of every layer so far
                 tf.TensorSpec([], tf.int32),  # n: tokens to draw
                 tf.TensorSpec([], tf.float32),  # temperature
                 tf.TensorSpec([], tf.int32),  # top_k
@@ -78,12 +79,12 @@ class Sampler:
     def tracing_count(self):
         return self._decode.experimental_get_tracing_count()
 
-    def _decode_chunk(self, pending, past, n, temperature, top_k, top_p, seed):
-        """Feed `pending`, then draw `n` tokens one at a time. Returns (tokens [batch, n], past).
+    def _decode_chunk(self, pending, keys, values, n, temperature, top_k, top_p, seed):
+        """Feed `pending`, then draw `n` tokens one at a time. Returns (tokens [batch, n], keys, values).
 
         The last drawn token is not fed: it is the caller's next `pending`.
         """
-        past_shape = tf.TensorShape(past.shape)
+        cache_shape = tf.TensorShape([None, self.model.hparams.n_head, None, self.model.hparams.head_dim])
 
         def draw(logits, i):
             # Each token's randomness depends on the seed and its index only, not on chunking.
@@ -92,24 +93,25 @@ class Sampler:
             step_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed[0], tf.constant(0, tf.int64)]), index)
             return tf.cast(tf.random.stateless_categorical(filtered, 1, step_seed), tf.int32)  # [batch, 1]
 
-        logits, present = self.model.forward(pending, past)
-        past = tf.concat([past, present], axis=-2)
+        logits, keys, values = self.model.forward_cached(pending, keys, values)
         token = draw(logits, 0)
         drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
         drawn = drawn.write(0, token[:, 0])
 
-        def body(i, token, past, drawn):
-            logits, present = self.model.forward(token, past)
+        def body(i, token, keys, values, drawn):
+            logits, keys, values = self.model.forward_cached(token, keys, values)
             token = draw(logits, i)
-            return i + 1, token, tf.concat([past, present], axis=-2), drawn.write(i, token[:, 0])
+            return i + 1, token, keys, values, drawn.write(i, token[:, 0])
 
-        _, _, past, drawn = tf.while_loop(
+        layers = len(keys)
+        _, _, keys, values, drawn = tf.while_loop(
             lambda i, *_: i < n,
             body,
-            (tf.constant(1), token, past, drawn),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 1]), past_shape, tf.TensorShape(None)),
+            (tf.constant(1), token, keys, values, drawn),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 1]), [cache_shape] * layers,
+                              [cache_shape] * layers, tf.TensorShape(None)),
         )
-        return tf.transpose(drawn.stack()), past
+        return tf.transpose(drawn.stack()), keys, values
 
     def sample(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None,
                chunk=None, stop=None):
@@ -132,20 +134,20 @@ class Sampler:
         seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
         chunk = int(chunk or length)
         history = context  # every token so far, prompt included
-        pending, past = context, self._empty_past(batch)
+        pending, (keys, values) = context, self._empty_cache(batch)
         out = np.zeros([batch, 0], np.int32)
         while out.shape[1] < length:
             # Feeding `pending` and then n - 1 drawn tokens must fit in the context.
-            room = n_ctx - past.shape[-2] - pending.shape[1] + 1
+            room = n_ctx - keys[0].shape[-2] - pending.shape[1] + 1
             if room < 1:
                 # The context is full: continue from the newest half of the text (sliding window).
                 keep = max(n_ctx // 2, 1)
-                pending, past = history[:, -keep:], self._empty_past(batch)
+                pending, (keys, values) = history[:, -keep:], self._empty_cache(batch)
                 room = n_ctx - keep + 1
             n = min(chunk, length - out.shape[1], room)
             chunk_seed = tf.constant([seed, out.shape[1]], tf.int64)
-            tokens, past = self._decode(
-                tf.constant(pending), past, tf.constant(n, tf.int32), tf.constant(temperature, tf.float32),
+            tokens, keys, values = self._decode(
+                tf.constant(pending), keys, values, tf.constant(n, tf.int32), tf.constant(temperature, tf.float32),
                 tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32), chunk_seed,
             )
             tokens = tokens.numpy()
@@ -156,6 +158,7 @@ class Sampler:
                 break
         return out
 
-    def _empty_past(self, batch):
+    def _empty_cache(self, batch):
         hp = self.model.hparams
-        return tf.zeros([batch, hp.n_layer, 2, hp.n_head, 0, hp.head_dim], tf.float32)
+        empty = tf.zeros([batch, hp.n_head, 0, hp.head_dim], tf.float32)
+        return [empty] * hp.n_layer, [empty] * hp.n_layer

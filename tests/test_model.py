@@ -101,3 +101,14 @@ def test_hparams_validation():
         HParams(n_layer=0)
     with pytest.raises(ValueError, match="missing keys \\['n_layer'\\]"):
         HParams.from_dict({"n_vocab": 1, "n_ctx": 1, "n_embd": 1, "n_head": 1})
+
+
+def test_forward_cached_equals_forward(tiny_hparams):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = tf.constant(np.random.default_rng(3).integers(0, 97, size=(2, 12)), tf.int32)
+    full, _ = model.forward(tokens)
+    empty = tf.zeros([2, 2, 0, 8])
+    logits, keys, values = model.forward_cached(tokens[:, :7], [empty] * 2, [empty] * 2)
+    rest, keys, values = model.forward_cached(tokens[:, 7:], keys, values)
+    np.testing.assert_allclose(tf.concat([logits, rest], 1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    assert keys[1].shape == values[0].shape == (2, 2, 12, 8)
