@@ -251,14 +251,24 @@ def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None):
     for name, tensors in (companions or {}).items():
         write_bundle(os.path.join(folder, f"{name}-{step}"), tensors)
     prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model))
-    kept = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix] + [prefix]
+    previous = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix]
+    # A checkpoint of a later step belongs to an earlier run in this folder (restore_from='fresh'
+    # restarts the count): it is kept and never pruned here.
+    protected = [p for p in previous if step_of(p) > step]
+    kept = [p for p in previous if step_of(p) <= step] + [prefix]
     dropped = []
     if max_checkpoints and max_checkpoints > 0:
         dropped, kept = kept[:-max_checkpoints], kept[-max_checkpoints:]
-    write_state(folder, kept)
+    write_state(folder, protected + kept)
     for old in dropped:
         remove_bundle(old, companions=list(companions or ()))
     return prefix
+
+
+def step_of(prefix):
+    """The N of a `model-N` prefix, or -1 for a name without one (OpenAI's `model.ckpt`)."""
+    match = re.search(r"-(\d+)$", os.path.basename(prefix))
+    return int(match.group(1)) if match else -1
 
 
 def remove_bundle(prefix, companions=()):

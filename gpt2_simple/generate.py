@@ -12,7 +12,6 @@ Differences from gpt-2-simple 0.8.1, each one of its reported failures:
 - `include_prefix=False` removes the prefix with or without `truncate`;
 - `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works.
 """
-import os
 import re
 
 import numpy as np

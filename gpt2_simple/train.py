@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -265,9 +264,9 @@ def _copy_metadata(source_dir, run_dir):
 
 
 def _step_of(prefix):
-    match = re.search(r"-(\d+)$", os.path.basename(prefix))
-    if match:
-        return int(match.group(1))
+    step = checkpoint.step_of(prefix)
+    if step >= 0:
+        return step
     counter_file = os.path.join(os.path.dirname(prefix), COUNTER_FILE)
     with open(counter_file, encoding="utf-8") as f:
         return int(f.read().strip())

@@ -165,3 +165,14 @@ def test_bad_options_are_one_line_errors(workdir, kwargs, message):
         gpt2.finetune(gpt2.start_tf_sess(), write_text(root), **options)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not (root / "checkpoint").exists()
+
+
+def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints(workdir):
+    root, model_dir = workdir
+    data = write_text(root)
+    gpt2.finetune(gpt2.start_tf_sess(), data, steps=3, model_dir=model_dir, seed=0, **FAST)
+    gpt2.finetune(gpt2.start_tf_sess(), data, steps=1, model_dir=model_dir, restore_from="fresh", **FAST)
+    run = root / "checkpoint" / "run1"
+    assert {f for f in os.listdir(run) if f.endswith(".index")} == {
+        "model-1.index", "model-3.index", "optimizer-1.index", "optimizer-3.index"}
+    assert os.path.basename(gpt2.load_model(str(run)).checkpoint_path) == "model-1"
