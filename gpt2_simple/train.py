@@ -354,8 +354,10 @@ def _remove_older_files(run_dir):
 
 def _generate_samples(sess, data, opts, counter, seed):
     """gpt-2-simple's training samples: `sample_num` texts from one random dataset token."""
+    # Its own random stream, so sampling never shifts the training windows that follow.
     rng = np.random.default_rng([seed, counter])
-    context = data.sample(1)
+    chunk = data.chunks[int(rng.integers(len(data.chunks)))]
+    context = [int(chunk[int(rng.integers(len(chunk)))])]
     texts = []
     while len(texts) < opts.sample_num:
         rows = np.tile(np.asarray(context, np.int32)[None], (opts.batch_size, 1))

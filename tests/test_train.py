@@ -176,3 +176,13 @@ def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints
     assert {f for f in os.listdir(run) if f.endswith(".index")} == {
         "model-1.index", "model-3.index", "optimizer-1.index", "optimizer-3.index"}
     assert os.path.basename(gpt2.load_model(str(run)).checkpoint_path) == "model-1"
+
+
+def test_training_samples_do_not_change_the_training_data(workdir):
+    root, model_dir = workdir
+    data = write_text(root)
+    plain = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_dir=model_dir, run_name="plain", seed=2, **FAST)
+    sampled = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_dir=model_dir, run_name="sampled", seed=2,
+                            **dict(FAST, sample_every=1, sample_length=4))
+    assert sampled.losses == plain.losses
+    assert sorted(os.listdir(root / "samples" / "sampled")) == ["samples-2", "samples-3", "samples-4"]
