@@ -11,6 +11,8 @@ Sections:
 - train: fine-tuning tokens/s for a random-weight model of the chosen size, batch 1, full
   context, and its model FLOPs utilisation (6 * params * tokens / time / matmul peak);
 - generate: tokens/s at batch 1 and 8 (32-token prompt, 256 new tokens), first and second call.
+With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
+(in a subprocess, on the same random-weight model folder) and the ratios are printed.
 Peak RSS is reported for the whole run.
 """
 import argparse
@@ -175,6 +177,85 @@ def bench_generate(args):
     return result
 
 
+_GPT_2_SIMPLE_RUN = r"""
+import json, re, sys, time, io, contextlib
+import gpt_2_simple as g
+model_dir, name, data, run_dir, prompt, new_tokens = sys.argv[1:7]
+new_tokens = int(new_tokens)
+out = io.StringIO()
+sess = g.start_tf_sess()
+with contextlib.redirect_stdout(out):
+    g.finetune(sess, data, steps=4, model_name=name, model_dir=model_dir, accumulate_gradients=1, batch_size=1,
+               sample_every=1000, save_every=1000, print_every=1, run_name="peer", checkpoint_dir=run_dir)
+elapsed = [float(t) for t in re.findall(r"^\[\d+ \| (\d+\.\d+)\]", out.getvalue(), re.M)]
+result = {"train_step_s": min(b - a for a, b in zip(elapsed[1:], elapsed[2:]))}
+for batch in (1, 8):
+    sess = g.reset_session(sess)
+    g.load_gpt2(sess, model_name=name, model_dir=model_dir)
+    for call in ("first", "second"):
+        start = time.perf_counter()
+        g.generate(sess, model_name=name, model_dir=model_dir, prefix=prompt, length=new_tokens, batch_size=batch,
+                   nsamples=batch, return_as_list=True)
+        result[f"batch{batch}_{call}_s"] = time.perf_counter() - start
+print("RESULT" + json.dumps(result))
+"""
+
+
+def _openai_folder(parent, name, hparams):
+    """A random-weight model folder in OpenAI's layout (what download_gpt2 would fetch)."""
+    import shutil
+
+    from gpt2_simple.checkpoint import model_tensors, write_bundle, write_state
+    from gpt2_simple.hparams import save_hparams
+    from gpt2_simple.model import GPT2
+
+    folder = os.path.join(parent, name)
+    os.makedirs(folder)
+    write_bundle(os.path.join(folder, "model.ckpt"), model_tensors(GPT2(hparams, seed=0)))
+    write_state(folder, [os.path.join(folder, "model.ckpt")])
+    save_hparams(hparams, folder)
+    for file in ("encoder.json", "vocab.bpe"):
+        shutil.copy(os.path.join(_vocab_dir(), file), folder)
+    return folder
+
+
+def bench_peer_gpt_2_simple(args, ours):
+    """The train and generate workloads through gpt-2-simple 0.8.1 in a subprocess, and our ratios."""
+    import subprocess
+
+    from encoder import get_encoder
+    from gpt2_simple.hparams import PRESETS
+
+    if importlib.util.find_spec("gpt_2_simple") is None:
+        raise SystemExit("--peer gpt-2-simple needs: pip install --no-deps gpt-2-simple==0.8.1 toposort")
+    enc = get_encoder(_vocab_dir())
+    text = sample_text(enc, 0.05)
+    prompt = enc.decode(enc.encode(text)[:32])
+    with tempfile.TemporaryDirectory() as tmp:
+        _openai_folder(os.path.join(tmp, "models"), args.model, PRESETS[args.model])
+        data = os.path.join(tmp, "data.txt")
+        with open(data, "w", encoding="utf-8") as f:
+            f.write(text)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+        proc = subprocess.run(
+            [sys.executable, "-c", _GPT_2_SIMPLE_RUN, os.path.join(tmp, "models"), args.model, data,
+             os.path.join(tmp, "checkpoint"), prompt, str(args.new_tokens)],
+            capture_output=True, text=True, env=env, cwd=tmp, check=True)
+    theirs = json.loads(proc.stdout.split("RESULT", 1)[1])
+    n_ctx = PRESETS[args.model].n_ctx
+    result = {"train_tokens_per_s": n_ctx / theirs["train_step_s"]}
+    for batch in (1, 8):
+        result[f"batch{batch}_first_call_tokens_per_s"] = batch * args.new_tokens / theirs[f"batch{batch}_first_s"]
+        result[f"batch{batch}_tokens_per_s"] = batch * args.new_tokens / theirs[f"batch{batch}_second_s"]
+    if "train" in ours:
+        result["ours_vs_peer_train"] = ours["train"]["tokens_per_s"] / result["train_tokens_per_s"]
+    if "generate" in ours:
+        for batch in (1, 8):
+            key = f"batch{batch}_tokens_per_s"
+            result[f"ours_vs_peer_generate_batch{batch}"] = ours["generate"][key] / result[key]
+    return result
+
+
 SECTIONS = ("limits", "encoder", "train", "generate")
 
 
@@ -184,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--peer", choices=["gpt-2-simple"], action="append",
+                        help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     sections = args.only or SECTIONS
@@ -197,6 +280,8 @@ def main(argv=None):
         results["train"] = bench_train(args, limits)
     if "generate" in sections:
         results["generate"] = bench_generate(args)
+    if "gpt-2-simple" in (args.peer or []):
+        results["peer_gpt_2_simple"] = bench_peer_gpt_2_simple(args, results)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for section, values in results.items():
         if isinstance(values, dict):
