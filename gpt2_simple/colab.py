@@ -1,102 +1,216 @@
 """Google Colab helpers: mount Drive, copy run folders and files to and from it.
 
-gpt-2-simple's names and arguments. Colab is imported only inside `mount_gdrive`; everything
-else is a plain tar or folder copy between the working directory and a "drive" folder
-(`/content/drive/MyDrive` by default, or `$GPT2_SIMPLE_DRIVE_DIR`, or `drive_dir=`), so it works
-with any synced folder and in tests. Nothing here deletes user data: tars are written under a
-temporary name and renamed, and extraction refuses members that would land outside the target.
+gpt-2-simple's names and arguments, plus keyword-only `checkpoint_dir` and `drive_dir`. Only
+`mount_gdrive` needs Colab (imported inside it); everything else is a plain tar or folder copy
+between the working directory and a "drive" folder: `drive_dir=`, else `$GPT2_SIMPLE_DRIVE_DIR`,
+else `/content/drive/MyDrive`. So the helpers work with any synced folder, and in tests.
+
+On the drive a run is stored as gpt-2-simple stored it: `checkpoint_run1.tar` holding
+`checkpoint/run1/...` (or the folder `checkpoint/run1` with `copy_folder=True`), where
+`checkpoint` is the last component of `checkpoint_dir`. Nothing here deletes user data: files
+and tars are written under a temporary name and renamed, and extraction refuses any tar member
+that is absolute, climbs out with `..`, is a link or device, or is not inside the run folder.
 """
+import copy
 import os
+import re
 import shutil
 import tarfile
 
+from .names import check_name
+
+COLAB_MOUNT_POINT = "/content/drive"
 DEFAULT_DRIVE_DIR = "/content/drive/MyDrive"
 DRIVE_DIR_ENV = "GPT2_SIMPLE_DRIVE_DIR"
 
 
 def mount_gdrive():
-    """Mount Google Drive at /content/drive (Colab only)."""
+    """Mount Google Drive at /content/drive (Colab only).
+
+    Raises:
+        RuntimeError: outside Google Colab.
+    """
     try:
         from google.colab import drive
     except ImportError:
         raise RuntimeError(
             "mount_gdrive() works only inside Google Colab; elsewhere pass drive_dir= (or set "
-            f"${DRIVE_DIR_ENV}) to the copy_* helpers to use any folder"
+            f"${DRIVE_DIR_ENV}) to the copy_* helpers to copy to and from any folder"
         ) from None
-    drive.mount("/content/drive")
-
-
-def _drive(drive_dir=None):
-    return drive_dir or os.environ.get(DRIVE_DIR_ENV) or DEFAULT_DRIVE_DIR
+    drive.mount(COLAB_MOUNT_POINT)
 
 
 def is_mounted(*, drive_dir=None):
-    """Raise unless the drive folder exists (gpt-2-simple asserted instead)."""
-    folder = _drive(drive_dir)
+    """Return True if the drive folder exists, else raise (gpt-2-simple asserted).
+
+    Raises:
+        FileNotFoundError: the drive folder does not exist (Drive not mounted).
+    """
+    folder = _drive_dir(drive_dir)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"drive folder {folder} not found; call gpt2.mount_gdrive() first in Colab, "
-                                f"or pass drive_dir= / set ${DRIVE_DIR_ENV}")
+        raise FileNotFoundError(
+            f"drive folder {folder} not found; in Colab call gpt2.mount_gdrive() first, elsewhere "
+            f"pass drive_dir= or set ${DRIVE_DIR_ENV} to an existing folder"
+        )
     return True
 
 
 def get_tarfile_name(checkpoint_folder):
-    """`checkpoint/run1` -> `checkpoint_run1.tar`."""
+    """The tar name of a run folder: `checkpoint/run1` -> `checkpoint_run1.tar`."""
     return checkpoint_folder.replace(os.sep, "_") + ".tar"
 
 
 def copy_checkpoint_to_gdrive(run_name="run1", copy_folder=False, *, checkpoint_dir="checkpoint", drive_dir=None):
-    """Copy `checkpoint_dir/run_name` to the drive, as one tar (default) or as a folder tree."""
-    is_mounted(drive_dir=drive_dir)
-    folder = os.path.join(checkpoint_dir, run_name)
+    """Copy the run folder `checkpoint_dir/run_name` to the drive.
+
+    Args:
+        run_name: the run to copy.
+        copy_folder: copy the folder tree instead of one tar (slower to sync, but browsable).
+        checkpoint_dir: the parent of the run folder here.
+        drive_dir: the drive folder (default `$GPT2_SIMPLE_DRIVE_DIR` or /content/drive/MyDrive).
+
+    Returns:
+        The tar file or folder written on the drive.
+
+    Raises:
+        FileNotFoundError: the drive folder or the run folder does not exist.
+    """
+    drive = _drive_dir(drive_dir)
+    is_mounted(drive_dir=drive)
+    folder = os.path.join(checkpoint_dir, check_name("run_name", run_name))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"run folder {folder} not found; fine-tune first or check run_name / checkpoint_dir")
+    stored = _stored_name(checkpoint_dir, run_name)  # checkpoint/run1
     if copy_folder:
-        shutil.copytree(folder, os.path.join(_drive(drive_dir), folder), dirs_exist_ok=True)
-        return
-    name = get_tarfile_name(folder)
-    target = os.path.join(_drive(drive_dir), name)
-    tmp = target + ".tmp"
-    with tarfile.open(tmp, "w") as tar:
-        tar.add(folder)
-    os.replace(tmp, target)
+        target = os.path.join(drive, stored)
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+        return target
+    target = os.path.join(drive, get_tarfile_name(stored))
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(folder, arcname=stored.replace(os.sep, "/"))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # our own half-written tar, never user data
+    return target
 
 
 def copy_checkpoint_from_gdrive(run_name="run1", copy_folder=False, *, checkpoint_dir="checkpoint", drive_dir=None):
-    """Bring `checkpoint_dir/run_name` back from the drive (a tar or a folder tree)."""
-    is_mounted(drive_dir=drive_dir)
-    folder = os.path.join(checkpoint_dir, run_name)
+    """Bring a run copied by `copy_checkpoint_to_gdrive` back into `checkpoint_dir/run_name`.
+
+    Files of the same name in the local run folder are replaced; other files are kept.
+
+    Returns:
+        The local run folder.
+
+    Raises:
+        FileNotFoundError: the drive folder, or the run's tar or folder on it, does not exist.
+        ValueError: the tar holds a member outside `<checkpoint>/<run_name>/`, a link or a device.
+    """
+    drive = _drive_dir(drive_dir)
+    is_mounted(drive_dir=drive)
+    folder = os.path.join(checkpoint_dir, check_name("run_name", run_name))
+    stored = _stored_name(checkpoint_dir, run_name)
+    source = os.path.join(drive, stored if copy_folder else get_tarfile_name(stored))
+    if not (os.path.isdir(source) if copy_folder else os.path.isfile(source)):
+        raise FileNotFoundError(f"{source} not found on the drive; copy it there with copy_checkpoint_to_gdrive"
+                                f"(run_name={run_name!r}, copy_folder={copy_folder})")
     if copy_folder:
-        source = os.path.join(_drive(drive_dir), folder)
-        if not os.path.isdir(source):
-            raise FileNotFoundError(f"{source} not found on the drive; copy it there with copy_checkpoint_to_gdrive")
         shutil.copytree(source, folder, dirs_exist_ok=True)
-        return
-    source = os.path.join(_drive(drive_dir), get_tarfile_name(folder))
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"{source} not found on the drive; copy it there with copy_checkpoint_to_gdrive")
+        return folder
+    os.makedirs(checkpoint_dir, exist_ok=True)
     with tarfile.open(source, "r") as tar:
-        _safe_extract(tar, ".")
+        _extract_run(tar, run_name, checkpoint_dir)
+    return folder
 
 
 def copy_file_to_gdrive(file_path, *, drive_dir=None):
-    """Copy a file (relative to the working directory) to the same relative path on the drive."""
-    is_mounted(drive_dir=drive_dir)
-    target = os.path.join(_drive(drive_dir), file_path)
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    shutil.copyfile(file_path, target)
+    """Copy a file to the same relative path on the drive (an absolute path: to its name there).
+
+    Returns:
+        The path written on the drive.
+    """
+    drive = _drive_dir(drive_dir)
+    is_mounted(drive_dir=drive)
+    if not os.path.isfile(file_path):
+        raise FileNotFoundError(f"{file_path} is not a file; give a path relative to {os.getcwd()}")
+    target = os.path.join(drive, _relative_on_drive(file_path))
+    _copy_atomically(file_path, target)
+    return target
 
 
 def copy_file_from_gdrive(file_path, *, drive_dir=None):
-    """Copy a file from the drive to the same relative path here."""
-    is_mounted(drive_dir=drive_dir)
-    os.makedirs(os.path.dirname(file_path) or ".", exist_ok=True)
-    shutil.copyfile(os.path.join(_drive(drive_dir), file_path), file_path)
+    """Copy a file from the drive (where `copy_file_to_gdrive(file_path)` put it) to `file_path`.
+
+    Returns:
+        `file_path`.
+    """
+    drive = _drive_dir(drive_dir)
+    is_mounted(drive_dir=drive)
+    source = os.path.join(drive, _relative_on_drive(file_path))
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source} not found on the drive; copy it there with copy_file_to_gdrive")
+    _copy_atomically(source, file_path)
+    return file_path
 
 
-def _safe_extract(tar, target):
-    root = os.path.realpath(target)
+# ---------------------------------------------------------------------------------------------
+# Paths, copies and safe extraction
+
+
+def _drive_dir(drive_dir=None):
+    return drive_dir or os.environ.get(DRIVE_DIR_ENV) or DEFAULT_DRIVE_DIR
+
+
+def _stored_name(checkpoint_dir, run_name):
+    """`<last component of checkpoint_dir>/<run_name>`: `checkpoint/run1` for the default."""
+    parent = os.path.basename(os.path.abspath(checkpoint_dir)) or "checkpoint"
+    return os.path.join(parent, run_name)
+
+
+def _relative_on_drive(file_path):
+    """A relative path stays as it is on the drive; one that is absolute or climbs out keeps its name."""
+    path = os.path.normpath(file_path)
+    if os.path.isabs(path) or path == ".." or path.startswith(".." + os.sep):
+        return os.path.basename(path)
+    return path
+
+
+def _copy_atomically(source, target):
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _extract_run(tar, run_name, checkpoint_dir):
+    """Extract `<any>/<run_name>/...` members into `checkpoint_dir/<run_name>/...`.
+
+    Every member is checked before anything is written, so a bad tar writes nothing.
+    """
+    members = []
     for member in tar.getmembers():
-        path = os.path.realpath(os.path.join(root, member.name))
-        if os.path.commonpath([root, path]) != root or member.issym() or member.islnk():
-            raise ValueError(f"refusing tar member {member.name!r}: it would be written outside {root} or is a link")
-    tar.extractall(target, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(target)
+        name = member.name.replace("\\", "/")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise ValueError(f"refusing tar member {member.name!r}: absolute or climbing out with '..'")
+        if not (member.isfile() or member.isdir()):
+            raise ValueError(f"refusing tar member {member.name!r}: only files and folders belong in a run")
+        if len(parts) == 1 and member.isdir():
+            continue  # an entry for the parent folder itself
+        if len(parts) < 2 or parts[1] != run_name:
+            raise ValueError(f"refusing tar member {member.name!r}: not inside '<checkpoint>/{run_name}/'; "
+                             "is this the tar of another run?")
+        renamed = copy.copy(member)
+        renamed.name = "/".join(parts[1:])
+        members.append(renamed)
+    if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.8.17+ / 3.9.17+ / 3.10.12+ / 3.11.4+
+        tar.extractall(checkpoint_dir, members=members, filter="data")
+    else:
+        tar.extractall(checkpoint_dir, members=members)

@@ -1,17 +1,18 @@
-"""Download a released model: python scripts/download_model.py 124M
+"""Download a released GPT-2 model: python scripts/download_model.py 124M
 
-A thin wrapper around `gpt2_simple download`; every flag is named as the Python argument
-(`python scripts/download_model.py --help` lists them with their defaults).
+Files go to models/124M (or --model_dir); files already complete are skipped.
+A thin wrapper around `gpt2_simple download`: every flag is named as the Python argument;
+`--help` lists them with their defaults.
 """
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:
-    import gpt2_simple.cli as cli
-except ImportError:  # running from a checkout that is not installed
+if importlib.util.find_spec("gpt2_simple") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import gpt2_simple.cli as cli
+
+from gpt2_simple.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["download"] + sys.argv[1:]))
+    sys.exit(main(["download"] + sys.argv[1:]))

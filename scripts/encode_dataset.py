@@ -1,17 +1,18 @@
-"""Pre-encode a dataset: python scripts/encode_dataset.py mytext.txt --out_path mytext.npz
+"""Encode a dataset once: python scripts/encode_dataset.py mytext.txt --out_path mytext.npz
 
-A thin wrapper around `gpt2_simple encode`; every flag is named as the Python argument
-(`python scripts/encode_dataset.py --help` lists them with their defaults).
+Pass the .npz to finetune as its dataset to skip encoding on every run.
+A thin wrapper around `gpt2_simple encode`: every flag is named as the Python argument;
+`--help` lists them with their defaults.
 """
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:
-    import gpt2_simple.cli as cli
-except ImportError:  # running from a checkout that is not installed
+if importlib.util.find_spec("gpt2_simple") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import gpt2_simple.cli as cli
+
+from gpt2_simple.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["encode"] + sys.argv[1:]))
+    sys.exit(main(["encode"] + sys.argv[1:]))

@@ -1,17 +1,18 @@
-"""Generate text from a run: python scripts/generate.py --run_name run1 --nsamples 5 --stdout
+"""Generate text from a run: python scripts/generate.py --run_name run1 --nsamples 5 --length 200
 
-A thin wrapper around `gpt2_simple generate`; every flag is named as the Python argument
-(`python scripts/generate.py --help` lists them with their defaults).
+Writes --nfiles files into --folder (default gen/, never emptied), or prints with --stdout.
+A thin wrapper around `gpt2_simple generate`: every flag is named as the Python argument;
+`--help` lists them with their defaults.
 """
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:
-    import gpt2_simple.cli as cli
-except ImportError:  # running from a checkout that is not installed
+if importlib.util.find_spec("gpt2_simple") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import gpt2_simple.cli as cli
+
+from gpt2_simple.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["generate"] + sys.argv[1:]))
+    sys.exit(main(["generate"] + sys.argv[1:]))
