@@ -221,10 +221,14 @@ def write_state(folder, prefixes):
     """Rewrite `folder/checkpoint` to list `prefixes` (latest last), with relative names."""
     names = [os.path.basename(p) for p in prefixes]
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
-    path = os.path.join(folder, STATE_FILE)
+    write_text(os.path.join(folder, STATE_FILE), "\n".join(lines) + "\n")
+
+
+def write_text(path, text):
+    """Replace the small text file `path` atomically and durably (temporary name, fsync, rename)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

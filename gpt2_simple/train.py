@@ -316,10 +316,7 @@ def _save(model, opt, run_dir, step, data, avg, seed, opts, printed_name):
     companion[STATE_TENSOR] = tf.constant(json.dumps(state))
     checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
                                companions={"optimizer": companion})
-    path = os.path.join(run_dir, COUNTER_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"{step}\n")
-    os.replace(path + ".tmp", path)
+    checkpoint.write_text(os.path.join(run_dir, COUNTER_FILE), f"{step}\n")
 
 
 def _load_training_state(prefix, opt):
