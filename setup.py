@@ -27,7 +27,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["gpt2_simple", "encoder"],
+    packages=["gpt2_simple", "gpt2_simple.model", "gpt2_simple.training", "gpt2_simple.generation",
+              "gpt2_simple.formats", "encoder"],
     install_requires=[
         _tensorflow_requirement(),
         "numpy",

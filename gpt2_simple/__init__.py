@@ -8,7 +8,6 @@
 
 Importing the package configures nothing: no eager-mode switch, no device or thread settings.
 """
-from .checkpoint import load_model
 from .colab import (
     copy_checkpoint_from_gdrive,
     copy_checkpoint_to_gdrive,
@@ -18,16 +17,17 @@ from .colab import (
     is_mounted,
     mount_gdrive,
 )
-from .download import DownloadError, download_gpt2, is_gpt2_downloaded
-from .encoding import encode_csv, encode_dataset
-from .export import export_saved_model
-from .generate import generate, generate_to_file, load_gpt2
-from .hf import export_hf, load_hf_model
-from .hparams import HParams, load_hparams
-from .model import GPT2
-from .scratch import create_model
+from .formats.download import DownloadError, download_gpt2, is_gpt2_downloaded
+from .formats.folders import export_hf, load_model
+from .formats.hf import load_hf_model
+from .generation.generate import generate, generate_to_file, load_gpt2
+from .generation.saved_model import export_saved_model
+from .model.hparams import HParams, load_hparams
+from .model.model import GPT2
 from .session import Session, reset_session, start_tf_sess
-from .train import finetune
+from .training.encoding import encode_csv, encode_dataset
+from .training.scratch import create_model
+from .training.train import finetune
 
 __all__ = [
     "DownloadError",

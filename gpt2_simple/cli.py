@@ -153,7 +153,7 @@ def _summary(function):
 def build_parser():
     """The `gpt2_simple` parser with its subcommands."""
     import gpt2_simple as gpt2
-    from gpt2_simple.optimizer import OPTIMIZERS
+    from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = _Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
@@ -216,9 +216,9 @@ def _call_kwargs(args, function, skip=()):
 def run_finetune(args):
     """Download the base model when a fresh run needs it, then fine-tune (gpt-2-simple's cmd_finetune)."""
     import gpt2_simple as gpt2
-    from gpt2_simple import checkpoint
-    from gpt2_simple.download import MODEL_ALIASES, MODEL_NAMES
-    from gpt2_simple.names import run_folder
+    from gpt2_simple.formats import checkpoint
+    from gpt2_simple.formats.download import MODEL_ALIASES, MODEL_NAMES
+    from gpt2_simple.model.names import run_folder
 
     if args.dataset and args.dataset_positional and args.dataset != args.dataset_positional:
         raise ValueError(f"two datasets given ({args.dataset_positional!r} and --dataset {args.dataset!r}); give one")

@@ -17,7 +17,7 @@ import re
 import shutil
 import tarfile
 
-from .names import check_name
+from .model.names import check_name
 
 COLAB_MOUNT_POINT = "/content/drive"
 DEFAULT_DRIVE_DIR = "/content/drive/MyDrive"

@@ -10,7 +10,7 @@ import warnings
 
 import tensorflow as tf
 
-from .sample import Sampler
+from .generation.sample import Sampler
 
 
 class Session:

@@ -142,8 +142,8 @@ def bench_encoder(args):
 
 
 def _model(args):
-    from gpt2_simple.hparams import PRESETS
-    from gpt2_simple.model import GPT2
+    from gpt2_simple.model.hparams import PRESETS
+    from gpt2_simple.model.model import GPT2
 
     return GPT2(PRESETS[args.model], seed=0)
 
@@ -151,8 +151,8 @@ def _model(args):
 def bench_train(args, limits=None):
     import tensorflow as tf
 
-    from gpt2_simple.optimizer import make_optimizer
-    from gpt2_simple.step import compile_train_step
+    from gpt2_simple.training.optimizer import make_optimizer
+    from gpt2_simple.training.step import compile_train_step
 
     model = _model(args)
     names = list(model.weights)
@@ -173,7 +173,7 @@ def bench_train(args, limits=None):
 
 
 def bench_generate(args):
-    from gpt2_simple.sample import Sampler
+    from gpt2_simple.generation.sample import Sampler
 
     sampler = Sampler(_model(args))
     result = {}
@@ -247,9 +247,9 @@ def _openai_folder(parent, name, hparams):
     """A random-weight model folder in OpenAI's layout (what download_gpt2 would fetch)."""
     import shutil
 
-    from gpt2_simple.checkpoint import model_tensors, write_bundle, write_state
-    from gpt2_simple.hparams import save_hparams
-    from gpt2_simple.model import GPT2
+    from gpt2_simple.formats.checkpoint import model_tensors, write_bundle, write_state
+    from gpt2_simple.model.hparams import save_hparams
+    from gpt2_simple.model.model import GPT2
 
     folder = os.path.join(parent, name)
     os.makedirs(folder)
@@ -272,7 +272,7 @@ def bench_peer_gpt_2_simple(args, ours):
     import subprocess
 
     from encoder import get_encoder
-    from gpt2_simple.hparams import PRESETS
+    from gpt2_simple.model.hparams import PRESETS
 
     if importlib.util.find_spec("gpt_2_simple") is None:
         raise SystemExit("--peer gpt-2-simple needs: pip install --no-deps gpt-2-simple==0.8.1 toposort")
@@ -295,7 +295,7 @@ def bench_peer_gpt_2_simple(args, ours):
 
 def _peer_result(args, ours, theirs):
     """A peer's tokens/s from its seconds (`train_step_s`, `batch{b}_first_s`, `batch{b}_second_s`), and our ratios."""
-    from gpt2_simple.hparams import PRESETS
+    from gpt2_simple.model.hparams import PRESETS
 
     n_ctx = PRESETS[args.model].n_ctx
     result = {"train_tokens_per_s": n_ctx / theirs["train_step_s"]}
@@ -364,9 +364,8 @@ def bench_peer_transformers(args, ours):
     """The train and generate workloads through transformers' GPT2LMHeadModel in a subprocess, and our ratios."""
     import subprocess
 
-    from gpt2_simple.checkpoint import load_model
-    from gpt2_simple.hf import export_hf
-    from gpt2_simple.hparams import PRESETS
+    from gpt2_simple.formats.folders import export_hf, load_model
+    from gpt2_simple.model.hparams import PRESETS
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         raise SystemExit("--peer transformers needs: pip install torch==2.13.0 transformers")
@@ -407,10 +406,10 @@ def memory_child(model_name, optimizer, recompute, precision="float32"):
     """One fine-tuning process: weights RSS, peak RSS and step time of two steps (prints JSON)."""
     import tensorflow as tf
 
-    from gpt2_simple.hparams import PRESETS
-    from gpt2_simple.model import GPT2
-    from gpt2_simple.optimizer import make_optimizer
-    from gpt2_simple.step import compile_train_step
+    from gpt2_simple.model.hparams import PRESETS
+    from gpt2_simple.model.model import GPT2
+    from gpt2_simple.training.optimizer import make_optimizer
+    from gpt2_simple.training.step import compile_train_step
 
     model = GPT2(PRESETS[model_name], init=lambda name, shape: np.full(shape, 0.01, np.float32))
     weights_mb = _rss_mb()

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from runs import subprocess_env
 
 import gpt2_simple as gpt2
-from runs import subprocess_env
 
 DELIM = "=" * 20 + "\n"
 

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
-from runs import make_tiny_model, snapshot, write_text
 
 FAST = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0)
 

@@ -5,13 +5,19 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import gpt2_simple
-from gpt2_simple.checkpoint import find_checkpoint, load_model, numpy_weights, read_state, save_checkpoint
-from gpt2_simple.hparams import HParams
-from gpt2_simple.model import GPT2
 from openai_layout import tf1_restore
 from reference import gpt2_logits
+
+import gpt2_simple
+from gpt2_simple.formats.checkpoint import (
+    find_checkpoint,
+    numpy_weights,
+    read_state,
+    save_checkpoint,
+)
+from gpt2_simple.formats.folders import load_model
+from gpt2_simple.model.hparams import HParams
+from gpt2_simple.model.model import GPT2
 
 TOKENS = np.array([[5, 17, 3, 96, 0, 42, 42, 7], [1, 2, 3, 4, 5, 6, 7, 8]])
 
@@ -33,7 +39,7 @@ def test_save_then_load_is_identical(tmp_path, tiny_hparams):
     model = GPT2(HParams(**tiny_hparams), seed=3)
     run = str(tmp_path / "checkpoint" / "run1")
     prefix = save_checkpoint(model, run, 7)
-    gpt2_simple.hparams.save_hparams(model.hparams, run)
+    gpt2_simple.model.hparams.save_hparams(model.hparams, run)
     assert prefix == os.path.join(run, "model-7")
     assert sorted(os.listdir(run)) == ["checkpoint", "hparams.json", "model-7.data-00000-of-00001", "model-7.index"]
     with open(os.path.join(run, "checkpoint")) as f:
@@ -61,7 +67,7 @@ def test_max_checkpoints_keeps_newest_and_named_checkpoints_load(tmp_path, tiny_
     models = [GPT2(HParams(**tiny_hparams), seed=s) for s in range(3)]
     for step, model in zip((10, 20, 30), models):
         save_checkpoint(model, run, step, max_checkpoints=2)
-    gpt2_simple.hparams.save_hparams(models[0].hparams, run)
+    gpt2_simple.model.hparams.save_hparams(models[0].hparams, run)
     assert [os.path.basename(p) for p in read_state(run)] == ["model-20", "model-30"]
     assert not os.path.exists(os.path.join(run, "model-10.index"))
     assert not os.path.exists(os.path.join(run, "model-10.data-00000-of-00001"))

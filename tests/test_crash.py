@@ -12,9 +12,9 @@ import textwrap
 import time
 
 import numpy as np
+from runs import make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
-from runs import make_tiny_model, subprocess_env, write_text
 
 KILLS = 6
 OPTIONS = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0, save_every=1,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import encoder
-from gpt2_simple import dataset, encoding, token_cache
+from gpt2_simple.training import dataset, encoding, token_cache
 
 EOT = [27, 91, 437, 1659, 5239, 91, 29]  # the literal "<|endoftext|>" as ordinary BPE tokens
 SOT = [27, 91, 9688, 1659, 5239, 91, 29]  # the literal "<|startoftext|>"

@@ -2,17 +2,23 @@
 import errno
 import http.server
 import json
-import random
 import os
+import random
 import re
 import shutil
 import threading
 
 import pytest
 
-from gpt2_simple import download
-from gpt2_simple.download import DATA_FILE, MODEL_FILES, DownloadError, download_gpt2, is_gpt2_downloaded
-from gpt2_simple.hparams import HParams
+from gpt2_simple.formats import download
+from gpt2_simple.formats.download import (
+    DATA_FILE,
+    MODEL_FILES,
+    DownloadError,
+    download_gpt2,
+    is_gpt2_downloaded,
+)
+from gpt2_simple.model.hparams import HParams
 
 TINY = {"n_vocab": 100, "n_ctx": 16, "n_embd": 8, "n_head": 2, "n_layer": 1}
 CHECKPOINT = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'

@@ -14,14 +14,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from openai_layout import make_openai_folder
+from runs import TINY_REAL_VOCAB, make_tiny_model, snapshot
 
 import gpt2_simple as gpt2
 from gpt2_simple import cli
-from gpt2_simple.checkpoint import load_model
-from gpt2_simple.export import DEFAULTS, export_saved_model
-from gpt2_simple.sample import Sampler
-from openai_layout import make_openai_folder
-from runs import TINY_REAL_VOCAB, make_tiny_model, snapshot
+from gpt2_simple.formats.folders import load_model
+from gpt2_simple.generation.sample import Sampler
+from gpt2_simple.generation.saved_model import DEFAULTS, export_saved_model
 
 PROMPT = [[464, 2068, 7586], [317, 43716, 287]]  # [2, 3], ids from the real vocabulary
 SHORT_PROMPT = [[15496, 995, 11, 314, 716]]  # [1, 5]: another batch size and prompt length

@@ -3,9 +3,9 @@ import os
 
 import numpy as np
 import pytest
+from runs import make_tiny_model
 
 import gpt2_simple as gpt2
-from runs import make_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ import os
 
 import numpy as np
 import pytest
-
-import gpt2_simple as gpt2
-from encoder import get_encoder
-from gpt2_simple import hf
-from gpt2_simple.checkpoint import numpy_weights, save_checkpoint
-from gpt2_simple.hparams import save_hparams
-from gpt2_simple.safetensors_file import read_safetensors
 from openai_layout import make_openai_folder
 from runs import TINY_REAL_VOCAB, make_tiny_model, write_text
 from vocab import write_toy_vocab
+
+import gpt2_simple as gpt2
+from encoder import get_encoder
+from gpt2_simple.formats import hf
+from gpt2_simple.formats.checkpoint import numpy_weights, save_checkpoint
+from gpt2_simple.formats.safetensors_file import read_safetensors
+from gpt2_simple.model.hparams import save_hparams
 
 HF_FILES = ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
 TOKENS = np.array([[0, 5, 17, 42, 96, 3], [1, 2, 3, 4, 5, 6]])

@@ -12,9 +12,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from runs import TEXT, make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
-from runs import TEXT, make_tiny_model, subprocess_env, write_text
 
 
 @pytest.fixture(scope="module", autouse=True)

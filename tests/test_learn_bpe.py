@@ -11,12 +11,19 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from encoder import ENDOFTEXT, PATTERN, bytes_to_unicode, get_encoder, learn_bpe, read_vocab
-from encoder import learn as learn_module
-from encoder.bpe import merge_pair
 from runs import subprocess_env
 from vocab import local_tiktoken
+
+from encoder import (
+    ENDOFTEXT,
+    PATTERN,
+    bytes_to_unicode,
+    get_encoder,
+    learn_bpe,
+    read_vocab,
+)
+from encoder import learn as learn_module
+from encoder.bpe import merge_pair
 
 SYLLABLES = ["ka", "ri", "to", "mel", "an", "sor", "vi", "de", "lu", "qua", "ne", "bo", "ü", "é", "日", "本"]
 SPECIAL = ["naïve", "Straße", "日本語", "😀", "🦊🦊", "Ünïcödé", "I'll", "don't", "3.14", "2024", "<|endoftext|>"]

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from gpt2_simple.checkpoint import openai_variables
-from gpt2_simple.hparams import PRESETS, HParams
-from gpt2_simple.model import GPT2
 from reference import gpt2_logits
+
+from gpt2_simple.formats.checkpoint import openai_variables
+from gpt2_simple.model.hparams import PRESETS, HParams
+from gpt2_simple.model.model import GPT2
 
 
 def test_124m_parameter_count_and_table():

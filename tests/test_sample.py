@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpt2_simple.hparams import HParams
-from gpt2_simple.model import GPT2
-from gpt2_simple.sample import Sampler, _draw, filter_logits
+from gpt2_simple.generation.sample import Sampler, _draw, filter_logits
+from gpt2_simple.model.hparams import HParams
+from gpt2_simple.model.model import GPT2
 
 LOGITS = tf.constant([[1.0, 4.0, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 10.0, -1.0]])
 

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import gpt2_simple as gpt2
-from gpt2_simple.hparams import HParams
-from gpt2_simple.model import GPT2
-from gpt2_simple.optimizer import Adafactor, Adam
-from gpt2_simple.step import LossScale, compile_train_step, lm_loss
 from conftest import TINY
 from distributed_run import FINETUNE
 from runs import make_tiny_model, subprocess_env, write_text
+
+import gpt2_simple as gpt2
+from gpt2_simple.model.hparams import HParams
+from gpt2_simple.model.model import GPT2
+from gpt2_simple.training.optimizer import Adafactor, Adam
+from gpt2_simple.training.step import LossScale, compile_train_step, lm_loss
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_run.py")
 FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1)

@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from vocab import write_toy_vocab
 
 import gpt2_simple as gpt2
 from encoder import get_encoder, learn_bpe
-from gpt2_simple.checkpoint import numpy_weights
-from gpt2_simple.hparams import PRESETS, HParams
-from gpt2_simple.train import lm_loss
-from vocab import write_toy_vocab
+from gpt2_simple.formats.checkpoint import numpy_weights
+from gpt2_simple.model.hparams import PRESETS, HParams
+from gpt2_simple.training.step import lm_loss
 
 TOY_SIZE = 266  # tests/vocab.py: 256 bytes + 9 merges + <|endoftext|>
 

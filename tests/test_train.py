@@ -8,9 +8,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from runs import make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
-from runs import make_tiny_model, subprocess_env, write_text
 
 FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1,
             learning_rate=3e-3)

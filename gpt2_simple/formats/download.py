@@ -16,7 +16,7 @@ import time
 import requests
 from tqdm import tqdm
 
-from .hparams import PRESETS, load_hparams
+from ..model.hparams import PRESETS, load_hparams
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
 BASE_URL_ENV = "GPT2_SIMPLE_BASE_URL"

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
 # XLA's DynamicUpdateSlice (no public TF name): writes a step's keys into a fixed-size cache.
 from tensorflow.compiler.tf2xla.python import xla
 

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 
-from .atomic import write_text
+from ..atomic import write_text
 
 HPARAMS_FILE = "hparams.json"
 

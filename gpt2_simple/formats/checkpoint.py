@@ -5,7 +5,8 @@ This module owns the files that hold weights: the table of OpenAI variable names
 `model-<N>` with a shape check per tensor, writing `model-<N>.index` +
 `model-<N>.data-00000-of-00001` (the TF1 `Saver` bundle format, so `tf.train.load_checkpoint`,
 TF1 `Saver` code and gpt-2-simple open them) and the `checkpoint` state file, and
-`load_model(folder)`. It does not know about optimizers, datasets or sampling.
+`load_checkpoint(folder)`. It does not know about optimizers, datasets or sampling, nor about
+other layouts: telling a folder's layout apart is `folders.py`'s.
 
 Files are written under temporary names and renamed, and the state file changes only after the
 new checkpoint is complete, so a crash never leaves a half-written checkpoint in use.
@@ -16,9 +17,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from .atomic import write_text
-from .hparams import load_hparams
-from .model import GPT2
+from ..atomic import write_text
+from ..model.hparams import load_hparams
+from ..model.model import GPT2
 
 STATE_FILE = "checkpoint"
 DATA_SUFFIX = ".data-00000-of-00001"
@@ -151,25 +152,20 @@ def _first_line(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def load_model(folder, checkpoint="latest"):
-    """Load GPT-2 from a model folder (`models/124M`) or a run folder (`checkpoint/run1`).
+def load_checkpoint(folder, checkpoint="latest"):
+    """Load GPT-2 from a folder in OpenAI's layout: `hparams.json`, a `checkpoint` state file and its bundle.
 
     Args:
-        folder: a folder with `hparams.json`, a `checkpoint` state file and the bundle it names,
-            or one in Hugging Face's layout (`config.json` and `model.safetensors`; see `hf.py`).
+        folder: a model folder (`models/124M`) or a run folder (`checkpoint/run1`).
         checkpoint: 'latest', or the name of one checkpoint in the folder (e.g. 'model-1000').
 
     Returns:
-        A `GPT2` whose `.hparams` are the folder's; `model(tokens)` gives logits.
+        A `GPT2` whose `.hparams` are the folder's, with `.checkpoint_path` its bundle prefix.
 
     Raises:
         FileNotFoundError: missing folder, hparams.json or checkpoint files.
         ValueError: malformed hparams.json, or a checkpoint that disagrees with it or is corrupt.
     """
-    from . import hf  # here, not at the top: hf.py builds on this module
-
-    if hf.is_hf_folder(folder):
-        return hf.load_hf_model(folder, checkpoint)
     prefix = find_checkpoint(folder, checkpoint)
     hparams = load_hparams(folder)
     reader = checked_reader(prefix, hparams)

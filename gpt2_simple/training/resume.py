@@ -17,10 +17,10 @@ import tensorflow as tf
 
 from encoder.vocab import vocab_files
 
-from . import checkpoint, hf
-from .atomic import write_text
-from .hparams import save_hparams
-from .names import model_folder
+from ..atomic import write_text
+from ..formats import checkpoint, folders, hf
+from ..model.hparams import save_hparams
+from ..model.names import model_folder
 
 COUNTER_FILE = "counter"
 METADATA_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
@@ -36,7 +36,7 @@ def weights_source(opts, run_dir):
     A folder in Hugging Face's layout gives its `model.safetensors` as the prefix (never resuming).
     """
     def weights_in(folder):
-        return hf.weights_path(folder) if hf.is_hf_folder(folder) else checkpoint.find_checkpoint(folder)
+        return folders.weights_file(folder)
 
     if opts.restore_from == "latest":
         if checkpoint.read_state(run_dir):

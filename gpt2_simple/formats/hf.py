@@ -4,8 +4,8 @@ This module owns the folder that `transformers`' `GPT2LMHeadModel.save_pretraine
 `from_pretrained` reads: the rule that turns the OpenAI names of `checkpoint.openai_variables` into
 Hugging Face's (`model/h0/attn/c_attn/w` <-> `transformer.h.0.attn.c_attn.weight`, `[1, nx, nf]`
 <-> `[nx, nf]`), the check that `model.safetensors` holds the GPT-2 that `config.json` describes,
-and `config.json` <-> `HParams`. `checkpoint.load_model` reads such a folder as it reads an OpenAI
-one; `export_hf` writes one from any folder `load_model` reads. The safetensors format itself
+and `config.json` <-> `HParams`, `load_hf_model` and `write_hf_folder`. Which layout a folder is in,
+and `export_hf`, are `folders.py`'s. The safetensors format itself
 (reading a file as untrusted input, writing one) is `safetensors_file.py`'s. Run folders stay in
 the OpenAI format, and the vocabulary is the same two files under other names (`encoder/vocab.py`
 reads both).
@@ -15,13 +15,20 @@ import os
 import re
 import shutil
 
-from encoder.vocab import HF_VOCAB_FILES, vocab_files
+from encoder.vocab import HF_VOCAB_FILES
 
-from .atomic import staged_folder, write_text
-from .checkpoint import load_model, numpy_weights, openai_variables
-from .hparams import HParams
-from .model import GPT2, LAYER_NORM_EPSILON
-from .safetensors_file import FLOATS, SafeTensors, bad, one_line, short, write_safetensors
+from ..atomic import write_text
+from ..model.hparams import HParams
+from ..model.model import GPT2, LAYER_NORM_EPSILON
+from .checkpoint import numpy_weights, openai_variables
+from .safetensors_file import (
+    FLOATS,
+    SafeTensors,
+    bad,
+    one_line,
+    short,
+    write_safetensors,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -177,52 +184,14 @@ def _names_in_file(tensors, hparams, config_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Exporting
+# Writing
 
 
-def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False):
-    """Write a run or model folder in Hugging Face's layout, for `GPT2LMHeadModel.from_pretrained(out_dir)`.
-
-    Args:
-        source: any folder `load_model` reads: a run folder (`checkpoint/run1`), a model folder
-            (`models/124M`) or a Hugging Face one.
-        out_dir: the folder to write: `config.json`, `model.safetensors` (float32, without the
-            tied `lm_head.weight`), `vocab.json` and `merges.txt` (copies of `encoder.json` and
-            `vocab.bpe`). It is written beside, under a temporary name, then renamed.
-        checkpoint: 'latest', or the name of one checkpoint in `source` (e.g. 'model-1000').
-        overwrite: replace `out_dir` when it already holds files.
-
-    Returns:
-        `out_dir`.
-
-    Raises:
-        FileExistsError: `out_dir` is a file, or holds files and `overwrite` is False.
-        FileNotFoundError: `source` lacks its weights or vocabulary.
-        ValueError: `out_dir` is or contains `source`, or `source` is malformed.
-    """
-    _check_out_dir(source, out_dir, overwrite)
-    model = load_model(source, checkpoint)
-    vocab = vocab_files(source)
-    for path in vocab:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found; export_hf copies the vocabulary of {source}, so the "
-                                    "folder needs encoder.json and vocab.bpe")
-    with staged_folder(out_dir) as tmp:
-        weights = numpy_weights(model)
-        write_safetensors(os.path.join(tmp, WEIGHTS_FILE),
-                          {hf: weights[openai].reshape(shape) for openai, hf, shape in hf_table(model.hparams)})
-        write_text(os.path.join(tmp, CONFIG_FILE), json.dumps(config_from_hparams(model.hparams), indent=2) + "\n")
-        for src, name in zip(vocab, HF_VOCAB_FILES):
-            shutil.copyfile(src, os.path.join(tmp, name))
-    return out_dir
-
-
-def _check_out_dir(source, out_dir, overwrite):
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"out_dir={out_dir!r} is a file; pass the path of a folder to create")
-    src, out = os.path.realpath(source), os.path.realpath(out_dir)
-    if src == out or src.startswith(out.rstrip(os.sep) + os.sep):
-        raise ValueError(f"out_dir={out_dir!r} is or contains source={source!r}; export to a new folder")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"out_dir={out_dir!r} already holds files; pass overwrite=True to replace it, "
-                              "or pick a new folder")
+def write_hf_folder(model, vocab, folder):
+    """Write `model` and the vocabulary files `vocab` (encoder.json, vocab.bpe) into `folder` in HF's names."""
+    weights = numpy_weights(model)
+    write_safetensors(os.path.join(folder, WEIGHTS_FILE),
+                      {hf: weights[openai].reshape(shape) for openai, hf, shape in hf_table(model.hparams)})
+    write_text(os.path.join(folder, CONFIG_FILE), json.dumps(config_from_hparams(model.hparams), indent=2) + "\n")
+    for src, name in zip(vocab, HF_VOCAB_FILES):
+        shutil.copyfile(src, os.path.join(folder, name))

@@ -18,10 +18,10 @@ import warnings
 
 import tensorflow as tf
 
-from .atomic import staged_folder
-from .checkpoint import load_model
-from .hparams import save_hparams
-from .model import GPT2
+from ..atomic import staged_folder
+from ..formats.folders import load_model
+from ..model.hparams import save_hparams
+from ..model.model import GPT2
 from .sample import Sampler
 
 SIGNATURE = "serving_default"

@@ -16,10 +16,10 @@ import shutil
 
 from encoder.vocab import ENCODER_FILE, MERGES_FILE, read_vocab
 
-from .checkpoint import save_checkpoint
-from .hparams import HParams, PRESETS, save_hparams
-from .model import GPT2, normal_init
-from .names import model_folder
+from ..formats.checkpoint import save_checkpoint
+from ..model.hparams import PRESETS, HParams, save_hparams
+from ..model.model import GPT2, normal_init
+from ..model.names import model_folder
 
 VOCAB_FILES = (ENCODER_FILE, MERGES_FILE)
 

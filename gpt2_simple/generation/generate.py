@@ -18,8 +18,8 @@ import numpy as np
 
 from encoder import get_encoder
 
-from .checkpoint import load_model
-from .names import model_folder, run_folder
+from ..formats.folders import load_model
+from ..model.names import model_folder, run_folder
 
 DEFAULT_DELIM = "=" * 20 + "\n"
 

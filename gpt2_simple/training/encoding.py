@@ -12,7 +12,7 @@ import numpy as np
 
 import encoder as bpe
 
-from .atomic import open_atomic
+from ..atomic import open_atomic
 from .dataset import load_dataset, read_csv_column
 
 

@@ -1,0 +1,97 @@
+"""Filters and draws: temperature, top-k and top-p on logits, and seeded, loop-independent draws.
+
+This module owns turning one position's logits into one token id: scaling and filtering them
+(`filter_logits`), and drawing from the result with the Gumbel-max trick over counter-based
+noise (`_draw`), so that a token's randomness depends only on the seed and its index, never on
+chunking or on which decoding loop draws it. The loops themselves are `sample.py`'s.
+"""
+import tensorflow as tf
+
+_STATIC_TOP_K = 64  # under XLA, top_k <= this uses a top-k of constant size instead of a sort
+_FILTERED = -1e10  # the logit given to tokens a filter removes (OpenAI's value; never NaN)
+
+
+def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
+    """Scale and filter `[batch, n_vocab]` logits.
+
+    Args:
+        logits: float32 `[batch, n_vocab]`.
+        temperature: > 0; logits are divided by it.
+        top_k: keep the k largest logits; 0 keeps all.
+        top_p: if > 0, keep the smallest set of tokens whose probability reaches top_p
+            (nucleus sampling); as in gpt-2-simple it then replaces top_k.
+        sort: find the k-th largest logit by sorting (XLA needs a constant k for top_k).
+
+    Returns:
+        float32 `[batch, n_vocab]`; at least one token per row keeps its (scaled) logit.
+    """
+    logits = logits / tf.cast(temperature, logits.dtype)
+    top_k = tf.cast(top_k, tf.int32)
+    top_p = tf.cast(top_p, logits.dtype)
+
+    def keep_top_k():
+        k = tf.minimum(top_k, tf.shape(logits)[-1])
+        if sort:  # XLA: top_k with a constant k, or a full sort for a larger k
+            bound = min(_STATIC_TOP_K, logits.shape[-1])
+            kth = tf.cond(
+                k <= bound,
+                lambda: tf.gather(tf.math.top_k(logits, k=bound).values, [k - 1], axis=-1),
+                lambda: tf.gather(tf.sort(logits, axis=-1, direction="DESCENDING"), [k - 1], axis=-1),
+            )
+        else:
+            kth = tf.math.top_k(logits, k=k).values[:, -1:]
+        return tf.where(logits < kth, _FILTERED, logits)
+
+    def keep_top_p():
+        ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
+        before = tf.cumsum(tf.nn.softmax(ordered, axis=-1), axis=-1, exclusive=True)
+        # The token whose preceding mass is still below top_p is the last one kept (always >= 1).
+        n_kept = tf.maximum(tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1), 1)
+        threshold = tf.gather(ordered, n_kept - 1, batch_dims=1)[:, None]
+        return tf.where(logits < threshold, _FILTERED, logits)
+
+    return tf.case(
+        [(top_p > 0.0, keep_top_p), (top_k > 0, keep_top_k)],
+        default=lambda: logits,
+        exclusive=False,
+    )
+
+
+def _draw(logits, i, temperature, top_k, top_p, seed, sort=False):
+    """The token drawn from the last position's `logits` as the i-th of a call: int32 [batch, 1].
+
+    Its randomness depends only on the seed and its index `seed[1] + i`, not on chunking or on
+    which loop draws it.
+    """
+    filtered = filter_logits(logits[:, -1, :], temperature, top_k, top_p, sort=sort)
+    index = seed[1] + tf.cast(i, tf.int64)
+    # The Gumbel-max trick: argmax(logits + Gumbel noise) is a draw from softmax(logits). Unlike
+    # tf.random.stateless_categorical it compiles under XLA, and the noise is integer arithmetic
+    # (TF's own Philox gives other bits under XLA), so both loops draw the same tokens.
+    uniform = _uniform(tf.shape(filtered), seed[0], index)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.cast(tf.argmax(filtered + gumbel, axis=-1), tf.int32)[:, None]
+
+
+_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2**64 / the golden ratio
+
+
+def _mix(x):
+    """SplitMix64's finaliser: a bijection of uint64 whose outputs look independent."""
+    for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(shift, tf.uint64)))
+        x = x * tf.constant(multiplier, tf.uint64)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(31, tf.uint64)))
+
+
+def _uniform(shape, seed, index):
+    """float32 uniforms in (0, 1) of `shape` [batch, n_vocab], a pure function of (seed, index).
+
+    SplitMix64 in counter mode: element j of draw `index` is mix(stream + (j + 1) * golden),
+    stream = mix(seed + index * golden). Integer ops give the same bits with and without XLA.
+    """
+    golden = tf.constant(_GOLDEN, tf.uint64)
+    stream = _mix(tf.bitcast(seed, tf.uint64) + tf.bitcast(index, tf.uint64) * golden)
+    counters = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint64) + 1
+    bits = tf.bitwise.right_shift(_mix(stream + counters * golden), tf.constant(40, tf.uint64))  # top 24 bits
+    return tf.reshape((tf.cast(bits, tf.float32) + 0.5) * (1.0 / 2**24), shape)

@@ -1,0 +1,90 @@
+"""`finetune`'s options, checked once, and what it returns.
+
+This module owns validating the keyword arguments that `finetune` takes flat (gpt-2-simple's
+signature): every bad value is a one-line ValueError naming the argument, raised before any
+model or dataset is loaded. Running the options is `train.py`'s.
+"""
+import dataclasses
+
+from ..model.names import check_name
+from .optimizer import OPTIMIZERS
+from .step import PRECISIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """`finetune`'s keyword arguments, checked once."""
+
+    steps: int = -1  # steps in this call; -1 runs until interrupted
+    model_name: str = "124M"
+    model_dir: str = "models"
+    combine: int = 50000  # characters of small text files joined into one chunk
+    batch_size: int = 1
+    learning_rate: float = 0.0001
+    accumulate_gradients: int = 5  # minibatches per step; their gradients are AVERAGED
+    restore_from: str = "latest"  # 'latest', 'fresh', or a run folder / checkpoint path
+    run_name: str = "run1"
+    checkpoint_dir: str = "checkpoint"
+    sample_every: int = 100  # steps between training samples; <= 0 never samples
+    sample_length: int = 1023
+    sample_num: int = 1
+    save_every: int = 1000  # steps between saves; <= 0 saves only at the end
+    print_every: int = 1
+    max_checkpoints: int = 1
+    only_train_transformer_layers: bool = False
+    optimizer: str = "adam"
+    overwrite: bool = False
+    seed: int = None
+    sample_dir: str = "samples"
+    use_memory_saving_gradients: bool = False  # recompute each block in the backward pass
+    precision: str = "float32"  # or 'mixed_float16' / 'mixed_bfloat16' (compute dtype; weights stay float32)
+    val_dataset: str = None  # validation text; None: no validation
+    val_every: int = 0  # steps between validations; <= 0: at every save
+    val_batch_size: int = 2
+    val_batch_count: int = 40  # the fixed validation sample is val_batch_count x val_batch_size windows
+
+    def __post_init__(self):
+        def positive(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps == 0 or self.steps < -1:
+            raise ValueError(f"steps={self.steps!r} must be a positive number of steps, or -1 to train until interrupted")
+        for name in ("batch_size", "accumulate_gradients", "sample_length", "sample_num", "print_every", "combine",
+                     "val_batch_size", "val_batch_count"):
+            positive(name)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not supported; use one of {sorted(PRECISIONS)}")
+        if self.val_every and self.val_every > 0 and self.val_dataset is None:
+            raise ValueError(f"val_every={self.val_every} needs val_dataset=, a text file held out from training")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0 (1e-4 is the default)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not supported; use one of {OPTIMIZERS}")
+        if not isinstance(self.restore_from, str) or not self.restore_from:
+            raise ValueError(f"restore_from={self.restore_from!r} must be 'latest', 'fresh' or a run folder")
+        check_name("run_name", self.run_name)
+        check_name("model_name", self.model_name)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r} must be an integer or None")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `finetune` returns (gpt-2-simple returned None)."""
+
+    run_dir: str
+    step: int  # the last saved step, the N of model-N
+    losses: dict  # step -> loss of every step run in this call
+
+
+
+def as_int(name, value):
+    """Accept ints and integer strings (the CLI passes strings), like gpt-2-simple's int()."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} must be an integer") from None
+    return value

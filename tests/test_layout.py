@@ -1,0 +1,78 @@
+"""The package's layout: stages that import each other in one direction, short modules, a true code map."""
+import ast
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "gpt2_simple")
+STAGES = ("model", "formats", "training", "generation")
+# Which stages each stage may import: data flows model -> formats -> training / generation.
+ALLOWED = {"model": set(), "formats": {"model"}, "training": {"model", "formats"},
+           "generation": {"model", "formats"}}
+
+
+def _modules():
+    for folder, _, files in os.walk(PACKAGE):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, PACKAGE).replace(os.sep, "/"), path
+
+
+def _stage(relpath):
+    head = relpath.split("/")[0]
+    return head if head in STAGES else None
+
+
+def _imported_modules(relpath, path):
+    """The gpt2_simple modules `relpath` imports, as paths relative to the package ('formats/hf')."""
+    package = relpath.split("/")[:-1]
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                parts = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == "gpt2_simple":
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                yield "/".join(parts + [alias.name])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "gpt2_simple":
+                    yield "/".join(alias.name.split(".")[1:])
+
+
+def test_stages_import_each_other_in_one_direction():
+    edges = set()
+    for relpath, path in _modules():
+        source = _stage(relpath)
+        if source is None:
+            continue
+        for target in _imported_modules(relpath, path):
+            target_stage = _stage(target)
+            if target_stage and target_stage != source:
+                edges.add((source, target_stage))
+    forbidden = sorted((a, b) for a, b in edges if b not in ALLOWED[a])
+    assert forbidden == [], f"stage imports against the data flow: {forbidden}"
+
+
+def test_every_module_stays_short():
+    lengths = {relpath: sum(1 for _ in open(path, encoding="utf-8")) for relpath, path in _modules()}
+    assert {k: v for k, v in lengths.items() if v > 350} == {}
+    assert len(lengths) > 25
+
+
+def test_each_stage_says_what_it_owns():
+    for stage in STAGES:
+        doc = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, stage, "__init__.py")).read()))
+        assert doc and len(doc.split()) > 30, stage
+
+
+def test_readme_code_map_matches_the_tree():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", section)) - {"__init__.py"}
+    files = {relpath for relpath, _ in _modules() if not relpath.endswith("__init__.py")}
+    assert named == files, (sorted(files - named), sorted(named - files))
