@@ -7,54 +7,60 @@
     gpt2.generate(sess)
 
 Importing the package configures nothing: no eager-mode switch, no device or thread settings.
+It does not even import TensorFlow: each public name is imported from its module on first use
+(`gpt2.finetune` imports `training/train.py`), so `gpt2_simple --help` and the command's log
+filter (`quiet.py`) run before TensorFlow starts.
 """
-from .colab import (
-    copy_checkpoint_from_gdrive,
-    copy_checkpoint_to_gdrive,
-    copy_file_from_gdrive,
-    copy_file_to_gdrive,
-    get_tarfile_name,
-    is_mounted,
-    mount_gdrive,
-)
-from .formats.download import DownloadError, download_gpt2, is_gpt2_downloaded
-from .formats.folders import export_hf, load_model
-from .formats.hf import load_hf_model
-from .generation.generate import generate, generate_to_file, load_gpt2
-from .generation.saved_model import export_saved_model
-from .model.hparams import HParams, load_hparams
-from .model.model import GPT2
-from .session import Session, reset_session, start_tf_sess
-from .training.encoding import encode_csv, encode_dataset
-from .training.scratch import create_model
-from .training.train import finetune
+import importlib.util as _importlib_util
 
-__all__ = [
-    "DownloadError",
-    "GPT2",
-    "HParams",
-    "Session",
-    "copy_checkpoint_from_gdrive",
-    "copy_checkpoint_to_gdrive",
-    "copy_file_from_gdrive",
-    "copy_file_to_gdrive",
-    "create_model",
-    "download_gpt2",
-    "encode_csv",
-    "encode_dataset",
-    "export_hf",
-    "export_saved_model",
-    "finetune",
-    "generate",
-    "generate_to_file",
-    "get_tarfile_name",
-    "is_gpt2_downloaded",
-    "is_mounted",
-    "load_gpt2",
-    "load_hf_model",
-    "load_hparams",
-    "load_model",
-    "mount_gdrive",
-    "reset_session",
-    "start_tf_sess",
-]
+if _importlib_util.find_spec("tensorflow") is None:
+    raise ImportError("gpt2_simple needs TensorFlow, which is not installed: pip install tensorflow-cpu "
+                      "(CPU-only), or pip install \"tensorflow[and-cuda]\" (NVIDIA GPU); from a checkout, "
+                      "pip install -e \".[cpu]\" or \".[gpu]\" does the same")
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "DownloadError": "formats.download",
+    "GPT2": "model.model",
+    "HParams": "model.hparams",
+    "Session": "session",
+    "copy_checkpoint_from_gdrive": "colab",
+    "copy_checkpoint_to_gdrive": "colab",
+    "copy_file_from_gdrive": "colab",
+    "copy_file_to_gdrive": "colab",
+    "create_model": "training.scratch",
+    "download_gpt2": "formats.download",
+    "encode_csv": "training.encoding",
+    "encode_dataset": "training.encoding",
+    "export_hf": "formats.folders",
+    "export_saved_model": "generation.saved_model",
+    "finetune": "training.train",
+    "generate": "generation.generate",
+    "generate_to_file": "generation.generate",
+    "get_tarfile_name": "colab",
+    "is_gpt2_downloaded": "formats.download",
+    "is_mounted": "colab",
+    "load_gpt2": "generation.generate",
+    "load_hf_model": "formats.hf",
+    "load_hparams": "model.hparams",
+    "load_model": "formats.folders",
+    "mount_gdrive": "colab",
+    "reset_session": "session",
+    "start_tf_sess": "session",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    """Import a public name from its module on first use (PEP 562), then keep it here."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gpt2_simple' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -17,6 +17,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
 The library is imported inside the functions below, never when this module is imported.
 """
 import argparse
+import contextlib
 import datetime
 import inspect
 import os
@@ -27,6 +28,13 @@ PROG = "gpt2_simple"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 INT_WHEN_NONE = {"seed"}  # arguments whose default is None but whose values are integers
+# Help in shell terms where the docstring's speaks Python.
+SHELL_HELP = {
+    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
+                "listed in TF_CONFIG) or 'tpu'",
+}
+CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"]}
+DEMO_STEPS = 10  # `gpt2_simple finetune` without a dataset: steps on the bundled text
 
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
 # or that the subcommand sets itself (generate's output goes to --folder or --stdout).
@@ -72,6 +80,10 @@ class _Parser(argparse.ArgumentParser):
         if kwargs.get("type") is parse_bool:
             self.bool_flags.update(action.option_strings)
         return action
+
+    def error(self, message):
+        """One line and a pointer to --help, instead of argparse's whole usage block."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -126,8 +138,9 @@ def add_flags(parser, function, skip=(), choices=None):
         if name in skip or param.default is inspect.Parameter.empty:
             continue
         default = param.default
-        help_text = (docs.get(name, "").replace("%", "%%") + " (default: %(default)r)").strip()
-        options = dict(default=default, help=help_text, choices=(choices or {}).get(name))
+        text = SHELL_HELP.get(name) or docs.get(name, "")
+        help_text = (text.replace("%", "%%") + " (default: %(default)r)").strip()
+        options = dict(default=default, help=help_text, choices=(choices or {}).get(name) or CHOICES.get(name))
         if isinstance(default, bool):
             options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif default is None:
@@ -160,9 +173,13 @@ def build_parser():
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
-                          help="a .txt/.csv/.npz file, a folder or a glob (or use --dataset)")
+                          help="a .txt/.csv/.npz file, a folder or a glob (or use --dataset); without one, "
+                               f"{DEMO_STEPS} steps on a bundled sample text (Shakespeare's sonnets)")
     finetune.add_argument("--dataset", help="the same as the positional dataset")
     add_flags(finetune, gpt2.finetune, NOT_FLAGS["finetune"], choices={"optimizer": OPTIMIZERS})
+    finetune.add_argument("--base_url", help="where a missing released model is downloaded from (a mirror "
+                          "serving <base_url>/models/<model_name>/<file>); default $GPT2_SIMPLE_BASE_URL, "
+                          "then OpenAI's bucket")
 
     generate = commands.add_parser("generate", help="generate text from a run or a pretrained model",
                                    description="Load a fine-tuned run (or, with --model_name, a pretrained "
@@ -214,24 +231,43 @@ def _call_kwargs(args, function, skip=()):
 
 
 def run_finetune(args):
-    """Download the base model when a fresh run needs it, then fine-tune (gpt-2-simple's cmd_finetune)."""
+    """Download the base model when a fresh run needs it, then fine-tune (gpt-2-simple's cmd_finetune).
+
+    Without a dataset it fine-tunes for DEMO_STEPS steps (unless --steps says otherwise) on the
+    bundled sample text and prints a sample: the whole job in one command.
+    """
     import gpt2_simple as gpt2
     from gpt2_simple.formats import checkpoint
     from gpt2_simple.formats.download import MODEL_ALIASES, MODEL_NAMES
     from gpt2_simple.model.names import run_folder
+    from gpt2_simple.training.dataset import resolve_paths
 
     if args.dataset and args.dataset_positional and args.dataset != args.dataset_positional:
         raise ValueError(f"two datasets given ({args.dataset_positional!r} and --dataset {args.dataset!r}); give one")
     dataset = args.dataset or args.dataset_positional
-    if not dataset:
-        raise ValueError("finetune needs a dataset: gpt2_simple finetune mytext.txt (or --dataset mytext.txt)")
+    demo = not dataset
+    if demo:
+        dataset = SAMPLE_TEXT
+        if args.steps == -1:
+            args.steps = DEMO_STEPS
+        print(f"No dataset given: fine-tuning on a bundled sample text (12 of Shakespeare's sonnets, public "
+              f"domain) for {args.steps} steps, then printing a sample. Your own: {PROG} finetune mytext.txt")
     resuming = args.restore_from == "latest" and checkpoint.read_state(run_folder(args.checkpoint_dir, args.run_name))
     needs_base_model = args.restore_from == "fresh" or (args.restore_from == "latest" and not resuming)
     released = args.model_name in MODEL_NAMES or args.model_name in MODEL_ALIASES
     if needs_base_model and released and not gpt2.is_gpt2_downloaded(args.model_dir, args.model_name):
-        gpt2.download_gpt2(model_dir=args.model_dir, model_name=args.model_name)
+        for path in (dataset, args.val_dataset):  # a missing dataset fails before a long download
+            if path is not None:
+                resolve_paths(path)
+        gpt2.download_gpt2(model_dir=args.model_dir, model_name=args.model_name, base_url=args.base_url)
     sess = gpt2.start_tf_sess()
     gpt2.finetune(sess, dataset, **_call_kwargs(args, gpt2.finetune, NOT_FLAGS["finetune"]))
+    if demo:
+        print("A sample from the fine-tuned model:")
+        gpt2.generate(sess, length=100, nsamples=1, seed=args.seed)
+
+
+SAMPLE_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sonnets.txt")
 
 
 def utc_stamp():
@@ -254,9 +290,13 @@ def run_generate(args):
     Unlike gpt-2-simple, the folder is never emptied and existing files are never replaced.
     """
     import gpt2_simple as gpt2
+    from gpt2_simple.generation.generate import check_options
 
+    check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
     sess = gpt2.start_tf_sess()
-    gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
+    # With --stdout, standard output holds only the texts: status lines go to standard error.
+    with contextlib.redirect_stdout(sys.stderr if args.stdout else sys.stdout):
+        gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
     if args.stdout:
         kwargs = _call_kwargs(args, gpt2.generate, NOT_FLAGS["generate"])
@@ -312,21 +352,47 @@ def _one_line(error):
     return text or type(error).__name__
 
 
+def shell_terms(message, flags):
+    """A library message in a shell user's words: `name=value` -> `--name value`, calls -> commands."""
+    message = re.sub(r"(?:gpt2\.)?download_gpt2\((?:model_dir='([^']*)', )?model_name='([^']*)'\)",
+                     lambda m: f"{PROG} download {m.group(2)}" + (
+                         f" --model_dir {m.group(1)}" if m.group(1) not in (None, "models") else ""), message)
+    value = r"('[^']*'|\"[^\"]*\"|-?[\w.+-]+)"
+    return re.sub(r"(?<![\w.$-])(\w+)=" + value + "?",
+                  lambda m: (f"--{m.group(1)} {m.group(2)}" if m.group(2) else f"--{m.group(1)}")
+                  if m.group(1) in flags else m.group(0), message)
+
+
 def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code.
 
     0: done. 2: bad arguments, or an error the user can fix (a ValueError or OSError from the
-    library, e.g. a missing file or a failed download), printed as one line without a traceback.
-    130: interrupted with Ctrl-C.
+    library, e.g. a missing file or a failed download), printed as one line without a traceback,
+    in shell terms (flags, commands). 130: interrupted with Ctrl-C.
+
+    TensorFlow's native notices are filtered out below `TF_CPP_MIN_LOG_LEVEL` (default 3 here; see
+    `quiet.py`); set TF_CPP_MIN_LOG_LEVEL=0 to see them all.
     """
+    from gpt2_simple import quiet
+
+    with quiet.filtered_stderr(quiet.set_log_level()):
+        return _main(argv)
+
+
+def _main(argv):
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits after --help (0) and after usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except ImportError as e:  # gpt2_simple's own one-line message when TensorFlow is missing
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     try:
         COMMANDS[args.command](args)
     except (ValueError, OSError) as e:  # OSError covers FileNotFoundError and download.DownloadError
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        text = e.for_shell() if hasattr(e, "for_shell") else _one_line(e)
+        print(f"{PROG}: error: {shell_terms(_one_line(text), set(vars(args)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

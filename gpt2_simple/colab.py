@@ -84,7 +84,7 @@ def copy_checkpoint_to_gdrive(run_name="run1", copy_folder=False, *, checkpoint_
     if copy_folder:
         target = os.path.join(drive, stored)
         shutil.copytree(folder, target, dirs_exist_ok=True)
-        return target
+        return _report(folder, target)
     target = os.path.join(drive, get_tarfile_name(stored))
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
@@ -94,7 +94,7 @@ def copy_checkpoint_to_gdrive(run_name="run1", copy_folder=False, *, checkpoint_
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)  # our own half-written tar, never user data
-    return target
+    return _report(folder, target)
 
 
 def copy_checkpoint_from_gdrive(run_name="run1", copy_folder=False, *, checkpoint_dir="checkpoint", drive_dir=None):
@@ -119,11 +119,11 @@ def copy_checkpoint_from_gdrive(run_name="run1", copy_folder=False, *, checkpoin
                                 f"(run_name={run_name!r}, copy_folder={copy_folder})")
     if copy_folder:
         shutil.copytree(source, folder, dirs_exist_ok=True)
-        return folder
+        return _report(source, folder)
     os.makedirs(checkpoint_dir, exist_ok=True)
     with tarfile.open(source, "r") as tar:
         _extract_run(tar, run_name, checkpoint_dir)
-    return folder
+    return _report(source, folder)
 
 
 def copy_file_to_gdrive(file_path, *, drive_dir=None):
@@ -138,7 +138,7 @@ def copy_file_to_gdrive(file_path, *, drive_dir=None):
         raise FileNotFoundError(f"{file_path} is not a file; give a path relative to {os.getcwd()}")
     target = os.path.join(drive, _relative_on_drive(file_path))
     _copy_atomically(file_path, target)
-    return target
+    return _report(file_path, target)
 
 
 def copy_file_from_gdrive(file_path, *, drive_dir=None):
@@ -153,11 +153,29 @@ def copy_file_from_gdrive(file_path, *, drive_dir=None):
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{source} not found on the drive; copy it there with copy_file_to_gdrive")
     _copy_atomically(source, file_path)
-    return file_path
+    return _report(source, file_path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Paths, copies and safe extraction
+
+
+def _report(source, target):
+    """Print what was copied and how big it is (Drive quotas fill up); returns `target`."""
+    print(f"Copied {source} ({_size(source)}) to {target}")
+    return target
+
+
+def _size(path):
+    """'1.49 GB in 9 files' for a folder, '12.3 MB' for a file."""
+    if os.path.isfile(path):
+        return _bytes(os.path.getsize(path))
+    sizes = [os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(path) for f in files]
+    return f"{_bytes(sum(sizes))} in {len(sizes)} files"
+
+
+def _bytes(n):
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _drive_dir(drive_dir=None):

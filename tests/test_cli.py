@@ -169,6 +169,7 @@ def test_generate_creates_a_nested_folder(calls, tmp_path, monkeypatch):
 ])
 def test_finetune_downloads_a_missing_released_model(calls, monkeypatch, tmp_path, argv, downloads):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.txt").write_text("text")  # the dataset is checked before a download
     monkeypatch.setattr(gpt2, "is_gpt2_downloaded", lambda *a, **k: False)
     assert cli.main(argv) == 0
     assert [n for n, _, _ in calls].count("download_gpt2") == int(downloads)
@@ -179,6 +180,7 @@ def test_finetune_resuming_a_run_does_not_download(calls, monkeypatch, tmp_path)
     monkeypatch.setattr(gpt2, "is_gpt2_downloaded", lambda *a, **k: False)
     (tmp_path / "checkpoint" / "run1").mkdir(parents=True)
     (tmp_path / "checkpoint" / "run1" / "checkpoint").write_text('model_checkpoint_path: "model-10"\n')
+    (tmp_path / "d.txt").write_text("text")  # the dataset is checked before a download
     assert cli.main(["finetune", "d.txt"]) == 0
     assert "download_gpt2" not in [n for n, _, _ in calls]
     assert cli.main(["finetune", "d.txt", "--restore_from", "fresh"]) == 0
@@ -201,10 +203,10 @@ def test_library_errors_are_one_line_with_exit_code_2(calls, monkeypatch, capsys
         raise ValueError("nsamples=3 must be a multiple of batch_size=2;\n  pass nsamples=4")
 
     monkeypatch.setattr(gpt2, "generate_to_file", functools.wraps(gpt2.generate_to_file)(fail))
-    assert cli.main(["generate", "--nsamples", "3", "--batch_size", "2"]) == 2
+    assert cli.main(["generate", "--nsamples", "4", "--batch_size", "2"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == ("gpt2_simple: error: nsamples=3 must be a multiple of batch_size=2; "
-                            "pass nsamples=4\n")
+    assert captured.err == ("gpt2_simple: error: --nsamples 3 must be a multiple of --batch_size 2; "
+                            "pass --nsamples 4\n")  # in shell terms
     assert "Traceback" not in captured.out + captured.err
 
 
@@ -237,8 +239,18 @@ def test_usage_errors_return_codes(calls, argv, code, capsys):
 def test_two_different_datasets_are_an_error(calls, capsys):
     assert cli.main(["finetune", "a.txt", "--dataset", "b.txt"]) == 2
     assert "two datasets" in capsys.readouterr().err
-    assert cli.main(["finetune"]) == 2
-    assert "needs a dataset" in capsys.readouterr().err
+
+
+
+def test_finetune_without_a_dataset_runs_the_bundled_demo(calls, capsys):
+    assert cli.main(["finetune", "--seed", "3"]) == 0
+    args, kwargs = _only(calls, "finetune")
+    assert args[1] == cli.SAMPLE_TEXT and os.path.getsize(cli.SAMPLE_TEXT) > 5000
+    assert kwargs["steps"] == cli.DEMO_STEPS == 10
+    assert _only(calls, "generate")[1] == dict(length=100, nsamples=1, seed=3)
+    assert "No dataset given" in capsys.readouterr().out
+    assert cli.main(["finetune", "--steps", "3"]) == 0
+    assert [kw["steps"] for n, _, kw in calls if n == "finetune"] == [10, 3]
 
 
 def test_scripts_run(tmp_path):

@@ -45,7 +45,32 @@ _sleep = time.sleep  # tests replace this to retry without waiting
 
 
 class DownloadError(OSError):
-    """A model file could not be fetched, or what arrived is not the expected file."""
+    """A model file could not be fetched, or what arrived is not the expected file.
+
+    The message gives the fix as a Python call; `for_shell()` gives the same message with the
+    `gpt2_simple download` command and its `--base_url` flag instead, for the command line.
+    """
+
+    def __init__(self, message, *, model_dir=None, model_name=None):
+        super().__init__(message)
+        self.model_dir, self.model_name = model_dir, model_name
+
+    def for_shell(self):
+        text = str(self)
+        if self.model_name is not None:
+            flags = "" if self.model_dir == "models" else f" --model_dir {self.model_dir}"
+            text = text.replace(_python_call(self.model_dir, self.model_name),
+                                f"gpt2_simple download {self.model_name}{flags}")
+        return text.replace(_URL_HINT, _SHELL_URL_HINT)
+
+
+# How to point downloads at a mirror, in the caller's terms.
+_URL_HINT = f"base_url= or ${BASE_URL_ENV}"
+_SHELL_URL_HINT = f"--base_url or ${BASE_URL_ENV}"
+
+
+def _python_call(model_dir, model_name):
+    return f"download_gpt2(model_dir={model_dir!r}, model_name={model_name!r})"
 
 
 class _Retry(Exception):
@@ -64,7 +89,9 @@ def download_gpt2(model_dir="models", model_name="124M", *, base_url=None):
         model_dir: parent folder; created if missing.
         model_name: '124M', '355M', '774M' or '1558M'; the old names '117M' and '345M' fetch
             '124M' and '355M' and are stored under the old name.
-        base_url: server root; defaults to $GPT2_SIMPLE_BASE_URL, then OpenAI's public bucket.
+        base_url: the server to download from (a mirror); defaults to $GPT2_SIMPLE_BASE_URL,
+            then OpenAI's public bucket. A mirror serves the files at
+            `<base_url>/models/<model_name>/<file>`, the seven files of `MODEL_FILES`.
 
     Returns:
         The model folder, `model_dir/model_name`.
@@ -77,13 +104,20 @@ def download_gpt2(model_dir="models", model_name="124M", *, base_url=None):
     remote_name = _check_model_name(model_name)
     base = _base_url(base_url)
     folder = os.path.join(model_dir, model_name)
+    created = [f for f in (model_dir, folder) if f and not os.path.isdir(f)]
     os.makedirs(folder, exist_ok=True)
-    with requests.Session() as session:
-        for file_name in MODEL_FILES:
-            path = os.path.join(folder, file_name)
-            if not os.path.isfile(path):
-                _fetch(session, f"{base}/models/{remote_name}/{file_name}", path, model_dir, model_name)
-    _check_model_folder(folder, model_dir, model_name)
+    try:
+        with requests.Session() as session:
+            for file_name in MODEL_FILES:
+                path = os.path.join(folder, file_name)
+                if not os.path.isfile(path):
+                    _fetch(session, f"{base}/models/{remote_name}/{file_name}", path, model_dir, model_name)
+        _check_model_folder(folder, model_dir, model_name)
+    except BaseException:
+        for made in reversed(created):  # the folders this call created, if they stayed empty
+            if os.path.isdir(made) and not os.listdir(made):
+                os.rmdir(made)
+        raise
     return folder
 
 
@@ -133,10 +167,13 @@ def _fetch(session, url, path, model_dir, model_name):
             except (_Retry, requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == MAX_TRIES:
+                    resume = (f" to resume from {part} ({os.path.getsize(part)} bytes so far)"
+                              if os.path.isfile(part) and os.path.getsize(part) else "")
                     raise DownloadError(
-                        f"could not fetch {url} after {MAX_TRIES} tries (last: {e}); check your "
-                        f"connection and the base URL, then re-run download_gpt2(model_dir={model_dir!r}, "
-                        f"model_name={model_name!r}) to resume from {part}"
+                        f"could not fetch {url} after {MAX_TRIES} tries (last: {_first_line(e)}); check your "
+                        f"connection, or point downloads at a mirror ({_URL_HINT}), then re-run "
+                        f"{_python_call(model_dir, model_name)}{resume}",
+                        model_dir=model_dir, model_name=model_name,
                     ) from e
                 _sleep(delay)
                 delay *= 2
@@ -144,8 +181,8 @@ def _fetch(session, url, path, model_dir, model_name):
                 if e.errno == errno.ENOSPC:
                     raise DownloadError(
                         f"no space left on the device holding {os.path.dirname(path)} while writing "
-                        f"{part}; free {_model_size(model_name)} and re-run download_gpt2(model_dir="
-                        f"{model_dir!r}, model_name={model_name!r}) to resume"
+                        f"{part}; free {_model_size(model_name)} and re-run {_python_call(model_dir, model_name)} "
+                        "to resume", model_dir=model_dir, model_name=model_name,
                     ) from e
                 raise
     _check_known_file(part, path, model_dir, model_name)
@@ -170,12 +207,12 @@ def _fetch_once(session, url, part, bar):
         if status not in (200, 206):
             raise DownloadError(
                 f"{url} answered HTTP {status} {response.reason}; check model_name and the base URL "
-                f"(base_url= or ${BASE_URL_ENV})"
+                f"({_URL_HINT})"
             )
         if "text/html" in response.headers.get("Content-Type", ""):
             raise DownloadError(
-                f"{url} sent an HTML page, not a model file; check the base URL (base_url= or "
-                f"${BASE_URL_ENV}) and your network (a login page or proxy?)"
+                f"{url} sent an HTML page, not a model file; check the base URL ({_URL_HINT}) and "
+                "your network (a login page or proxy?)"
             )
         if status == 206:
             start, total = _content_range(response)
@@ -256,9 +293,17 @@ def _reject(current, path, problem, model_dir, model_name):
     bad = path + ".bad"
     os.replace(current, bad)
     raise DownloadError(
-        f"{path} {problem}; moved it to {bad}; re-run download_gpt2(model_dir={model_dir!r}, "
-        f"model_name={model_name!r}) to fetch it again"
+        f"{path} {problem}; moved it to {bad}; re-run {_python_call(model_dir, model_name)} to fetch it again",
+        model_dir=model_dir, model_name=model_name,
     )
+
+
+def _first_line(error):
+    """A connection error's gist: requests nests urllib3's whole retry story in its message."""
+    text = " ".join(str(error).split())
+    reason = re.search(r"(Failed to establish a new connection: (\[Errno -?\d+\] )?[^'\")\]]*|Connection refused|"
+                       r"Name or service not known|Read timed out|timed out)", text)
+    return reason.group(1) if reason else text[:200]
 
 
 def _sha256(path):

@@ -31,8 +31,10 @@ def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkp
     Args:
         sess: a `Session` from `start_tf_sess()`.
         checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'.
-        run_name, checkpoint_dir: the run folder `checkpoint_dir/run_name`.
-        model_name, model_dir: if `model_name` is set, load `model_dir/model_name` instead.
+        run_name: the fine-tuned run to load, from the folder `checkpoint_dir/run_name`.
+        checkpoint_dir: the parent folder of the run folders.
+        model_name: if set, load the pretrained model `model_dir/model_name` instead of a run.
+        model_dir: the parent folder of the model folders.
         multi_gpu, reuse: accepted for compatibility; they have no effect in TF2.
 
     Returns:
@@ -84,7 +86,10 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     n_ctx = sess.model.hparams.n_ctx
     prefix = prefix or None
     context = enc.encode(prefix) if prefix else [enc.eot_token]
-    _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx)
+    check_options(nsamples, batch_size, length, temperature, top_k, top_p)
+    if len(context) >= n_ctx:
+        raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
+                         f"shorten the prefix below {n_ctx} tokens")
     if nsamples == 1:
         sample_delim = ""
     stop = _stop_when_all_contain(enc, truncate) if truncate else None
@@ -125,19 +130,19 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
     )
 
 
-def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx):
+def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
+    """Raise a one-line ValueError for options `generate` cannot take (before any model is loaded)."""
     checks = [
         (isinstance(batch_size, int) and batch_size > 0, f"batch_size={batch_size!r} must be a positive integer"),
         (isinstance(nsamples, int) and nsamples > 0, f"nsamples={nsamples!r} must be a positive integer"),
         (not (isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0
               and nsamples % batch_size), f"nsamples={nsamples} is not divisible by batch_size={batch_size}; "
-         "make nsamples a multiple of batch_size"),
+         f"pass a multiple of it such as nsamples={batch_size * max(1, round(nsamples / batch_size))}"
+         if isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0 else ""),
         (isinstance(length, int) and length > 0, f"length={length!r} must be a positive number of tokens"),
         (temperature > 0, f"temperature={temperature!r} must be > 0 (0.7 is a good start)"),
         (isinstance(top_k, int) and top_k >= 0, f"top_k={top_k!r} must be an integer >= 0 (0 turns it off)"),
         (0.0 <= top_p <= 1.0, f"top_p={top_p!r} must be in [0, 1] (0 turns it off; 0.9 is typical)"),
-        (len(context) < n_ctx, f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
-         f"shorten the prefix below {n_ctx} tokens"),
     ]
     for ok, message in checks:
         if not ok:

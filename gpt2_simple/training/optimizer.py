@@ -61,7 +61,7 @@ class SGD(tf.Module):
     def load_state(self, reader_get):
         """Restore from `reader_get(name) -> array` (missing names raise KeyError)."""
         for name, var in self.state().items():
-            var.assign(reader_get(name))
+            var.assign(tf.cast(reader_get(name), var.dtype))  # moments may be saved in bfloat16
 
 
 def _slot(like, name, shape=None):

@@ -10,6 +10,8 @@ from ..model.names import check_name
 from .optimizer import OPTIMIZERS
 from .step import PRECISIONS
 
+SAVE_OPTIMIZER = ("full", "bfloat16", "none")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
@@ -42,6 +44,7 @@ class TrainOptions:
     val_every: int = 0  # steps between validations; <= 0: at every save
     val_batch_size: int = 2
     val_batch_count: int = 40  # the fixed validation sample is val_batch_count x val_batch_size windows
+    save_optimizer: str = "full"  # 'full' | 'bfloat16' | 'none': what a save keeps of the optimizer
 
     def __post_init__(self):
         def positive(name):
@@ -60,6 +63,9 @@ class TrainOptions:
             raise ValueError(f"val_every={self.val_every} needs val_dataset=, a text file held out from training")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0 (1e-4 is the default)")
+        if self.save_optimizer not in SAVE_OPTIMIZER:
+            raise ValueError(f"save_optimizer={self.save_optimizer!r} is not supported; use one of "
+                             f"{list(SAVE_OPTIMIZER)} ('none' saves weights only, as gpt-2-simple does)")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} is not supported; use one of {OPTIMIZERS}")
         if not isinstance(self.restore_from, str) or not self.restore_from:

@@ -1,6 +1,7 @@
 """What a run shows while it trains: TensorBoard scalars, validation losses and training samples.
 
-This module owns the reports of the loop in `train.py` besides its progress line: the scalars
+This module owns the reports of the loop in `train.py` besides its progress line: how long the
+first step and the steady steps take and when the run will end (`StepClock`), the scalars
 written to the run folder's events file (with core TF, so the `tensorboard` package stays
 optional), the fixed validation sample and its loss, and gpt-2-simple's training samples
 (`samples/<run_name>/samples-N`). It changes no weights.
@@ -68,3 +69,52 @@ def generate_samples(sess, data, opts, counter, seed):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"samples-{counter}"), "w", encoding="utf-8") as f:
         f.write("\n".join(texts))
+
+
+class StepClock:
+    """Step times and the time left, printed on lines of their own (gpt-2-simple's lines stay as they are).
+
+    The first step includes tracing and compiling; the estimate uses the steps after it. It is
+    printed after the first and second steps, then each time another tenth of the run is done.
+    """
+
+    def __init__(self, steps):
+        self.steps = steps  # steps in this call; -1: until interrupted
+        self.first = None
+        self.steady = []  # seconds of each step after the first
+
+    def record(self, index, seconds):
+        """The time of the step at `index` (0: the first of this call)."""
+        if index == 0:
+            self.first = seconds
+        else:
+            self.steady.append(seconds)
+
+    def report(self, done):
+        """After `done` steps of this call: the first step's cost, then the estimate at milestones."""
+        if done == 1:
+            print(f"The first step took {self.first:.1f} s, tracing and compiling included")
+            return
+        tenth = max(1, self.steps // 10)
+        if not self.steady or (done != 2 and done % tenth):
+            return
+        per_step = sum(self.steady) / len(self.steady)
+        if self.steps < 0:
+            if done == 2:
+                print(f"A step takes about {per_step:.1f} s (the first took {self.first:.1f} s); "
+                      "training until interrupted")
+            return
+        left = self.steps - done
+        if left > 0:
+            print(f"A step takes about {per_step:.1f} s: {left} of {self.steps} steps left, "
+                  f"about {format_duration(left * per_step)}")
+
+
+def format_duration(seconds):
+    """3725 -> '1 h 02 min'; 75 -> '1 min 15 s'; 8 -> '8 s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

@@ -19,6 +19,7 @@ from encoder.vocab import vocab_files
 
 from ..atomic import write_text
 from ..formats import checkpoint, folders, hf
+from ..formats.download import MODEL_ALIASES, MODEL_NAMES
 from ..model.hparams import save_hparams
 from ..model.names import model_folder
 
@@ -45,6 +46,12 @@ def weights_source(opts, run_dir):
               f"{model_folder(opts.model_dir, opts.model_name)}")
     if opts.restore_from in ("latest", "fresh"):
         folder = model_folder(opts.model_dir, opts.model_name)
+        if not os.path.isdir(folder) and opts.model_name not in MODEL_NAMES + tuple(MODEL_ALIASES):
+            raise FileNotFoundError(
+                f"base model folder {folder} does not exist and model_name={opts.model_name!r} is not a "
+                f"released GPT-2 model; use one of {', '.join(map(repr, MODEL_NAMES))}, or the model_dir "
+                "and model_name of your own model folder"
+            )
         if not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"base model folder {folder} does not exist; download it with "
@@ -101,14 +108,47 @@ def step_of_run(prefix):
 
 def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_scale=None):
     print("Saving", printed_name)
-    state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state()}
+    state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state(),
+             "save_optimizer": opts.save_optimizer}
     if loss_scale is not None:
         state["loss_scale"] = loss_scale.get_state()
-    companion = dict(opt.state())
+    companion = optimizer_tensors(opt, opts.save_optimizer)
     companion[STATE_TENSOR] = tf.constant(json.dumps(state))
-    checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
-                               companions={"optimizer": companion})
+    prefix = checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
+                                        companions={"optimizer": companion})
     write_text(os.path.join(run_dir, COUNTER_FILE), f"{step}\n")
+    print(describe_save(prefix, opts.save_optimizer))
+
+
+def optimizer_tensors(opt, mode):
+    """What a save keeps of the optimizer: all of it, its float moments in bfloat16, or nothing."""
+    if mode == "none":
+        return {}
+    tensors = dict(opt.state())
+    if mode == "bfloat16":
+        tensors = {name: tf.cast(t, tf.bfloat16) if t.dtype == tf.float32 and t.shape.rank else t
+                   for name, t in tensors.items()}
+    return tensors
+
+
+def describe_save(prefix, mode):
+    """'  model-10: 498.0 MB of weights + 995.1 MB of optimizer state; the run folder holds 1.5 GB'."""
+    def size(p):
+        return sum(os.path.getsize(p + s) for s in (checkpoint.INDEX_SUFFIX, checkpoint.DATA_SUFFIX)
+                   if os.path.isfile(p + s))
+
+    folder = os.path.dirname(prefix) or "."
+    total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+                if os.path.isfile(os.path.join(folder, f)))
+    kept = {"full": "optimizer state", "bfloat16": "bfloat16 optimizer state",
+            "none": "training state (save_optimizer='none')"}[mode]
+    return (f"  {os.path.basename(prefix)}: {_megabytes(size(prefix))} of weights + "
+            f"{_megabytes(size(checkpoint.companion_path(prefix, 'optimizer')))} of {kept}; "
+            f"the run folder holds {_megabytes(total)}")
+
+
+def _megabytes(n):
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def load_training_state(prefix, opt):
@@ -119,8 +159,12 @@ def load_training_state(prefix, opt):
         return None
     reader = tf.train.load_checkpoint(path)
     try:
-        opt.load_state(lambda name: checkpoint.read_tensor(reader, path, name))
         state = json.loads(checkpoint.read_tensor(reader, path, STATE_TENSOR).decode("utf-8"))
+        if state.get("save_optimizer", "full") == "none":
+            print(f"{prefix} was saved with save_optimizer='none': the optimizer's moments start fresh "
+                  "(the data order and step counter continue)")
+        else:
+            opt.load_state(lambda name: checkpoint.read_tensor(reader, path, name))
     except (tf.errors.NotFoundError, KeyError, ValueError) as e:
         warnings.warn(f"optimizer state {path} does not fit this run ({e}); the optimizer starts fresh")
         return None

@@ -28,7 +28,13 @@ from . import resume
 from .distribute import describe, is_chief, resolve_strategy
 from .optimizer import make_optimizer
 from .options import TrainOptions, TrainResult, as_int
-from .progress import generate_samples, log_scalars, validate, validation_sample
+from .progress import (
+    StepClock,
+    generate_samples,
+    log_scalars,
+    validate,
+    validation_sample,
+)
 from .step import LossScale, compile_eval_step, compile_train_step
 
 
@@ -38,7 +44,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
              save_every=1000, print_every=1, max_checkpoints=1, use_memory_saving_gradients=False,
              only_train_transformer_layers=False, optimizer="adam", overwrite=False, reuse=False, *, seed=None,
              sample_dir="samples", strategy=None, precision="float32", val_dataset=None, val_every=0,
-             val_batch_size=2, val_batch_count=40):
+             val_batch_size=2, val_batch_count=40, save_optimizer="full"):
     """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
 
     gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
@@ -53,8 +59,10 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         sess: a `Session`; after training it holds the trained model, ready for `generate`.
         dataset: a .txt/.csv/.npz file, a folder or a glob of them.
         steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
-        model_name, model_dir: the base model folder `model_dir/model_name` (any folder in the
-            OpenAI layout) used when the run starts fresh.
+        model_name: the base model used when the run starts fresh: a released size ('124M',
+            '355M', '774M', '1558M') or the name of any folder in `model_dir` in the OpenAI or
+            Hugging Face layout.
+        model_dir: the parent folder of the base model folders (`model_dir/model_name`).
         combine: characters of consecutive small text files joined into one chunk.
         batch_size: sequences per minibatch (over all devices together).
         learning_rate: constant learning rate.
@@ -62,8 +70,11 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         restore_from: 'latest' (the run's newest checkpoint, or the base model if the run has
             none), 'fresh' (the base model; the step counter restarts) or a run folder or
             checkpoint path to start from.
-        run_name, checkpoint_dir: the run folder.
-        sample_every, sample_length, sample_num: training samples every N steps (<= 0: never).
+        run_name: the run's name; its folder is `checkpoint_dir/run_name`.
+        checkpoint_dir: the parent folder of the run folders.
+        sample_every: steps between training samples (<= 0: never).
+        sample_length: tokens in each training sample.
+        sample_num: training samples drawn each time.
         multi_gpu: data-parallel training on all local GPUs (`tf.distribute.MirroredStrategy`).
         save_every: steps between checkpoints (<= 0: only at the end).
         print_every: steps between progress lines.
@@ -83,7 +94,13 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             the compute dtype; weights, optimizer state and checkpoints stay float32.
         val_dataset: a held-out text (any `dataset` form) to report validation loss on.
         val_every: steps between validations (<= 0: at every save); also before the first step.
-        val_batch_size, val_batch_count: the fixed validation sample, drawn once with seed 1.
+        val_batch_size: sequences per validation batch.
+        val_batch_count: validation batches; the fixed validation sample (val_batch_count x
+            val_batch_size sequences) is drawn once with seed 1.
+        save_optimizer: what each save keeps of the optimizer, beside the weights: 'full' (a
+            resume continues exactly; with Adam the file is twice the weights), 'bfloat16' (the
+            moments rounded to bfloat16: half that, and a resume continues almost exactly) or
+            'none' (weights only, gpt-2-simple's size; a resume restarts the optimizer's moments).
 
     Returns:
         A `TrainResult`.
@@ -97,7 +114,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         optimizer=optimizer, overwrite=overwrite, seed=seed, sample_dir=sample_dir,
         use_memory_saving_gradients=bool(use_memory_saving_gradients), precision=precision,
         val_dataset=val_dataset, val_every=as_int("val_every", val_every), val_batch_size=val_batch_size,
-        val_batch_count=val_batch_count,
+        val_batch_count=val_batch_count, save_optimizer=save_optimizer,
     )
     _warn_unimplemented(reuse=reuse)
     strategy = _strategy(opts, strategy, multi_gpu)
@@ -144,6 +161,9 @@ def _strategy(opts, strategy, multi_gpu):
 def _prepare_run(opts, dataset, strategy):
     """Load the starting weights, the encoder and the dataset; create the run folder."""
     run_dir = run_folder(opts.checkpoint_dir, opts.run_name)
+    for path in (dataset, opts.val_dataset):  # a missing file fails now, before any weights load
+        if path is not None:
+            dataset_module.resolve_paths(path)
     source_dir, prefix, resuming = resume.weights_source(opts, run_dir)
     print("Loading checkpoint", prefix)
     with strategy.scope():
@@ -219,6 +239,7 @@ def _train(sess, run, trainer, opts):
     val_every = opts.val_every if opts.val_every > 0 else opts.save_every
     tokens_per_step = opts.accumulate_gradients * opts.batch_size * run.window
     start = time.time()
+    clock = StepClock(opts.steps)
     print("Training...")
     with contextlib.closing(writer), _StopOnSignal() as stop, writer.as_default():
         if run.validation is not None:
@@ -239,11 +260,17 @@ def _train(sess, run, trainer, opts):
                 trainer.save(last)
             if opts.sample_every > 0 and last % opts.sample_every == 0 and counter > 1 and run.chief:
                 generate_samples(sess, trainer.data, opts, counter, trainer.seed)
+            if counter == counter_base:
+                print("Compiling the training step (the first step traces and compiles the model: "
+                      "it takes longer than the ones after it) ...")
+            step_start = time.time()
             losses[counter] = _step(trainer, opts, run.window, tokens_per_step)
+            clock.record(counter - counter_base, time.time() - step_start)
             if counter % opts.print_every == 0:
                 avg = trainer.avg = (trainer.avg[0] * 0.99 + losses[counter], trainer.avg[1] * 0.99 + 1.0)
                 log_scalars(counter, avg_loss=avg[0] / avg[1])
                 print(f"[{counter} | {time.time() - start:2.2f}] loss={losses[counter]:2.2f} avg={avg[0] / avg[1]:2.2f}")
+            clock.report(counter - counter_base + 1)
             trainer.counter += 1
     return losses
 
