@@ -1,8 +1,8 @@
 """The `gpt2_simple` command: finetune, generate, download, encode and export from a shell.
 
-This module owns argument parsing and nothing else. Each subcommand's flags are named as the
+This module owns the subcommands and the entry point. Each subcommand's flags are named as the
 Python function's arguments and take their defaults, types and help from its signature and
-docstring, so the command line and the library cannot disagree. Booleans accept `--flag`,
+docstring (`cli_flags.py`), so the command line and the library cannot disagree. Booleans accept `--flag`,
 `--flag true` and `--flag False` (gpt-2-simple's CLI style). Errors a user can fix are printed
 as one line with exit code 2; `main` returns the exit code and never calls `sys.exit`.
 
@@ -16,26 +16,22 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
 
 The library is imported inside the functions below, never when this module is imported.
 """
-import argparse
 import contextlib
 import datetime
 import inspect
 import os
-import re
 import sys
 
-PROG = "gpt2_simple"
-TRUE_WORDS = ("true", "t", "yes", "y", "1")
-FALSE_WORDS = ("false", "f", "no", "n", "0")
-INT_WHEN_NONE = {"seed"}  # arguments whose default is None but whose values are integers
-# Help in shell terms where the docstring's speaks Python.
-SHELL_HELP = {
-    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
-                "listed in TF_CONFIG) or 'tpu'",
-}
-CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"]}
-DEMO_STEPS = 10  # `gpt2_simple finetune` without a dataset: steps on the bundled text
+from .cli_flags import (
+    PROG,
+    argument_docs,
+    Parser,
+    positive_int,
+    add_flags,
+    shell_terms,
+)
 
+DEMO_STEPS = 10  # `gpt2_simple finetune` without a dataset: steps on the bundled text
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
 # or that the subcommand sets itself (generate's output goes to --folder or --stdout).
 NOT_FLAGS = {
@@ -47,118 +43,6 @@ NOT_FLAGS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Flags from signatures
-
-
-def parse_bool(text):
-    """'true'/'false' (any case, also yes/no/1/0) -> bool; gpt-2-simple's CLI took 'true'/'false'."""
-    if isinstance(text, bool):
-        return text
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose boolean flags never swallow the next argument.
-
-    `--overwrite mytext.txt` must mean overwrite=True and dataset mytext.txt, while
-    `--overwrite false` must mean overwrite=False. Before parsing, a boolean flag followed by a
-    true/false word is joined into `--flag=word`, and a bare one becomes `--flag=true`.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bool_flags = set()
-
-    def add_argument(self, *names, **kwargs):
-        action = super().add_argument(*names, **kwargs)
-        if kwargs.get("type") is parse_bool:
-            self.bool_flags.update(action.option_strings)
-        return action
-
-    def error(self, message):
-        """One line and a pointer to --help, instead of argparse's whole usage block."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args(self._join_bool_values(args), namespace)
-
-    def _join_bool_values(self, args):
-        out, i = [], 0
-        while i < len(args):
-            token = args[i]
-            if token == "--":
-                return out + args[i:]
-            if token in self.bool_flags:
-                following = args[i + 1] if i + 1 < len(args) else ""
-                if following.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-                    out.append(f"{token}={following}")
-                    i += 2
-                    continue
-                token += "=true"
-            out.append(token)
-            i += 1
-        return out
-
-
-def _argument_docs(function):
-    """{argument: its text} from the `Args:` section of a Google-style docstring."""
-    docs, names = {}, []
-    in_args = False
-    for line in (inspect.getdoc(function) or "").splitlines():
-        if line.strip() == "Args:":
-            in_args = True
-        elif in_args and line and not line.startswith(" "):
-            break  # the next section (Returns:, Raises:)
-        elif in_args and (entry := re.match(r"^ {4}([\w, ]+):\s*(.*)$", line)):
-            names = [n.strip() for n in entry.group(1).split(",")]
-            for name in names:
-                docs[name] = entry.group(2)
-        elif in_args and line.startswith("     ") and names:
-            for name in names:
-                docs[name] += " " + line.strip()
-    return docs
-
-
-def add_flags(parser, function, skip=(), choices=None):
-    """One `--name` flag per argument of `function` that has a default; returns the names.
-
-    The default, the type (the default's type; str for None, int for `seed`) and the help text
-    all come from `function` itself.
-    """
-    docs = _argument_docs(function)
-    added = []
-    for name, param in inspect.signature(function).parameters.items():
-        if name in skip or param.default is inspect.Parameter.empty:
-            continue
-        default = param.default
-        text = SHELL_HELP.get(name) or docs.get(name, "")
-        help_text = (text.replace("%", "%%") + " (default: %(default)r)").strip()
-        options = dict(default=default, help=help_text, choices=(choices or {}).get(name) or CHOICES.get(name))
-        if isinstance(default, bool):
-            options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
-        elif default is None:
-            options.update(type=int if name in INT_WHEN_NONE else str)
-        else:
-            options.update(type=type(default))
-        parser.add_argument("--" + name, **options)
-        added.append(name)
-    return added
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _summary(function):
     return (inspect.getdoc(function) or "").split("\n")[0]
 
@@ -168,7 +52,7 @@ def build_parser():
     import gpt2_simple as gpt2
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
-    parser = _Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
+    parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
@@ -187,7 +71,7 @@ def build_parser():
                                                "them with --stdout.")
     loading = add_flags(generate, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"])
     add_flags(generate, gpt2.generate, NOT_FLAGS["generate"] | set(loading))
-    generate.add_argument("--nfiles", type=_positive_int, default=1,
+    generate.add_argument("--nfiles", type=positive_int, default=1,
                           help="number of files to write, each with nsamples texts (default: %(default)r)")
     generate.add_argument("--folder", default="gen",
                           help="folder for the files; created if missing, never emptied (default: %(default)r)")
@@ -197,25 +81,25 @@ def build_parser():
                                    description=_summary(gpt2.download_gpt2))
     model_name = inspect.signature(gpt2.download_gpt2).parameters["model_name"].default
     download.add_argument("model_name_positional", nargs="?", metavar="model_name",
-                          help=_argument_docs(gpt2.download_gpt2).get("model_name"))
+                          help=argument_docs(gpt2.download_gpt2).get("model_name"))
     download.add_argument("--model_name", default=model_name, help="the same as the positional model_name (default: %(default)r)")
     add_flags(download, gpt2.download_gpt2, NOT_FLAGS["download_gpt2"])
 
     encode = commands.add_parser("encode", help="encode a dataset once into an .npz for finetune",
                                  description=_summary(gpt2.encode_dataset))
-    encode.add_argument("file_path", help=_argument_docs(gpt2.encode_dataset).get("file_path"))
+    encode.add_argument("file_path", help=argument_docs(gpt2.encode_dataset).get("file_path"))
     add_flags(encode, gpt2.encode_dataset, NOT_FLAGS["encode_dataset"])
 
     export = commands.add_parser("export_saved_model", help="export a run or model as a TensorFlow SavedModel "
                                  "for serving", description=_summary(gpt2.export_saved_model))
     for name in ("source", "export_dir"):
-        export.add_argument(name, help=_argument_docs(gpt2.export_saved_model).get(name))
+        export.add_argument(name, help=argument_docs(gpt2.export_saved_model).get(name))
     add_flags(export, gpt2.export_saved_model)
 
     export_hf = commands.add_parser("export_hf", help="write a run or model folder in Hugging Face's layout",
                                     description=_summary(gpt2.export_hf))
     for name in ("source", "out_dir"):
-        export_hf.add_argument(name, help=_argument_docs(gpt2.export_hf).get(name))
+        export_hf.add_argument(name, help=argument_docs(gpt2.export_hf).get(name))
     add_flags(export_hf, gpt2.export_hf)
     return parser
 
@@ -350,17 +234,6 @@ COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_
 def _one_line(error):
     text = " ".join(str(error).split())
     return text or type(error).__name__
-
-
-def shell_terms(message, flags):
-    """A library message in a shell user's words: `name=value` -> `--name value`, calls -> commands."""
-    message = re.sub(r"(?:gpt2\.)?download_gpt2\((?:model_dir='([^']*)', )?model_name='([^']*)'\)",
-                     lambda m: f"{PROG} download {m.group(2)}" + (
-                         f" --model_dir {m.group(1)}" if m.group(1) not in (None, "models") else ""), message)
-    value = r"('[^']*'|\"[^\"]*\"|-?[\w.+-]+)"
-    return re.sub(r"(?<![\w.$-])(\w+)=" + value + "?",
-                  lambda m: (f"--{m.group(1)} {m.group(2)}" if m.group(2) else f"--{m.group(1)}")
-                  if m.group(1) in flags else m.group(0), message)
 
 
 def main(argv=None):

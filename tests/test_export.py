@@ -242,6 +242,6 @@ def test_cli_export(openai_folder, tmp_path, capsys):
         assert cli.main(["export_saved_model", folder, out]) == 0
     assert os.path.isfile(os.path.join(out, "saved_model.pb"))
     assert cli.main(["export_saved_model", folder, out]) == 2
-    assert "already holds a SavedModel; pass overwrite=True" in capsys.readouterr().err
+    assert "already holds a SavedModel; pass --overwrite to replace it" in capsys.readouterr().err  # shell terms
     with pytest.warns(UserWarning):
         assert cli.main(["export_saved_model", folder, out, "--overwrite"]) == 0

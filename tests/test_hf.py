@@ -379,7 +379,7 @@ def test_command_line(tmp_path, model_folder, capsys):
     assert cli.main(["export_hf", model_folder, out]) == 0
     assert sorted(os.listdir(out)) == HF_FILES and f"Wrote {out}" in capsys.readouterr().out
     assert cli.main(["export_hf", model_folder, out]) == 2
-    assert "overwrite=True" in capsys.readouterr().err
+    assert "pass --overwrite to replace it" in capsys.readouterr().err  # shell terms
     assert cli.main(["export_hf", model_folder, out, "--overwrite", "--checkpoint", "latest"]) == 0
 
 
