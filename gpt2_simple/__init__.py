@@ -22,6 +22,7 @@ from .formats.folders import export_hf, load_model
 from .formats.hf import load_hf_model
 from .generation.generate import generate, generate_to_file, load_gpt2
 from .generation.saved_model import export_saved_model
+from .generation.stream import generate_stream
 from .model.hparams import HParams, load_hparams
 from .model.model import GPT2
 from .session import Session, reset_session, start_tf_sess
@@ -46,6 +47,7 @@ __all__ = [
     "export_saved_model",
     "finetune",
     "generate",
+    "generate_stream",
     "generate_to_file",
     "get_tarfile_name",
     "is_gpt2_downloaded",

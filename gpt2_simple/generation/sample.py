@@ -182,10 +182,10 @@ class Sampler:
             tokens = self._decode_next(state, n, options + (tf.constant([seed, state.drawn], tf.int64),),
                                        steering)
             state.add(tokens)
+            yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
             state.ended |= _has_stop_sequence(state.out, stops)
             if stop is not None:
                 state.ended |= np.broadcast_to(np.asarray(stop(state.out), bool), state.ended.shape)
-            yield tokens
 
     def _room(self, state):
         """How many tokens the next call may draw: feeding `pending` and n - 1 drawn tokens must fit."""
