@@ -22,6 +22,7 @@ from .formats.folders import export_hf, load_model
 from .formats.hf import load_hf_model
 from .generation.generate import generate, generate_to_file, load_gpt2
 from .generation.saved_model import export_saved_model
+from .generation.serve import serve
 from .generation.stream import generate_stream
 from .model.hparams import HParams, load_hparams
 from .model.model import GPT2
@@ -58,5 +59,6 @@ __all__ = [
     "load_model",
     "mount_gdrive",
     "reset_session",
+    "serve",
     "start_tf_sess",
 ]

@@ -12,7 +12,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple download 355M
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
-    gpt2_simple export_hf checkpoint/run1 hf/run1
+    gpt2_simple export_hf checkpoint/run1 hf/run1    (and: gpt2_simple serve --run_name run1)
 
 The library is imported inside the functions below, never when this module is imported.
 """
@@ -156,7 +156,7 @@ def build_parser():
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = _Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -175,6 +175,7 @@ def build_parser():
     generate.add_argument("--folder", default="gen",
                           help="folder for the files; created if missing, never emptied (default: %(default)r)")
     generate.add_argument("--stdout", action="store_true", help="print the texts instead of writing files")
+    generate.add_argument("--stream", action="store_true", help="print one text as it is generated")
 
     download = commands.add_parser("download", help="download a released GPT-2 model",
                                    description=_summary(gpt2.download_gpt2))
@@ -200,6 +201,8 @@ def build_parser():
     for name in ("source", "out_dir"):
         export_hf.add_argument(name, help=_argument_docs(gpt2.export_hf).get(name))
     add_flags(export_hf, gpt2.export_hf)
+    add_flags(commands.add_parser("serve", help="serve a run or model over HTTP: OpenAI's API and a web page",
+                                  description=_summary(gpt2.serve)), gpt2.serve, {"sess"})
     return parser
 
 
@@ -258,19 +261,23 @@ def run_generate(args):
     sess = gpt2.start_tf_sess()
     gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
-    if args.stdout:
+    if args.stream:
+        for seed in seeds:  # one text per seed, printed piece by piece as it is made
+            for piece in gpt2.generate_stream(sess, **dict(_call_kwargs(args, gpt2.generate_stream), seed=seed)):
+                print(piece, end="", flush=True)
+            print()
+    elif args.stdout:
         kwargs = _call_kwargs(args, gpt2.generate, NOT_FLAGS["generate"])
         for seed in seeds:
             gpt2.generate(sess, **dict(kwargs, seed=seed))
-        return
-    kwargs = _call_kwargs(args, gpt2.generate_to_file, NOT_FLAGS["generate"])
-    os.makedirs(args.folder, exist_ok=True)
-    stamp = utc_stamp()
-    for i, seed in enumerate(seeds):
-        path = _free_path(args.folder, stamp, i)
-        gpt2.generate_to_file(sess, **dict(kwargs, seed=seed, destination_path=path))
-        print(f"Wrote {path}")
-
+    else:
+        kwargs = _call_kwargs(args, gpt2.generate_to_file, NOT_FLAGS["generate"])
+        os.makedirs(args.folder, exist_ok=True)
+        stamp = utc_stamp()
+        for i, seed in enumerate(seeds):
+            path = _free_path(args.folder, stamp, i)
+            gpt2.generate_to_file(sess, **dict(kwargs, seed=seed, destination_path=path))
+            print(f"Wrote {path}")
 
 def run_download(args):
     import gpt2_simple as gpt2
@@ -299,8 +306,13 @@ def run_export_hf(args):
     print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
 
 
+def run_serve(args):
+    from gpt2_simple.generation.serve import serve
+    serve(**_call_kwargs(args, serve))
+
+
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
-            "export_saved_model": run_export, "export_hf": run_export_hf}
+            "export_saved_model": run_export, "export_hf": run_export_hf, "serve": run_serve}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,8 +327,8 @@ def _one_line(error):
 def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code.
 
-    0: done. 2: bad arguments, or an error the user can fix (a ValueError or OSError from the
-    library, e.g. a missing file or a failed download), printed as one line without a traceback.
+    0: done. 2: bad arguments, or an error the user can fix (a ValueError, OSError or ImportError
+    from the library: a missing file or extra, a failed download), printed as one line.
     130: interrupted with Ctrl-C.
     """
     try:
@@ -325,7 +337,7 @@ def main(argv=None):
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:  # OSError covers FileNotFoundError and download.DownloadError
+    except (ValueError, OSError, ImportError) as e:  # OSError: FileNotFoundError, DownloadError
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,8 +33,8 @@ class StopStrings:
         return bool(self.strings)
 
     def tokens(self, enc):
-        """The token sequences the compiled loop looks for: each string's own encoding."""
-        return [enc.encode(s) for s in self.strings]
+        """The token sequences the compiled loop looks for: each string's own encoding (`<|endoftext|>`: one id)."""
+        return [enc.encode(s, allow_special=True) for s in self.strings]
 
     def find(self, text):
         """The index of the first occurrence of any stop string in `text`, or -1."""
