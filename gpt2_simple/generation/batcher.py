@@ -68,6 +68,7 @@ class Batcher:
         self._running = []
         self._lock = threading.Condition()
         self._stopping = False
+        self.batches = self.rows = self.tokens = 0  # run so far (batching shows as rows > batches)
         self._thread = threading.Thread(target=self._work, name="gpt2_simple-model", daemon=True)
 
     def start(self):
@@ -121,6 +122,7 @@ class Batcher:
                 if self._stopping:
                     return
                 self._running = self._take()
+                self.batches, self.rows = self.batches + 1, self.rows + sum(job.n for job in self._running)
             try:
                 self._run(self._running)
             except Exception as e:  # a failure of the model must not end the worker
@@ -163,6 +165,7 @@ class Batcher:
             top_p=options.top_p, seed=seed, chunk=CHUNK, stop=ended,
             repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(enc))
         for tokens in chunks:
+            self.tokens += tokens.shape[1]
             for r, (job, i) in enumerate(rows):
                 if done[r] or job.cancelled:
                     continue

@@ -52,7 +52,8 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     async def health(request):
-        return JSONResponse({"status": "ok", "model": name, "queued": batcher.queued, "running": batcher.running})
+        return JSONResponse({"status": "ok", "model": name, "queued": batcher.queued, "running": batcher.running,
+                             "batches": batcher.batches, "rows": batcher.rows, "tokens": batcher.tokens})
 
     async def models(request):
         return JSONResponse(api.models(name))
