@@ -26,11 +26,12 @@ def _free_port():
 
 
 def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(model_dir):
+    """Also: GPT2_SIMPLE_API_KEY sets the key."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt2_simple.cli", "serve", "--model_name", "tiny", "--model_dir", model_dir,
          "--port", str(port), "--max_tokens", "100000"],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=subprocess_env(GPT2_SIMPLE_API_KEY="from-env"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(240, proc.kill)  # a bound on the whole test, never reached when it passes
     watchdog.start()
     try:
@@ -41,7 +42,9 @@ def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(model_dir):
                 break
         assert f"http://127.0.0.1:{port}" in "".join(log), "".join(log)
         body = {"prompt": "Hello", "max_tokens": 100000, "stream": True}
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120) as r:
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body).status_code == 401  # the env's key
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120,
+                          headers={"Authorization": "Bearer from-env"}) as r:
             lines = r.iter_lines()
             first = next(line for line in lines if line)
             proc.send_signal(signal.SIGTERM)
