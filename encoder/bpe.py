@@ -144,11 +144,18 @@ class Encoder:
         Raises:
             ValueError: an id that is not in the vocabulary.
         """
+        return self.decode_bytes(tokens).decode("utf-8", errors=self.errors)
+
+    def decode_bytes(self, tokens):
+        """The bytes of token ids: `decode` before UTF-8, which may split a character across tokens.
+
+        Raises:
+            ValueError: an id that is not in the vocabulary.
+        """
         try:
-            data = b"".join([self._token_bytes[int(t)] for t in tokens])
+            return b"".join([self._token_bytes[int(t)] for t in tokens])
         except KeyError as e:
             raise ValueError(f"token id {e.args[0]} is not in the vocabulary of {len(self.decoder)} tokens") from None
-        return data.decode("utf-8", errors=self.errors)
 
 
 def merge_pair(symbols, pair):

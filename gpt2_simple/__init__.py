@@ -36,6 +36,7 @@ _EXPORTS = {
     "export_saved_model": "generation.saved_model",
     "finetune": "training.train",
     "generate": "generation.generate",
+    "generate_stream": "generation.stream",
     "generate_to_file": "generation.generate",
     "get_tarfile_name": "colab",
     "is_gpt2_downloaded": "formats.download",
@@ -46,6 +47,7 @@ _EXPORTS = {
     "load_model": "formats.folders",
     "mount_gdrive": "colab",
     "reset_session": "session",
+    "serve": "generation.serve",
     "start_tf_sess": "session",
 }
 __all__ = sorted(_EXPORTS)

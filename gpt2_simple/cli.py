@@ -13,6 +13,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
     gpt2_simple export_hf checkpoint/run1 hf/run1
+    gpt2_simple serve --run_name run1
 
 The library is imported inside the functions below, never when this module is imported.
 """
@@ -53,7 +54,7 @@ def build_parser():
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -76,6 +77,7 @@ def build_parser():
     generate.add_argument("--folder", default="gen",
                           help="folder for the files; created if missing, never emptied (default: %(default)r)")
     generate.add_argument("--stdout", action="store_true", help="print the texts instead of writing files")
+    generate.add_argument("--stream", action="store_true", help="print one text as it is generated")
 
     download = commands.add_parser("download", help="download a released GPT-2 model",
                                    description=_summary(gpt2.download_gpt2))
@@ -101,6 +103,8 @@ def build_parser():
     for name in ("source", "out_dir"):
         export_hf.add_argument(name, help=argument_docs(gpt2.export_hf).get(name))
     add_flags(export_hf, gpt2.export_hf)
+    add_flags(commands.add_parser("serve", help="serve a run or model over HTTP: OpenAI's API and a web page",
+                                  description=_summary(gpt2.serve)), gpt2.serve, {"sess"})
     return parser
 
 
@@ -178,10 +182,16 @@ def run_generate(args):
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
     sess = gpt2.start_tf_sess()
-    # With --stdout, standard output holds only the texts: status lines go to standard error.
-    with contextlib.redirect_stdout(sys.stderr if args.stdout else sys.stdout):
+    # With --stdout or --stream, standard output holds only the texts: status lines go to standard error.
+    with contextlib.redirect_stdout(sys.stderr if args.stdout or args.stream else sys.stdout):
         gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
+    if args.stream:
+        for seed in seeds:  # one text per seed, printed piece by piece as it is made
+            for piece in gpt2.generate_stream(sess, **dict(_call_kwargs(args, gpt2.generate_stream), seed=seed)):
+                print(piece, end="", flush=True)
+            print()
+        return
     if args.stdout:
         kwargs = _call_kwargs(args, gpt2.generate, NOT_FLAGS["generate"])
         for seed in seeds:
@@ -217,6 +227,12 @@ def run_export(args):
                                            overwrite=args.overwrite))
 
 
+def run_serve(args):
+    import gpt2_simple as gpt2
+
+    gpt2.serve(**_call_kwargs(args, gpt2.serve))
+
+
 def run_export_hf(args):
     import gpt2_simple as gpt2
 
@@ -224,7 +240,7 @@ def run_export_hf(args):
 
 
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
-            "export_saved_model": run_export, "export_hf": run_export_hf}
+            "export_saved_model": run_export, "export_hf": run_export_hf, "serve": run_serve}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +279,7 @@ def _main(argv):
         return 2
     try:
         COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:  # OSError covers FileNotFoundError and download.DownloadError
+    except (ValueError, OSError, ImportError) as e:  # OSError: FileNotFoundError, DownloadError; ImportError: an extra
         text = e.for_shell() if hasattr(e, "for_shell") else _one_line(e)
         print(f"{PROG}: error: {shell_terms(_one_line(text), set(vars(args)))}", file=sys.stderr)
         return 2

@@ -14,7 +14,9 @@ Sections:
   and milliseconds per token in each 128-token stretch of one batch-1 generation that fills the
   context (flat when a step costs the same at every position);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
-  optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess.
+  optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess;
+- serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
+  token, and the same workload in-process (`scripts/bench_serve.py`).
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -443,7 +445,7 @@ def bench_memory(args):
     return result
 
 
-SECTIONS = ("limits", "encoder", "train", "generate", "memory")
+SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
 
 
 def main(argv=None):
@@ -473,6 +475,10 @@ def main(argv=None):
         results["generate"] = bench_generate(args)
     if "memory" in sections:
         results["memory"] = bench_memory(args)
+    if "serve" in sections:  # scripts/bench_serve.py
+        from bench_serve import bench_serve
+
+        results["serve"] = bench_serve(args, _openai_folder)
     if "gpt-2-simple" in (args.peer or []):
         results["peer_gpt_2_simple"] = bench_peer_gpt_2_simple(args, results)
     if "transformers" in (args.peer or []):

@@ -57,16 +57,25 @@ _, inputs = serving.structured_input_signature
 out["inputs"] = {k: [v.dtype.name, v.shape.as_list()] for k, v in inputs.items()}
 out["outputs"] = {k: [v.dtype.name, v.shape.as_list()] for k, v in serving.structured_outputs.items()}
 
-def call(tokens=prompt, length=length, temperature=1.0, top_k=0, top_p=0.0, seed=0):
+def call(tokens=prompt, length=length, temperature=1.0, top_k=0, top_p=0.0, seed=0, repetition_penalty=1.0,
+         stop_tokens=None, lengths=False):
+    stop_tokens = [[-1] * 16] * 8 if stop_tokens is None else stop_tokens
     result = serving(tokens=tf.constant(tokens, tf.int32), length=tf.constant(length, tf.int32),
                      temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
-                     top_p=tf.constant(top_p, tf.float32), seed=tf.constant(seed, tf.int64))
+                     top_p=tf.constant(top_p, tf.float32), seed=tf.constant(seed, tf.int64),
+                     repetition_penalty=tf.constant(repetition_penalty, tf.float32),
+                     stop_tokens=tf.constant(stop_tokens, tf.int32))
+    if lengths:
+        return result["tokens"].numpy().tolist(), result["lengths"].numpy().tolist()
     return result["tokens"].numpy().tolist()
 
 out["greedy_seed1"] = call(top_k=1, seed=1)
 out["greedy_seed2"] = call(top_k=1, seed=2)
 out["seed7"], out["seed7_again"], out["seed8"] = call(seed=7), call(seed=7), call(seed=8)
 out["top_k5"] = call(top_k=5, seed=3)
+out["penalty"] = call(top_k=1, seed=7, repetition_penalty=100.0)
+stops = [[-1] * 14 + out["seed7"][0][3:5], [-1] * 15 + out["seed7"][1][6:7]] + [[-1] * 16] * 6
+out["stopped"] = call(seed=7, stop_tokens=stops, lengths=True)
 out["top_p09"] = call(top_p=0.9, seed=4)
 out["top_p_tiny"] = call(top_p=1e-6, seed=5)
 out["top_p1_top_k1"] = call(top_p=1.0, top_k=1, seed=6)
@@ -129,10 +138,12 @@ def test_signature_names_dtypes_and_shapes(served):
     assert out["inputs"] == {
         "tokens": ["int32", [None, None]], "length": ["int32", []], "temperature": ["float32", []],
         "top_k": ["int32", []], "top_p": ["float32", []], "seed": ["int64", []],
+        "repetition_penalty": ["float32", []], "stop_tokens": ["int32", [8, 16]],
     }
-    assert out["outputs"] == {"tokens": ["int32", [None, None]]}
+    assert out["outputs"] == {"tokens": ["int32", [None, None]], "lengths": ["int32", [None]]}
     assert (out["n_ctx"], out["n_vocab"]) == (TINY_REAL_VOCAB["n_ctx"], TINY_REAL_VOCAB["n_vocab"])
-    assert out["signature_defaults"] == ["length", "seed", "temperature", "top_k", "top_p"]
+    assert out["signature_defaults"] == ["length", "repetition_penalty", "seed", "stop_tokens", "temperature",
+                                         "top_k", "top_p"]
     assert out["our_modules"] == []
 
 
@@ -151,6 +162,26 @@ def test_a_seed_gives_the_samplers_tokens(served, reference):
     assert out["top_p09"] == reference.sample(PROMPT, LENGTH, temperature=1.0, top_p=0.9, seed=4).tolist()
     assert out["short_seed9"] == reference.sample(SHORT_PROMPT, 4, temperature=0.7, seed=9).tolist()
     assert out["session_seed7"] == out["seed7"]  # TensorFlow Serving's way of running it agrees
+
+
+def test_repetition_penalty_and_stop_tokens_steer_the_export(served, reference):
+    _, _, out = served
+    penalised = reference.sample(PROMPT, LENGTH, temperature=1.0, top_k=1, seed=7, repetition_penalty=100.0)
+    assert out["penalty"] == penalised.tolist()
+    # Greedy under a strong penalty never picks a token of its text again.
+    for prompt, row in zip(PROMPT, penalised.tolist()):
+        assert len(set(prompt + row)) == len(prompt + row)
+    tokens, lengths = out["stopped"]
+    seed7 = np.asarray(out["seed7"])
+
+    def first(row, seq):  # where seq first starts in row
+        return next(t for t in range(len(row)) if list(row[t:t + len(seq)]) == list(seq))
+
+    expected = [first(seed7[0], seed7[0][3:5]), first(seed7[1], seed7[1][6:7])]
+    assert lengths == expected
+    # Drawing ended once both rows held their stop sequence; the tokens drawn are the seed's.
+    drawn = max(expected[0] + 2, expected[1] + 1)
+    assert tokens == seed7[:, :drawn].tolist()
 
 
 def test_top_k_draws_only_among_the_k_most_likely(served, reference):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpt2_simple.generation.sample import Sampler, _draw, filter_logits
+from gpt2_simple.generation.sample import Sampler, _draw, filter_logits, penalize
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
 
@@ -135,3 +135,57 @@ def test_filters_never_give_nan_or_an_empty_distribution(logits, temperature, to
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-4)
     if top_k and not top_p:
         assert (kept.sum(-1) >= np.minimum(top_k, logits.shape[1])).all()
+
+
+def test_repetition_penalty_is_the_ctrl_rule_and_1_is_exact():
+    logits = tf.constant([[2.0, -2.0, 3.0, -1.0]])
+    seen = tf.constant([[True, True, False, False]])
+    np.testing.assert_allclose(penalize(logits, seen, 2.0).numpy(), [[1.0, -4.0, 3.0, -1.0]])
+    np.testing.assert_array_equal(penalize(logits, seen, 1.0).numpy(), logits.numpy())
+
+
+def test_steering_never_retraces_and_both_loops_agree():
+    model = _model(n_ctx=16)
+    xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
+    context = np.array([[1, 2, 3], [4, 5, 6]])
+    plain = xla.sample(context, 30, seed=5)
+    # Penalty 1.0 and no stop sequences draw exactly the tokens drawn without them.
+    np.testing.assert_array_equal(xla.sample(context, 30, seed=5, repetition_penalty=1.0, stop_tokens=[]), plain)
+    for options in ({"repetition_penalty": 1.3}, {"repetition_penalty": 0.7, "top_k": 5},
+                    {"stop_tokens": [plain[0, 4:6], plain[1, 9:10]]}):
+        expected = growing.sample(context, 30, seed=5, **options)
+        np.testing.assert_array_equal(xla.sample(context, 30, seed=5, **options), expected)
+        np.testing.assert_array_equal(xla.sample(context, 30, seed=5, chunk=4, **options), expected)
+    assert xla.tracing_count == 2 and growing.tracing_count == 1
+
+
+def test_greedy_under_a_strong_penalty_never_repeats():
+    sampler = Sampler(_model())
+    context = np.array([[1, 2, 3]])
+    greedy = sampler.sample(context, 20, top_k=1, seed=0)
+    assert len(set(greedy[0].tolist())) < 20  # a random tiny model loops when greedy
+    damped = sampler.sample(context, 20, top_k=1, seed=0, repetition_penalty=1e4)
+    assert len(set(damped[0].tolist()) | {1, 2, 3}) == 23
+
+
+def test_stop_sequences_end_each_row_and_the_loop_once_all_rows_ended():
+    sampler = Sampler(_model())
+    context = np.array([[1, 2, 3], [4, 5, 6]])
+    plain = sampler.sample(context, 30, seed=5)
+    first = {0: plain[0, 4:6].tolist(), 1: plain[1, 9:10].tolist()}
+    ends = [next(t + len(seq) for t in range(30) if plain[row, t:t + len(seq)].tolist() == seq)
+            for row, seq in first.items()]
+    out = sampler.sample(context, 30, seed=5, stop_tokens=list(first.values()))
+    np.testing.assert_array_equal(out, plain[:, :max(ends)])  # the same draws, cut when both rows ended
+    # Stop sequences spanning compiled calls still end the rows.
+    np.testing.assert_array_equal(sampler.sample(context, 30, seed=5, chunk=5, stop_tokens=list(first.values())),
+                                  plain[:, :max(ends)])
+    # A per-row `stop` callback ends rows too: row 0 at once, row 1 after its stop sequence.
+    out = sampler.sample(context, 30, seed=5, chunk=3, stop=lambda t: np.array([True, False]),
+                         stop_tokens=[first[1]])
+    assert out.shape[1] == ends[1]
+
+
+def test_too_many_stop_sequences_is_an_error_naming_the_limit():
+    with pytest.raises(ValueError, match="at most 8"):
+        Sampler(_model()).sample(np.array([[1]]), 3, stop_tokens=[[i] for i in range(9)])

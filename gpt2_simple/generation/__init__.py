@@ -1,7 +1,10 @@
-"""Text out: the compiled decoding loop, gpt-2-simple's `generate`, and the sampler saved for serving.
+"""Text out: the compiled decoding loop, gpt-2-simple's `generate`, streaming, and serving.
 
-This stage owns drawing tokens (`sample.py`: the key/value-cache loop, top-k/top-p, seeded
-draws), gpt-2-simple's `load_gpt2`/`generate`/`generate_to_file` (`generate.py`), and a
+This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequences;
+`draws.py`: top-k/top-p, the repetition penalty, seeded draws), gpt-2-simple's
+`load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`steering.py`),
+text as it is drawn (`stream.py`), an OpenAI-compatible HTTP server (`serve.py`, with its model
+thread in `batcher.py`, its JSON contract in `openai_api.py` and its page in `web/`), and a
 SavedModel whose signature is that same loop (`saved_model.py`). It loads weights through
 `formats/` and never trains.
 """

@@ -1,7 +1,7 @@
 """Filters and draws: temperature, top-k and top-p on logits, and seeded, loop-independent draws.
 
-This module owns turning one position's logits into one token id: scaling and filtering them
-(`filter_logits`), and drawing from the result with the Gumbel-max trick over counter-based
+This module owns turning one position's logits into one token id: damping repeats (`penalize`),
+scaling and filtering them (`filter_logits`), and drawing from the result with the Gumbel-max trick over counter-based
 noise (`_draw`), so that a token's randomness depends only on the seed and its index, never on
 chunking or on which decoding loop draws it. The loops themselves are `sample.py`'s.
 """
@@ -55,6 +55,25 @@ def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
         default=lambda: logits,
         exclusive=False,
     )
+
+
+def penalize(logits, seen, penalty):
+    """The CTRL repetition penalty (Keskar et al. 2019, as in transformers), before temperature.
+
+    Args:
+        logits: float32 `[..., n_vocab]`.
+        seen: bool, broadcastable to `logits`: the tokens already in the text.
+        penalty: float32 scalar >= 0; positive logits of seen tokens are divided by it, negative
+            ones multiplied, so > 1 makes repeats less likely. 1.0 leaves every logit exactly as is.
+
+    Returns:
+        float32 like `logits`.
+    """
+    penalty = tf.cast(penalty, logits.dtype)
+    # A product with the reciprocal, not a division: XLA rewrites x / c that way, and both loops
+    # must compute the same bits to draw the same tokens.
+    damped = tf.where(logits > 0, logits * (1.0 / penalty), logits * penalty)
+    return tf.where(seen, damped, logits)
 
 
 def _draw(logits, i, temperature, top_k, top_p, seed, sort=False):

@@ -20,6 +20,7 @@ from encoder import get_encoder
 
 from ..formats.folders import load_model
 from ..model.names import model_folder, run_folder
+from .steering import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
 
@@ -51,7 +52,7 @@ def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkp
 def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models",
              sample_dir="samples", return_as_list=False, truncate=None, destination_path=None,
              sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
-             temperature=0.7, top_k=0, top_p=0.0, include_prefix=True):
+             temperature=0.7, top_k=0, top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0):
     """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
 
     Args:
@@ -74,6 +75,10 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         top_k: sample from the k most likely tokens (0: all).
         top_p: nucleus sampling threshold in (0, 1]; when > 0 it replaces top_k.
         include_prefix: False removes the prefix from each text.
+        stop: a string or a list of up to 8 strings; each text ends at the first occurrence of
+            any of them, which is removed (as `truncate` is), and its sampling stops there.
+        repetition_penalty: > 0; the CTRL rule on tokens already in the text (positive logits
+            divided by it, negative ones multiplied); 1.2 is typical, 1.0 turns it off.
 
     Returns:
         The list of texts if `return_as_list`, else None.
@@ -90,9 +95,11 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     if len(context) >= n_ctx:
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
                          f"shorten the prefix below {n_ctx} tokens")
+    _check_penalty(repetition_penalty)
+    stops = StopStrings(stop)
     if nsamples == 1:
         sample_delim = ""
-    stop = _stop_when_all_contain(enc, truncate) if truncate else None
+    ended = _rows_ended(enc, truncate, stops) if truncate or stops else None
 
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
@@ -102,10 +109,11 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             tokens = sampler.sample(
                 np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
                 temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
-                chunk=64 if stop else None, stop=stop,
+                chunk=(16 if stops else 64) if ended else None, stop=ended,
+                repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc),
             )
             for row in tokens:
-                text = _finish(enc, context, row, prefix, truncate, include_prefix)
+                text = _finish(enc, context, row, prefix, truncate, include_prefix, stops)
                 if out_file:
                     out_file.write(f"{text}\n{sample_delim}")
                 elif not return_as_list:
@@ -120,13 +128,14 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
 def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models",
                      truncate=None, destination_path="gpt_2_gen_texts.txt", sample_delim=DEFAULT_DELIM,
                      prefix=None, seed=None, nsamples=1, batch_size=1, length=1023, temperature=0.7, top_k=0,
-                     top_p=0.0, include_prefix=True):
+                     top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0):
     """`generate(...)` writing to `destination_path` (gpt-2-simple's signature and defaults)."""
     return generate(
         sess, run_name=run_name, checkpoint_dir=checkpoint_dir, model_name=model_name, model_dir=model_dir,
         return_as_list=False, truncate=truncate, destination_path=destination_path, sample_delim=sample_delim,
         prefix=prefix, seed=seed, nsamples=nsamples, batch_size=batch_size, length=length,
-        temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix,
+        temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix, stop=stop,
+        repetition_penalty=repetition_penalty,
     )
 
 
@@ -149,16 +158,28 @@ def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
             raise ValueError(message)
 
 
-def _stop_when_all_contain(enc, truncate):
-    def stop(tokens):
-        return all(truncate in enc.decode(row) for row in tokens)
+def _check_penalty(repetition_penalty):
+    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty={repetition_penalty!r} must be a number > 0 (1.0 turns it off; "
+                         "1.2 is typical)")
 
-    return stop
+
+def _rows_ended(enc, truncate, stops):
+    """The sampler's `stop`: a row has ended once its new text holds `truncate` or a stop string."""
+    def ended(tokens):
+        texts = [enc.decode(row) for row in tokens]
+        return [bool(truncate and truncate in t) or stops.find(t) >= 0 for t in texts]
+
+    return ended
 
 
-def _finish(enc, context, new, prefix, truncate, include_prefix):
-    """Decode one sample and apply gpt-2-simple's truncate / include_prefix / lstrip rules."""
+def _finish(enc, context, new, prefix, truncate, include_prefix, stops=None):
+    """Decode one sample and apply the stop strings, then gpt-2-simple's truncate / include_prefix / lstrip rules."""
     text = enc.decode(list(context) + list(new)) if prefix else enc.decode(new)
+    if stops:
+        has_prefix = prefix and text.startswith(prefix)
+        body = stops.cut(text[len(prefix):] if has_prefix else text)
+        text = prefix + body if has_prefix else body
     if truncate:
         body = text[len(prefix):] if prefix and text.startswith(prefix) else text
         cut = re.search(f"(.*?)(?:{re.escape(truncate)})", body, re.S)

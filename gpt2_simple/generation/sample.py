@@ -8,6 +8,11 @@ are `generate.py`'s.
 
 Longer outputs than the context are produced in chunks by `Sampler.sample`: when the cache is
 full, the newest half of the context becomes the new prompt (a sliding window).
+
+Steering happens inside the compiled loops, as tensor inputs, so changing it never retraces: a
+repetition penalty over the tokens seen so far (`draws.penalize`), and stop sequences (token ids)
+that end a row; a loop returns as soon as every row of its batch has ended. Stop *strings* are
+text, checked by the callers between chunks (`stop=`), which also tell the loop which rows ended.
 """
 import dataclasses
 
@@ -15,10 +20,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .draws import _draw, filter_logits  # noqa: F401  (filter_logits: part of this module's API)
+from .draws import _draw, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 
 # Batches up to this size decode with the XLA loop (measured by scripts/benchmark.py).
 XLA_MAX_BATCH = 2
+# Stop sequences: at most this many, each its last this many tokens (a fixed shape, so XLA compiles once).
+MAX_STOPS, MAX_STOP_TOKENS = 8, 16
+_NO_TOKEN = -1  # pads stop sequences on the left (matches anything) and the recent tokens (matches nothing real)
 
 
 class Sampler:
@@ -44,6 +52,11 @@ class Sampler:
             tf.TensorSpec([], tf.int32),  # top_k
             tf.TensorSpec([], tf.float32),  # top_p
             tf.TensorSpec([2], tf.int64),  # (seed, index of the first token drawn)
+            tf.TensorSpec([], tf.float32),  # repetition_penalty (1.0: off)
+            tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: tokens the penalty applies to
+            tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32),  # stop sequences, left-padded with -1
+            tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
+            tf.TensorSpec([None], tf.bool),  # ended: rows that need no more tokens
         ]
         growing = [tf.TensorSpec([None, hp.n_head, None, hp.head_dim], tf.float32)] * hp.n_layer
         self._decode = tf.function(
@@ -61,60 +74,68 @@ class Sampler:
     def tracing_count(self):
         return self._decode.experimental_get_tracing_count() + self._decode_fixed.experimental_get_tracing_count()
 
-    def decode_chunk(self, pending, keys, values, n, temperature, top_k, top_p, seed):
-        """Feed `pending`, then draw `n` tokens one at a time. Returns (tokens [batch, n], keys, values).
+    def decode_chunk(self, pending, keys, values, n, temperature, top_k, top_p, seed, penalty, seen, stops,
+                     recent, ended):
+        """Feed `pending`, then draw up to `n` tokens one at a time, fewer once every row has ended.
 
-        The last drawn token is not fed: it is the caller's next `pending`.
+        Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it is the
+        caller's next `pending`.
         """
         cache_shape = tf.TensorShape([None, self.model.hparams.n_head, None, self.model.hparams.head_dim])
-
-        def draw(logits, i):
-            return _draw(logits, i, temperature, top_k, top_p, seed)
+        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
 
         logits, keys, values = self.model.forward_cached(pending, keys, values)
-        token = draw(logits, 0)
+        token = _draw(steer.logits(logits, seen), 0, temperature, top_k, top_p, seed)
+        seen, recent, ended = steer.update(token, seen, recent, ended)
         drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
         drawn = drawn.write(0, token[:, 0])
 
-        def body(i, token, keys, values, drawn):
+        def body(i, token, keys, values, drawn, seen, recent, ended):
             logits, keys, values = self.model.forward_cached(token, keys, values)
-            token = draw(logits, i)
-            return i + 1, token, keys, values, drawn.write(i, token[:, 0])
+            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed)
+            seen, recent, ended = steer.update(token, seen, recent, ended)
+            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), seen, recent, ended
 
         layers = len(keys)
-        _, _, keys, values, drawn = tf.while_loop(
-            lambda i, *_: i < n,
+        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
+            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]),
             body,
-            (tf.constant(1), token, keys, values, drawn),
+            (tf.constant(1), token, keys, values, drawn, seen, recent, ended),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 1]), [cache_shape] * layers,
-                              [cache_shape] * layers, tf.TensorShape(None)),
+                              [cache_shape] * layers, tf.TensorShape(None), seen.shape, recent.shape, ended.shape),
         )
-        return tf.transpose(drawn.stack()), keys, values
+        return tf.transpose(drawn.gather(tf.range(count))), keys, values
 
-    def decode_fixed(self, token, keys, values, start, n, temperature, top_k, top_p, seed):
-        """Feed `token` (at position `start`) and the tokens it leads to, drawing `n` (<= n_ctx - start).
+    def decode_fixed(self, token, keys, values, start, n, temperature, top_k, top_p, seed, penalty, seen, stops,
+                     recent, ended):
+        """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= n_ctx - start).
 
         Args:
             token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
             keys, values: n_layer float32 `[batch, n_head, n_ctx, head_dim]`, valid before `start`.
 
         Returns:
-            (int32 `[batch, n_ctx]` whose first `n` columns are the drawn tokens, keys, values).
+            (int32 `[batch, n_ctx]` whose first `drawn` columns are the drawn tokens, drawn, keys,
+            values); drawn < n once every row has ended.
         """
         batch = tf.shape(token)[0]
         drawn = tf.zeros([batch, self.model.hparams.n_ctx], tf.int32)  # XLA wants fixed shapes
+        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
 
-        def body(i, token, keys, values, drawn):
+        def body(i, token, keys, values, drawn, seen, recent, ended):
             logits, keys, values = self.model.forward_fixed(token, keys, values, start + i)
-            token = _draw(logits, i, temperature, top_k, top_p, seed, sort=True)
-            return i + 1, token, keys, values, xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
+            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed, sort=True)
+            seen, recent, ended = steer.update(token, seen, recent, ended)
+            drawn = xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
+            return i + 1, token, keys, values, drawn, seen, recent, ended
 
-        _, _, keys, values, drawn = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), token, keys, values,
-                                                                              drawn))
-        return drawn, keys, values
+        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
+            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]), body,
+            (tf.constant(0), token, keys, values, drawn, seen, recent, ended))
+        return drawn, count, keys, values
 
     def sample(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None,
-               chunk=None, stop=None):
+               chunk=None, stop=None, repetition_penalty=1.0, stop_tokens=()):
         """Draw `length` tokens after `context` for every row.
 
         Args:
@@ -123,28 +144,48 @@ class Sampler:
             temperature, top_k, top_p: see `filter_logits`.
             seed: int for reproducible draws, or None.
             chunk: tokens drawn per compiled call; `stop` is checked between chunks.
-            stop: optional `stop(tokens [batch, so_far]) -> bool`; True ends sampling early.
+            stop: optional `stop(tokens [batch, so_far])` -> a bool, or one bool per row: the
+                rows that have ended. Sampling ends early once every row has.
+            repetition_penalty: see `draws.penalize`; 1.0 is off (and draws exactly as without it).
+            stop_tokens: up to MAX_STOPS token sequences; a row ends once it has drawn one of them
+                (only their last MAX_STOP_TOKENS tokens are compared).
 
         Returns:
             int32 numpy `[batch, <= length]`: the new tokens only.
         """
+        return np.concatenate(list(self.chunks(  # length >= 1: at least one chunk
+            context, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk=chunk, stop=stop,
+            repetition_penalty=repetition_penalty, stop_tokens=stop_tokens)), axis=1)
+
+    def chunks(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None, chunk=None, stop=None,
+               repetition_penalty=1.0, stop_tokens=()):
+        """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
+
+        The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
+        forward pass of the prompt, which is what a stream shows first.
+        """
         context = np.asarray(context, np.int32)
         seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
         chunk = int(chunk or length)
+        stops = stop_table(stop_tokens)
         options = (tf.constant(temperature, tf.float32), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32))
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
-                          out=np.zeros([context.shape[0], 0], np.int32))
-        while state.drawn < length:
+                          out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool))
+        steering = (tf.constant(repetition_penalty, tf.float32), tf.constant(stops))
+        while state.drawn < length and not state.ended.all():
             room = self._room(state)
             if room < 1:
                 self._slide(state)
                 continue
             # Up to the next multiple of `chunk`, where `stop` is checked.
             n = min(chunk - state.drawn % chunk, length - state.drawn, room)
-            state.add(self._decode_next(state, n, options, tf.constant([seed, state.drawn], tf.int64)))
-            if stop is not None and stop(state.out):
-                break
-        return state.out
+            tokens = self._decode_next(state, n, options + (tf.constant([seed, state.drawn], tf.int64),),
+                                       steering)
+            state.add(tokens)
+            yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
+            state.ended |= _has_stop_sequence(state.out, stops)
+            if stop is not None:
+                state.ended |= np.broadcast_to(np.asarray(stop(state.out), bool), state.ended.shape)
 
     def _room(self, state):
         """How many tokens the next call may draw: feeding `pending` and n - 1 drawn tokens must fit."""
@@ -156,21 +197,25 @@ class Sampler:
         keep = max(self.model.hparams.n_ctx // 2, 1)
         state.pending, state.caches, state.start = state.history[:, -keep:], self._empty_cache(len(state.history)), None
 
-    def _decode_next(self, state, n, options, chunk_seed):
-        """Draw up to `n` tokens with the loop that fits: numpy int32 `[batch, n or 1]`."""
+    def _decode_next(self, state, n, options, steering):
+        """Draw up to `n` tokens with the loop that fits: numpy int32 `[batch, <= n]`."""
         keys, values = state.caches
         fixed = len(state.pending) <= self.xla_max_batch
+        penalty, stops = steering
+        steering = (penalty, tf.constant(state.seen(self.model.hparams.n_vocab)), stops,
+                    tf.constant(state.recent()), tf.constant(state.ended))
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
             tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), *options,
-                                                chunk_seed)
+                                                *steering)
             if fixed:  # from here on, the XLA loop over caches of n_ctx positions
                 state.start = keys[0].shape[-2]
                 keys, values = self._pad(keys), self._pad(values)
         else:
-            tokens, keys, values = self._decode_fixed(tf.constant(state.pending), keys, values,
-                                                      tf.constant(state.start), tf.constant(n), *options, chunk_seed)
-            tokens, state.start = tokens[:, :n], state.start + n
+            tokens, count, keys, values = self._decode_fixed(
+                tf.constant(state.pending), keys, values, tf.constant(state.start), tf.constant(n), *options,
+                *steering)
+            tokens, state.start = tokens[:, :int(count)], state.start + int(count)
         state.caches = (keys, values)
         return tokens.numpy()
 
@@ -185,6 +230,47 @@ class Sampler:
         return [tf.pad(c, [[0, 0], [0, 0], [0, n_ctx - c.shape[-2]], [0, 0]]) for c in caches]
 
 
+def stop_table(stop_tokens):
+    """Up to MAX_STOPS token sequences -> int32 `[MAX_STOPS, MAX_STOP_TOKENS]`, left-padded with -1."""
+    stop_tokens = [list(map(int, seq)) for seq in stop_tokens if len(seq)]
+    if len(stop_tokens) > MAX_STOPS:
+        raise ValueError(f"stop_tokens has {len(stop_tokens)} sequences; at most {MAX_STOPS} are allowed")
+    table = np.full([MAX_STOPS, MAX_STOP_TOKENS], _NO_TOKEN, np.int32)
+    for row, seq in zip(table, stop_tokens):
+        seq = seq[-MAX_STOP_TOKENS:]
+        row[MAX_STOP_TOKENS - len(seq):] = seq
+    return table
+
+
+def _has_stop_sequence(out, stops):
+    """bool `[batch]`: the rows of `out` that contain one of the sequences of a stop table."""
+    ended = np.zeros(len(out), bool)
+    for row in stops:
+        seq = row[row != _NO_TOKEN]
+        if len(seq) and out.shape[1] >= len(seq):
+            windows = np.lib.stride_tricks.sliding_window_view(out, len(seq), axis=1)  # [batch, w, len]
+            ended |= (windows == seq).all(-1).any(-1)
+    return ended
+
+
+class _Steering:
+    """The repetition penalty and stop sequences inside a compiled loop (a plain helper, traced)."""
+
+    def __init__(self, n_vocab, penalty, stops):
+        self.n_vocab, self.penalty, self.stops = n_vocab, penalty, stops
+
+    def logits(self, logits, seen):
+        """The last position's logits `[batch, 1, n_vocab]`, penalised where `seen`."""
+        return penalize(logits[:, -1:, :], seen[:, None, :], self.penalty)
+
+    def update(self, token, seen, recent, ended):
+        """After drawing `token` [batch, 1]: (seen, recent, ended) including it."""
+        seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
+        recent = tf.concat([recent[:, 1:], token], axis=1)
+        padded = tf.equal(self.stops, _NO_TOKEN)  # [MAX_STOPS, MAX_STOP_TOKENS]
+        matches = tf.reduce_all(tf.equal(recent[:, None, :], self.stops[None]) | padded[None], axis=-1)
+        used = ~tf.reduce_all(padded, axis=-1)  # an all-padding row is no stop sequence
+        return seen, recent, ended | tf.reduce_any(matches & used[None], axis=-1)
 
 
 @dataclasses.dataclass
@@ -195,6 +281,7 @@ class _Decoding:
     pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches
     caches: tuple  # (keys, values): n_layer tensors each, growing or of n_ctx positions
     out: np.ndarray  # int32 [batch, drawn]: the new tokens only
+    ended: np.ndarray  # bool [batch]: rows that need no more tokens
     start: int = None  # with fixed caches: the position of `pending`
 
     @property
@@ -205,3 +292,14 @@ class _Decoding:
         self.out = np.concatenate([self.out, tokens], axis=1)
         self.history = np.concatenate([self.history, tokens], axis=1)
         self.pending = tokens[:, -1:]
+
+    def seen(self, n_vocab):
+        """bool `[batch, n_vocab]`: the tokens of each row's text so far (the penalty's set)."""
+        seen = np.zeros([len(self.history), n_vocab], bool)
+        np.put_along_axis(seen, self.history.astype(np.int64), True, axis=1)
+        return seen
+
+    def recent(self):
+        """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with -1."""
+        last = self.out[:, -MAX_STOP_TOKENS:]
+        return np.pad(last, [(0, 0), (MAX_STOP_TOKENS - last.shape[1], 0)], constant_values=_NO_TOKEN)

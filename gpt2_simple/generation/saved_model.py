@@ -22,14 +22,16 @@ from ..atomic import staged_folder
 from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
-from .sample import Sampler
+from .sample import MAX_STOP_TOKENS, MAX_STOPS, Sampler, stop_table
 
 SIGNATURE = "serving_default"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
 SAVED_MODEL_FILE = "saved_model.pb"
 # Values a request may leave out (`temperature`, `top_k`, `top_p` are generate()'s defaults).
 # A negative seed draws a fresh one per call; `length` is at most n_ctx // 2 for small contexts.
-DEFAULTS = {"length": 100, "temperature": 0.7, "top_k": 0, "top_p": 0.0, "seed": -1}
+# `stop_tokens` (no stop sequences) and `repetition_penalty` (off) default to doing nothing.
+DEFAULTS = {"length": 100, "temperature": 0.7, "top_k": 0, "top_p": 0.0, "seed": -1, "repetition_penalty": 1.0,
+            "stop_tokens": stop_table(())}
 INPUTS = [
     tf.TensorSpec([None, None], tf.int32, name="tokens"),  # [batch, prompt_len]
     tf.TensorSpec([], tf.int32, name="length"),
@@ -37,6 +39,8 @@ INPUTS = [
     tf.TensorSpec([], tf.int32, name="top_k"),
     tf.TensorSpec([], tf.float32, name="top_p"),
     tf.TensorSpec([], tf.int64, name="seed"),
+    tf.TensorSpec([], tf.float32, name="repetition_penalty"),
+    tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32, name="stop_tokens"),  # left-padded with -1
 ]
 
 
@@ -58,16 +62,21 @@ class ServingModule(tf.Module):
         # Tensor defaults become the SignatureDef's `defaults`, which TensorFlow Serving fills in
         # for inputs a request leaves out. They are made here, not at import.
         defaults = dict(DEFAULTS, length=max(1, min(DEFAULTS["length"], model.hparams.n_ctx // 2)))
-        length, temperature, top_k, top_p, seed = (
+        length, temperature, top_k, top_p, seed, penalty, stops = (
             tf.constant(defaults[spec.name], spec.dtype) for spec in INPUTS[1:])
 
-        def serve(tokens, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
-            return self.sample(tokens, length, temperature, top_k, top_p, seed)
+        def serve(tokens, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  repetition_penalty=penalty, stop_tokens=stops):
+            return self.sample(tokens, length, temperature, top_k, top_p, seed, repetition_penalty, stop_tokens)
 
         self.serve = tf.function(serve, input_signature=INPUTS)
 
-    def sample(self, tokens, length, temperature, top_k, top_p, seed):
-        """Draw `length` new tokens after each row of `tokens`: {"tokens": int32 [batch, length]}.
+    def sample(self, tokens, length, temperature, top_k, top_p, seed, repetition_penalty, stop_tokens):
+        """Draw `length` new tokens after each row of `tokens`.
+
+        Returns {"tokens": int32 [batch, <= length], "lengths": int32 [batch]}: a row's tokens
+        before its first stop sequence (all of them without one); drawing ends early once every
+        row holds a stop sequence. `repetition_penalty` and `stop_tokens` are `Sampler.sample`'s.
 
         top_k 0 and top_p 0 or >= 1 turn those filters off; a top_p in (0, 1) replaces top_k,
         as in `generate`. Draws depend on `seed` and the token's index only (stateless), and
@@ -81,8 +90,12 @@ class ServingModule(tf.Module):
         empty = tf.zeros([tf.shape(tokens)[0], hp.n_head, 0, hp.head_dim], tf.float32)
         cache = [empty] * hp.n_layer
         seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
-        new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, temperature, top_k, top_p, seed)
-        return {"tokens": new}
+        batch = tf.shape(tokens)[0]
+        steering = (repetition_penalty, seen_tokens(tokens, hp.n_vocab), stop_tokens,
+                    tf.fill([batch, MAX_STOP_TOKENS], -1), tf.zeros([batch], tf.bool))
+        new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, temperature, top_k, top_p, seed,
+                                               *steering)
+        return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
 
     def _checks(self, tokens, length, temperature):
         """In-graph assertions, so a bad request fails with a message instead of a gather error."""
@@ -103,6 +116,25 @@ class ServingModule(tf.Module):
         ]
 
 
+def seen_tokens(tokens, n_vocab):
+    """bool `[batch, n_vocab]`: the ids present in each row of `tokens` `[batch, len]`."""
+    return tf.reduce_any(tf.equal(tokens[:, :, None], tf.range(n_vocab)[None, None, :]), axis=1)
+
+
+def _lengths_before_stop(new, stop_tokens):
+    """int32 `[batch]`: how many tokens of each row of `new` come before its first stop sequence."""
+    drawn = tf.shape(new)[1]
+    padded = tf.pad(new, [[0, 0], [MAX_STOP_TOKENS - 1, 0]], constant_values=-1)
+    # windows[b, t] = the MAX_STOP_TOKENS tokens ending at position t
+    windows = tf.stack([padded[:, k:k + drawn] for k in range(MAX_STOP_TOKENS)], axis=-1)
+    wild = tf.equal(stop_tokens, -1)  # [MAX_STOPS, MAX_STOP_TOKENS]
+    hits = tf.reduce_all(tf.equal(windows[:, :, None, :], stop_tokens[None, None]) | wild[None, None], -1)
+    hits &= ~tf.reduce_all(wild, -1)[None, None]  # [batch, drawn, MAX_STOPS]
+    size = MAX_STOP_TOKENS - tf.reduce_sum(tf.cast(wild, tf.int32), -1)  # tokens per stop sequence
+    starts = tf.where(hits, tf.range(drawn)[None, :, None] + 1 - size[None, None], drawn)
+    return tf.reduce_min(starts, axis=[1, 2])
+
+
 def export_saved_model(source, export_dir, *, checkpoint="latest", overwrite=False):
     """Export a run or model as a TensorFlow SavedModel that samples tokens.
 
@@ -118,8 +150,10 @@ def export_saved_model(source, export_dir, *, checkpoint="latest", overwrite=Fal
         export_dir as an absolute path. Its `serving_default` signature takes `tokens` (int32 [batch, prompt_len])
         and, each optional (`DEFAULTS`), `length` (int32), `temperature` (float32), `top_k`
         (int32, 0 = off), `top_p` (float32, 0 or >= 1 = off) and `seed` (int64; the same seed
-        gives the same tokens, a negative one a random draw), and returns {"tokens": int32
-        [batch, length]}, the new tokens only. TensorFlow Serving and `loaded.serve(tokens)`
+        gives the same tokens, a negative one a random draw), `repetition_penalty` (float32, 1.0 =
+        off) and `stop_tokens` (int32 [8, 16]: up to 8 token sequences, each left-padded with -1;
+        all -1 = none), and returns {"tokens": int32 [batch, <= length], the new tokens only, and
+        "lengths": int32 [batch], how many come before each row's first stop sequence}. TensorFlow Serving and `loaded.serve(tokens)`
         fill in the defaults; `loaded.signatures['serving_default']` needs every input.
 
     Raises:

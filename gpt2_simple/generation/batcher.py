@@ -1,0 +1,184 @@
+"""The server's model worker: one thread that owns the sampler, a bounded queue, and batching.
+
+This module owns running requests on the model one batch at a time. Requests (`Job`s) wait in
+a bounded queue (`QueueFull` when it is full: the server answers 503); the worker thread takes
+the oldest and, when it has no seed, every waiting job that can share its batch: the same prompt
+length (the model has no padding mask) and the same sampling options, up to `max_rows` rows.
+A seeded job runs alone, so its tokens equal `generate(seed=...)`'s. Each row's text is settled
+by a `stream.TextStream`, and pieces are handed to the job's `emit` callback as the compiled
+chunks return. A cancelled job leaves the queue at once, or ends its rows at the next chunk;
+`stop()` cancels everything and ends the thread. HTTP is `serve.py`'s.
+"""
+import collections
+import dataclasses
+import logging
+import threading
+
+import numpy as np
+
+from .steering import StopStrings
+from .stream import TextStream
+
+CHUNK = 4  # tokens per compiled call: how often pieces arrive and cancellation is noticed
+LOG = logging.getLogger("gpt2_simple.serve")
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` jobs already."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The sampling options of a job; jobs with equal options and prompt lengths may share a batch."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple = ()
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One prompt of a request, sampled `n` times.
+
+    `emit(event)` is called from the worker thread with ("text", row, piece), ("done", row,
+    finish_reason, completion_tokens) or ("error", message).
+    """
+
+    tokens: list
+    n: int
+    options: Options
+    emit: object
+    seed: int = None
+    cancelled: bool = False
+
+    def batch_key(self):
+        return None if self.seed is not None else (len(self.tokens), self.options)
+
+
+class Batcher:
+    """The worker thread and its queue. Thread-safe: `submit` and `cancel` come from the server."""
+
+    def __init__(self, sampler, encoder, *, max_queue=64, max_rows=16):
+        self.sampler, self.encoder = sampler, encoder
+        self.max_queue, self.max_rows = max_queue, max_rows
+        self._waiting = collections.deque()
+        self._running = []
+        self._lock = threading.Condition()
+        self._stopping = False
+        self.batches = self.rows = self.tokens = 0  # run so far (batching shows as rows > batches)
+        self._thread = threading.Thread(target=self._work, name="gpt2_simple-model", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    @property
+    def queued(self):
+        return len(self._waiting)
+
+    @property
+    def running(self):
+        return sum(job.n for job in self._running)
+
+    def submit(self, job):
+        """Queue `job`. Raises QueueFull (or RuntimeError once stopping)."""
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting")
+            self._waiting.append(job)
+            self._lock.notify()
+
+    def cancel(self, job):
+        """The client has gone: drop `job` from the queue now, or end its rows at the next chunk."""
+        with self._lock:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+
+    def stop(self, timeout=30):
+        """Refuse new jobs, cancel waiting and running ones, and end the thread."""
+        with self._lock:
+            self._stopping = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._lock.notify_all()
+        for job in waiting:
+            job.emit(("error", "the server is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -----------------------------------------------------------------------------------------
+    # The worker thread
+
+    def _work(self):
+        while True:
+            with self._lock:
+                while not self._waiting and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                self._running = self._take()
+                self.batches, self.rows = self.batches + 1, self.rows + sum(job.n for job in self._running)
+            try:
+                self._run(self._running)
+            except Exception as e:  # a failure of the model must not end the worker
+                LOG.exception("generation failed")
+                for job in self._running:
+                    job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+            finally:
+                with self._lock:
+                    self._running = []
+
+    def _take(self):
+        """The oldest job and the waiting jobs that can share its batch (called under the lock)."""
+        batch = [self._waiting.popleft()]
+        key, rows = batch[0].batch_key(), batch[0].n
+        if key is None:
+            return batch
+        for job in list(self._waiting):
+            if job.batch_key() == key and rows + job.n <= self.max_rows:
+                self._waiting.remove(job)
+                batch.append(job)
+                rows += job.n
+        return batch
+
+    def _run(self, jobs):
+        """Sample every row of `jobs` in one batch, emitting pieces as chunks return."""
+        enc, options = self.encoder, jobs[0].options
+        rows = [(job, i) for job in jobs for i in range(job.n)]
+        stops = StopStrings(list(options.stop))
+        texts = [TextStream(enc, job.tokens, stops=stops, lstrip=False) for job, _ in rows]
+        counts = [0] * len(rows)
+        done = [False] * len(rows)
+        seed = None if jobs[0].seed is None else int(jobs[0].seed) * 1_000_003  # generate's first batch
+
+        def ended(_):
+            return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)]
+
+        context = np.asarray([job.tokens for job, _ in rows], np.int32)
+        chunks = self.sampler.chunks(
+            context, options.max_tokens, temperature=options.temperature, top_k=options.top_k,
+            top_p=options.top_p, seed=seed, chunk=CHUNK, stop=ended,
+            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(enc))
+        for tokens in chunks:
+            self.tokens += tokens.shape[1]
+            for r, (job, i) in enumerate(rows):
+                if done[r] or job.cancelled:
+                    continue
+                piece = texts[r].feed(tokens[r])
+                counts[r] += tokens.shape[1]
+                if piece:
+                    job.emit(("text", i, piece))
+                if texts[r].ended:
+                    done[r] = True
+                    job.emit(("done", i, "stop", counts[r]))
+        for r, (job, i) in enumerate(rows):
+            if not done[r] and not job.cancelled:
+                piece = texts[r].finish()
+                if piece:
+                    job.emit(("text", i, piece))
+                job.emit(("done", i, "stop" if texts[r].ended else "length", counts[r]))
