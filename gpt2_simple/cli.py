@@ -26,7 +26,8 @@ import sys
 PROG = "gpt2_simple"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
-INT_WHEN_NONE = {"seed"}  # arguments whose default is None but whose values are integers
+INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default is None but whose values are integers
+FLOAT_WHEN_NONE = {"max_grad_norm"}
 
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
 # or that the subcommand sets itself (generate's output goes to --folder or --stdout).
@@ -131,7 +132,7 @@ def add_flags(parser, function, skip=(), choices=None):
         if isinstance(default, bool):
             options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif default is None:
-            options.update(type=int if name in INT_WHEN_NONE else str)
+            options.update(type=int if name in INT_WHEN_NONE else float if name in FLOAT_WHEN_NONE else str)
         else:
             options.update(type=type(default))
         parser.add_argument("--" + name, **options)

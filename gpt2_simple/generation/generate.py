@@ -10,7 +10,10 @@ Differences from gpt-2-simple 0.8.1, each one of its reported failures:
 - `length` may exceed the model's context (a sliding window continues the text);
 - with `truncate`, sampling stops as soon as every text in the batch contains it;
 - `include_prefix=False` removes the prefix with or without `truncate`;
-- `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works.
+- `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works;
+- a run trained on documents (`line_by_line=True`, recorded in its `documents.json`) gives one
+  document per sample: the end-of-text id comes first, before any prefix, and each sample ends
+  at the next end-of-text (or after `length` tokens).
 """
 import re
 
@@ -19,6 +22,7 @@ import numpy as np
 from encoder import get_encoder
 
 from ..formats.folders import load_model
+from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
 
 DEFAULT_DELIM = "=" * 20 + "\n"
@@ -30,7 +34,8 @@ def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkp
 
     Args:
         sess: a `Session` from `start_tf_sess()`.
-        checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'.
+        checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'; 'best' is
+            the lowest validation loss of a run trained with keep_best=True.
         run_name, checkpoint_dir: the run folder `checkpoint_dir/run_name`.
         model_name, model_dir: if `model_name` is set, load `model_dir/model_name` instead.
         multi_gpu, reuse: accepted for compatibility; they have no effect in TF2.
@@ -83,11 +88,13 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     sampler = sess.sampler  # raises if no model is loaded
     n_ctx = sess.model.hparams.n_ctx
     prefix = prefix or None
-    context = enc.encode(prefix) if prefix else [enc.eot_token]
+    prompt = enc.encode(prefix) if prefix else []
+    eot = enc.eot_token if read_documents(sess.folder) else None  # documents: one per sample
+    context = prompt if prompt and eot is None else [enc.eot_token] + prompt
     _check_options(nsamples, batch_size, length, temperature, top_k, top_p, context, n_ctx)
     if nsamples == 1:
         sample_delim = ""
-    stop = _stop_when_all_contain(enc, truncate) if truncate else None
+    stop = _stop_when_all_done(enc, truncate, eot) if truncate or eot is not None else None
 
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
@@ -97,10 +104,10 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             tokens = sampler.sample(
                 np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
                 temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
-                chunk=64 if stop else None, stop=stop,
+                chunk=(64 if eot is None else 16) if stop else None, stop=stop,
             )
             for row in tokens:
-                text = _finish(enc, context, row, prefix, truncate, include_prefix)
+                text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix)
                 if out_file:
                     out_file.write(f"{text}\n{sample_delim}")
                 elif not return_as_list:
@@ -144,11 +151,19 @@ def _check_options(nsamples, batch_size, length, temperature, top_k, top_p, cont
             raise ValueError(message)
 
 
-def _stop_when_all_contain(enc, truncate):
+def _stop_when_all_done(enc, truncate, eot):
+    """Stop once every row has ended: it holds `eot` (documents) or its text contains `truncate`."""
     def stop(tokens):
-        return all(truncate in enc.decode(row) for row in tokens)
+        return all((eot is not None and eot in row) or (truncate and truncate in enc.decode(list(row)))
+                   for row in tokens)
 
     return stop
+
+
+def _until(row, eot):
+    """The tokens of a sample up to (without) the first `eot`; all of them when `eot` is None."""
+    row = list(row)
+    return row[: row.index(eot)] if eot is not None and eot in row else row
 
 
 def _finish(enc, context, new, prefix, truncate, include_prefix):

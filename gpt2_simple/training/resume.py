@@ -99,9 +99,9 @@ def step_of_run(prefix):
 # Saving and resuming
 
 
-def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_scale=None):
+def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_scale=None, *, extra=None):
     print("Saving", printed_name)
-    state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state()}
+    state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state(), **(extra or {})}
     if loss_scale is not None:
         state["loss_scale"] = loss_scale.get_state()
     companion = dict(opt.state())
