@@ -161,7 +161,7 @@ def build_parser():
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
-                          help="a .txt/.csv/.npz file, a folder or a glob (or use --dataset)")
+                          help="a .txt/.csv/.jsonl/.npz file, a folder or a glob (or use --dataset)")
     finetune.add_argument("--dataset", help="the same as the positional dataset")
     add_flags(finetune, gpt2.finetune, NOT_FLAGS["finetune"], choices={"optimizer": OPTIMIZERS})
 

@@ -17,15 +17,13 @@ BEST_FILE = "best.json"
 BEST_CHECKPOINT = "model-best"  # checkpoint='best' names it
 
 
-def write_documents(run_dir, separator):
-    """Record that the run trains on documents separated by token id `separator`."""
-    write_text(os.path.join(run_dir, DOCUMENTS_FILE), json.dumps({"line_by_line": True, "separator": int(separator)}) + "\n")
-
-
-def clear_documents(run_dir):
-    """The run now trains on a stream (line_by_line=False): drop the record, if any."""
+def record_documents(run_dir, separator):
+    """Record that the run trains on documents separated by token id `separator`; None: on a
+    stream (line_by_line=False), so an earlier record is removed."""
     path = os.path.join(run_dir, DOCUMENTS_FILE)
-    if os.path.isfile(path):
+    if separator is not None:
+        write_text(path, json.dumps({"line_by_line": True, "separator": int(separator)}) + "\n")
+    elif os.path.isfile(path):
         os.remove(path)
 
 

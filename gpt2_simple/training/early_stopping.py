@@ -22,6 +22,14 @@ class EarlyStopping:
         self.patience, self.keep_best = patience, keep_best
         self.best_loss, self.best_step, self.bad, self.last_step = math.inf, None, 0, -1
 
+    @classmethod
+    def of_run(cls, opts, state=None):
+        """From `finetune`'s options, continuing the saved training `state` of a resumed run."""
+        stopping = cls(opts.early_stopping_patience, opts.keep_best)
+        if state and "early_stopping" in state:
+            stopping.set_state(state["early_stopping"])
+        return stopping
+
     def observe(self, step, loss):
         """Count the validation loss of `step`; returns (improved, stop). A step seen already is ignored."""
         if step <= self.last_step:

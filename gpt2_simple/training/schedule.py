@@ -43,6 +43,12 @@ class Schedule:
             share = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.min_learning_rate + (lr - self.min_learning_rate) * share
 
+    @classmethod
+    def of_run(cls, opts, last_step):
+        """The schedule of `finetune`'s options, for a call whose last step is `last_step`."""
+        return cls(opts.learning_rate, opts.learning_rate_schedule, opts.warmup_steps, opts.min_learning_rate,
+                   last_step)
+
     @property
     def varies(self):
         return self.kind != "constant" or self.warmup_steps > 0

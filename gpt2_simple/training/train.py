@@ -55,7 +55,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
 
     Args:
         sess: a `Session`; after training it holds the trained model, ready for `generate`.
-        dataset: a .txt/.csv/.npz file, a folder or a glob of them.
+        dataset: a .txt/.csv/.jsonl/.npz file, a folder or a glob of them.
         steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
         model_name, model_dir: the base model folder `model_dir/model_name` (any folder in the
             OpenAI layout) used when the run starts fresh.
@@ -88,19 +88,16 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         val_dataset: a held-out text (any `dataset` form) to report validation loss on.
         val_every: steps between validations (<= 0: at every save); also before the first step.
         val_batch_size, val_batch_count: the fixed validation sample, drawn once with seed 1.
-        line_by_line: train on documents: each non-empty line of a .txt, CSV row or .jsonl
-            record is one document, encoded alone and joined with the end-of-text id; windows
-            start at a document start, and `generate` on the run gives one document per sample.
+        line_by_line: one document per non-empty .txt line, CSV row or .jsonl record, joined
+            with the end-of-text id; windows start at a document, generate gives one per sample.
         text_field: the key of .jsonl records that holds the text.
-        learning_rate_schedule: 'constant', 'linear' or 'cosine': decay from learning_rate to
-            min_learning_rate at the last step of this call, after warmup_steps of linear warmup.
-        warmup_steps: steps of linear warmup from 0 to learning_rate (any schedule).
+        learning_rate_schedule: 'constant', 'linear' or 'cosine' (decaying to min_learning_rate
+            at the last step of this call); warmup_steps: linear warmup steps (any schedule).
         min_learning_rate: where 'linear' and 'cosine' end.
-        weight_decay: decoupled weight decay (AdamW) on weight matrices, not on biases,
-            LayerNorm gains or the embeddings.
+        weight_decay: decoupled weight decay (AdamW), not on biases, LayerNorm or embeddings.
         max_grad_norm: clip the global gradient norm to this (None: no clipping).
-        keep_best: with val_dataset, also keep `model-best`, the lowest validation loss
-            (load it with checkpoint='best').
+        keep_best: with val_dataset, also keep `model-best` (the lowest validation loss; load
+            it with checkpoint='best').
         early_stopping_patience: with val_dataset, stop after this many validations without
             a new lowest loss (None: never).
 
@@ -182,7 +179,7 @@ def _prepare_run(opts, dataset, strategy):
         os.makedirs(run_dir, exist_ok=True)
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
-        run_record.write_documents(run_dir, enc.eot_token) if opts.line_by_line else run_record.clear_documents(run_dir)
+        run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
     return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
@@ -235,11 +232,8 @@ def _build_trainer(run, opts, strategy):
     eval_step = compile_eval_step(model, precision=opts.precision) if run.validation is not None else None
     counter = (resume.step_of_run(run.prefix) + 1) if run.resuming else 1
     avg = tuple(state["avg_loss"]) if state else (0.0, 0.0)
-    schedule = Schedule(opts.learning_rate, opts.learning_rate_schedule, opts.warmup_steps, opts.min_learning_rate,
-                        last_step=counter - 1 + opts.steps)
-    stopping = EarlyStopping(opts.early_stopping_patience, opts.keep_best)
-    if state and "early_stopping" in state:
-        stopping.set_state(state["early_stopping"])
+    schedule = Schedule.of_run(opts, last_step=counter - 1 + opts.steps)
+    stopping = EarlyStopping.of_run(opts, state)
     return _Trainer(run, opts, opt, data, seed, train_step, eval_step, loss_scale, counter, avg, schedule, stopping)
 
 
