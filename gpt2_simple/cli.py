@@ -7,6 +7,7 @@ docstring, so the command line and the library cannot disagree. Booleans accept 
 as one line with exit code 2; `main` returns the exit code and never calls `sys.exit`.
 
     gpt2_simple finetune mytext.txt --model_name 124M --steps 1000
+    gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
     gpt2_simple generate --run_name run1 --nsamples 5 --length 200 --nfiles 2 --folder gen
     gpt2_simple generate --model_name 124M --prefix "Hello" --stdout
     gpt2_simple download 355M
@@ -28,6 +29,9 @@ TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default is None but whose values are integers
 FLOAT_WHEN_NONE = {"max_grad_norm"}
+FINETUNE_EXAMPLE = ("example, one tweet per line or .jsonl record, one tweet per sample: gpt2_simple finetune "
+                    "tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine --warmup_steps 100 "
+                    "--val_dataset heldout.jsonl --val_every 100 --keep_best --early_stopping_patience 5")
 
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
 # or that the subcommand sets itself (generate's output goes to --folder or --stdout).
@@ -159,7 +163,7 @@ def build_parser():
     parser = _Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
-                                   description=_summary(gpt2.finetune))
+                                   description=_summary(gpt2.finetune), epilog=FINETUNE_EXAMPLE)
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
                           help="a .txt/.csv/.jsonl/.npz file, a folder or a glob (or use --dataset)")
     finetune.add_argument("--dataset", help="the same as the positional dataset")

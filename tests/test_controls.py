@@ -141,6 +141,28 @@ def test_clipping_in_the_compiled_step_uses_the_accumulated_gradient(real_vocab_
     assert moved == pytest.approx(norm / 4, rel=1e-4)
 
 
+def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
+    root, _ = workdir
+    write_text(root)
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_run.py")
+    proc = subprocess.run([sys.executable, child, str(root), "mirrored_controls"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("RESULT", 1)[1])
+    single, mirrored = ([r["losses"][k] for k in sorted(r["losses"], key=int)] for r in (results["single"],
+                                                                                       results["mirrored"]))
+    assert len(single) == 3
+    np.testing.assert_allclose(mirrored, single, rtol=1e-5)
+    norms = [_events(os.path.join(root, name, "run1"))["grad_norm"] for name in ("single", "mirrored")]
+    np.testing.assert_allclose([norms[1][s] for s in (1, 2, 3)], [norms[0][s] for s in (1, 2, 3)], rtol=1e-4)
+    assert min(norms[0].values()) > 0.05  # clipping was active on every step
+    a = gpt2.load_model(os.path.join(root, "single", "run1"))
+    b = gpt2.load_model(os.path.join(root, "mirrored", "run1"))
+    for name in a.weights:
+        atol = 1e-4 if name.endswith("c_attn/b") else 2e-6
+        np.testing.assert_allclose(b.weights[name].numpy(), a.weights[name].numpy(), atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("optimizer, precision", [("adam", "float32"), ("sgd", "float32"), ("adafactor", "float32"),
                                                   ("adam", "mixed_float16"), ("adam", "mixed_bfloat16")])
 def test_decay_and_clipping_train_with_every_optimizer_and_precision(workdir, optimizer, precision):
@@ -310,3 +332,4 @@ def test_cli_flags_reach_finetune_with_their_types(monkeypatch):
     assert seen["learning_rate_schedule"] == "cosine" and seen["min_learning_rate"] == 0.0
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
     assert "--line_by_line" in help_text and "one document" in help_text
+    assert "gpt2_simple finetune tweets.jsonl --line_by_line" in " ".join(help_text.split())

@@ -165,7 +165,7 @@ def documents_run(tmp_path_factory, real_vocab_dir):
     data = write_text(root, "\n".join(["red green blue", "one two three four"] * 20) + "\n", name="docs.txt")
     sess = gpt2.start_tf_sess()
     gpt2.finetune(sess, data, steps=60, model_name="tiny", model_dir=model_dir, batch_size=4, accumulate_gradients=1,
-                  learning_rate=1e-2, sample_every=0, seed=0, line_by_line=True)
+                  learning_rate=1e-2, sample_every=30, sample_length=8, seed=0, line_by_line=True)
     yield dict(root=root, model_dir=model_dir, data=data, sess=sess)
     os.chdir(old)
 
@@ -176,6 +176,11 @@ def test_run_folder_records_documents_and_stream_runs_do_not(documents_run):
     gpt2.finetune(gpt2.start_tf_sess(), documents_run["data"], steps=1, model_name="tiny",
                   model_dir=documents_run["model_dir"], run_name="stream", sample_every=0)
     assert not (documents_run["root"] / "checkpoint" / "stream" / "documents.json").exists()
+
+
+def test_training_samples_start_at_a_document(documents_run):
+    text = (documents_run["root"] / "samples" / "run1" / "samples-31").read_text(encoding="utf-8")
+    assert text.startswith("======== SAMPLE 1 ========\n<|endoftext|>"), text
 
 
 def test_samples_start_after_end_of_text_and_stop_at_the_next(documents_run, monkeypatch):
