@@ -7,6 +7,8 @@ docstring (`cli_flags.py`), so the command line and the library cannot disagree.
 as one line with exit code 2; `main` returns the exit code and never calls `sys.exit`.
 
     gpt2_simple finetune mytext.txt --model_name 124M --steps 1000
+    gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
+    gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
     gpt2_simple generate --run_name run1 --nsamples 5 --length 200 --nfiles 2 --folder gen
     gpt2_simple generate --model_name 124M --prefix "Hello" --stdout
     gpt2_simple download 355M
@@ -25,14 +27,17 @@ import sys
 
 from .cli_flags import (
     PROG,
-    argument_docs,
     Parser,
-    positive_int,
     add_flags,
+    argument_docs,
+    positive_int,
     shell_terms,
 )
 
 DEMO_STEPS = 10  # `gpt2_simple finetune` without a dataset: steps on the bundled text
+FINETUNE_EXAMPLE = ("example, one tweet per line or .jsonl record, one tweet per sample: gpt2_simple finetune "
+                    "tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine --warmup_steps 100 "
+                    "--val_dataset heldout.jsonl --val_every 100 --keep_best --early_stopping_patience 5")
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
 # or that the subcommand sets itself (generate's output goes to --folder or --stdout).
 NOT_FLAGS = {
@@ -56,9 +61,9 @@ def build_parser():
     parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
-                                   description=_summary(gpt2.finetune))
+                                   description=_summary(gpt2.finetune), epilog=FINETUNE_EXAMPLE)
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
-                          help="a .txt/.csv/.npz file, a folder or a glob (or use --dataset); without one, "
+                          help="a .txt/.csv/.jsonl/.npz file, a folder or a glob (or use --dataset); without one, "
                                f"{DEMO_STEPS} steps on a bundled sample text (Shakespeare's sonnets)")
     finetune.add_argument("--dataset", help="the same as the positional dataset")
     add_flags(finetune, gpt2.finetune, NOT_FLAGS["finetune"], choices={"optimizer": OPTIMIZERS})

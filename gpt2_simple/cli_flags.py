@@ -15,13 +15,15 @@ import sys
 PROG = "gpt2_simple"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
-INT_WHEN_NONE = {"seed"}  # arguments whose default is None but whose values are integers
+INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default is None but whose values are integers
+FLOAT_WHEN_NONE = {"max_grad_norm"}
 # Help in shell terms where the docstring's speaks Python.
 SHELL_HELP = {
     "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
                 "listed in TF_CONFIG) or 'tpu'",
 }
-CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"]}
+CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"],
+           "learning_rate_schedule": ["constant", "linear", "cosine"]}
 
 
 def parse_bool(text):
@@ -117,7 +119,7 @@ def add_flags(parser, function, skip=(), choices=None):
         if isinstance(default, bool):
             options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif default is None:
-            options.update(type=int if name in INT_WHEN_NONE else str)
+            options.update(type=int if name in INT_WHEN_NONE else float if name in FLOAT_WHEN_NONE else str)
         else:
             options.update(type=type(default))
         parser.add_argument("--" + name, **options)

@@ -2,6 +2,7 @@
 
 Usage: python distributed_run.py ROOT MODE [WORKER_INDEX PORTS]
   MODE 'mirrored': two logical CPU devices, a single-device run and a MirroredStrategy run.
+  MODE 'mirrored_controls': the same with a schedule, weight decay and gradient clipping on.
   MODE 'worker':   one worker of a MultiWorkerMirroredStrategy cluster on 127.0.0.1:PORTS.
 ROOT holds `models/tiny` and `data.txt` (made by the test).
 """
@@ -23,10 +24,13 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
-def run(gpt2, root, name, strategy):
+CONTROLS = dict(learning_rate_schedule="cosine", warmup_steps=1, weight_decay=0.1, max_grad_norm=0.05)
+
+
+def run(gpt2, root, name, strategy, extra=None):
     sess = gpt2.start_tf_sess()
     result = gpt2.finetune(sess, os.path.join(root, "data.txt"), model_dir=os.path.join(root, "models"),
-                           checkpoint_dir=os.path.join(root, name), strategy=strategy, **FINETUNE)
+                           checkpoint_dir=os.path.join(root, name), strategy=strategy, **FINETUNE, **(extra or {}))
     text = gpt2.generate(sess, length=6, top_k=1, seed=0, return_as_list=True)[0]
     return {"losses": result.losses, "digest": weights_digest(sess.model), "text": text}
 
@@ -45,7 +49,8 @@ def main(root, mode, index=None, ports=None):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    results = {"single": run(gpt2, root, "single", None), "mirrored": run(gpt2, root, "mirrored", mirrored)}
+    extra = CONTROLS if mode == "mirrored_controls" else None
+    results = {"single": run(gpt2, root, "single", None, extra), "mirrored": run(gpt2, root, "mirrored", mirrored, extra)}
     print("RESULT", json.dumps(results))
 
 

@@ -195,7 +195,8 @@ def test_download_and_encode(calls):
     assert downloads == [dict(model_name="355M", model_dir="m", base_url="http://localhost:1"),
                          dict(model_name="774M", model_dir="models", base_url=None)]
     args, kw = _only(calls, "encode_dataset")
-    assert args == ("big.txt",) and kw == dict(model_dir="models", out_path="big.npz", model_name="124M", combine=10)
+    assert args == ("big.txt",) and kw == dict(model_dir="models", out_path="big.npz", model_name="124M", combine=10,
+                                               line_by_line=False, text_field="text")
 
 
 def test_library_errors_are_one_line_with_exit_code_2(calls, monkeypatch, capsys):

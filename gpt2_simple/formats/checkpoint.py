@@ -76,7 +76,8 @@ def _bundle_exists(prefix):
 
 
 def find_checkpoint(folder, checkpoint="latest"):
-    """The prefix of a checkpoint in `folder`: the latest one, or the one named (e.g. 'model-1000').
+    """The prefix of a checkpoint in `folder`: the latest one, or the one named (e.g. 'model-1000';
+    'best' is `model-best`, the lowest validation loss of a `keep_best=True` run).
 
     Raises:
         FileNotFoundError: the folder, its state file or the named checkpoint does not exist.
@@ -87,7 +88,8 @@ def find_checkpoint(folder, checkpoint="latest"):
             "download_gpt2(model_name='124M') or fine-tune to create a run folder"
         )
     if checkpoint not in (None, "latest"):
-        prefix = os.path.join(folder, os.path.basename(str(checkpoint)))
+        name = "model-best" if checkpoint == "best" else os.path.basename(str(checkpoint))  # keep_best's save
+        prefix = os.path.join(folder, name)
         if not _bundle_exists(prefix):
             found = [os.path.basename(p) for p in read_state(folder)]
             raise FileNotFoundError(

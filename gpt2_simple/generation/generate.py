@@ -10,7 +10,10 @@ Differences from gpt-2-simple 0.8.1, each one of its reported failures:
 - `length` may exceed the model's context (a sliding window continues the text);
 - with `truncate`, sampling stops as soon as every text in the batch contains it;
 - `include_prefix=False` removes the prefix with or without `truncate`;
-- `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works.
+- `load_gpt2` returns the session, so `sess = gpt2.load_gpt2(sess)` also works;
+- a run trained on documents (`line_by_line=True`, recorded in its `documents.json`) gives one
+  document per sample: the end-of-text id comes first, before any prefix, and each sample ends
+  at the next end-of-text (or after `length` tokens).
 """
 import re
 
@@ -19,7 +22,9 @@ import numpy as np
 from encoder import get_encoder
 
 from ..formats.folders import load_model
+from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
+from .sample import MAX_STOPS
 from .steering import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
@@ -31,7 +36,8 @@ def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkp
 
     Args:
         sess: a `Session` from `start_tf_sess()`.
-        checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'.
+        checkpoint: 'latest' or a checkpoint name in the folder, e.g. 'model-1000'; 'best' is
+            the lowest validation loss of a run trained with keep_best=True.
         run_name: the fine-tuned run to load, from the folder `checkpoint_dir/run_name`.
         checkpoint_dir: the parent folder of the run folders.
         model_name: if set, load the pretrained model `model_dir/model_name` instead of a run.
@@ -90,7 +96,9 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     sampler = sess.sampler  # raises if no model is loaded
     n_ctx = sess.model.hparams.n_ctx
     prefix = prefix or None
-    context = enc.encode(prefix) if prefix else [enc.eot_token]
+    prompt = enc.encode(prefix) if prefix else []
+    eot = enc.eot_token if read_documents(sess.folder) else None  # documents: one per sample
+    context = prompt if prompt and eot is None else [enc.eot_token] + prompt
     check_options(nsamples, batch_size, length, temperature, top_k, top_p)
     if len(context) >= n_ctx:
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
@@ -99,7 +107,10 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     stops = StopStrings(stop)
     if nsamples == 1:
         sample_delim = ""
-    ended = _rows_ended(enc, truncate, stops) if truncate or stops else None
+    ended = _rows_ended(enc, truncate, stops, eot) if truncate or stops or eot is not None else None
+    stop_tokens = stops.tokens(enc)
+    if eot is not None and len(stop_tokens) < MAX_STOPS:
+        stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
 
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
@@ -109,11 +120,11 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             tokens = sampler.sample(
                 np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
                 temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
-                chunk=(16 if stops else 64) if ended else None, stop=ended,
-                repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc),
+                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended,
+                repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
             )
             for row in tokens:
-                text = _finish(enc, context, row, prefix, truncate, include_prefix, stops)
+                text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)
                 if out_file:
                     out_file.write(f"{text}\n{sample_delim}")
                 elif not return_as_list:
@@ -164,13 +175,23 @@ def _check_penalty(repetition_penalty):
                          "1.2 is typical)")
 
 
-def _rows_ended(enc, truncate, stops):
-    """The sampler's `stop`: a row has ended once its new text holds `truncate` or a stop string."""
+def _rows_ended(enc, truncate, stops, eot=None):
+    """The sampler's `stop`: a row has ended once it holds `eot` (documents), `truncate` or a stop string."""
     def ended(tokens):
-        texts = [enc.decode(row) for row in tokens]
-        return [bool(truncate and truncate in t) or stops.find(t) >= 0 for t in texts]
+        return [(eot is not None and eot in row) or _text_ended(enc.decode(list(row)), truncate, stops)
+                for row in tokens]
 
     return ended
+
+
+def _text_ended(text, truncate, stops):
+    return bool(truncate and truncate in text) or stops.find(text) >= 0
+
+
+def _until(row, eot):
+    """The tokens of a sample up to (without) the first `eot`; all of them when `eot` is None."""
+    row = list(row)
+    return row[: row.index(eot)] if eot is not None and eot in row else row
 
 
 def _finish(enc, context, new, prefix, truncate, include_prefix, stops=None):

@@ -42,7 +42,12 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
               model_name=None):
     """The ASGI app serving the model in `sess` (see `serve` for the arguments)."""
     starlette, _ = _stack()
-    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.responses import (
+        HTMLResponse,
+        JSONResponse,
+        Response,
+        StreamingResponse,
+    )
 
     enc, n_ctx = sess.encoder, sess.model.hparams.n_ctx
     name = model_name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"

@@ -1,10 +1,11 @@
 """Datasets: turn a dataset path into token chunks, and draw training windows from them.
 
 This module owns the step between text on disk and token ids in memory: resolving a dataset
-path (a file, a directory or a glob), reading `.txt` / `.csv` / `.npz` files with
+path (a file, a directory or a glob), reading `.txt` / `.csv` / `.jsonl` / `.npz` files with
 gpt-2-simple's rules (`load_dataset`), deciding which text files are large enough to go through
 the token cache, and the seeded `Sampler` that draws training windows from inside one chunk.
-It does not own BPE itself (the `encoder` package), the token cache's files (`token_cache.py`),
+It does not own decoding a file or splitting it into records (`records.py`), documents mode
+(`documents.py`), BPE itself (the `encoder` package), the token cache's files (`token_cache.py`),
 the pre-encoding commands `encode_dataset` / `encode_csv` (`encoding.py`), batching into
 tensors, or the training loop.
 
@@ -12,32 +13,35 @@ Text files are joined the way gpt-2-simple joins them: each file is appended to 
 once the buffer holds `combine` characters it is encoded as one chunk, otherwise the literal
 text `<|endoftext|>` is appended (encoded as ordinary text: 7 tokens, not id 50256) and the next
 file continues the buffer. CSV rows join the buffer as `<|startoftext|>` + first column +
-`<|endoftext|>` + newline. Two deliberate differences: invalid UTF-8 becomes U+FFFD with one
+`<|endoftext|>` + newline, and so do the `text_field` strings of `.jsonl` records. Two deliberate differences: invalid UTF-8 becomes U+FFFD with one
 warning per file (upstream dropped it silently), and a text file larger than `LARGE_FILE_BYTES`
 is its own chunk (it goes through the token cache and does not join the buffer; its bad-UTF-8
 warning is given when it is encoded, not on later cache hits). An empty file adds nothing, not
 even a separator.
 """
 import codecs
-import csv
 import glob
-import io
 import json
 import os
-import re
-import warnings
 
 import numpy as np
 import tqdm
 
 from . import token_cache
+from .records import (  # noqa: F401
+    check_text,
+    count_escaped,
+    read_csv_column,
+    read_jsonl,
+    read_text,
+    warn_bad_utf8,
+)
 
 LARGE_FILE_BYTES = 16 * 1024 * 1024  # text files above this size use the on-disk token cache
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 
 _SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of one bad byte
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,85 +93,19 @@ def _walk(folder):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading one file
+# Reading one file (decoding and records: records.py)
 
 
-def read_text(path):
-    """A text file's contents, decoded like gpt-2-simple but without silent data loss.
-
-    Newlines are normalised to `\\n` (Python's universal newlines, as upstream's `open()` did).
-    Invalid UTF-8 becomes U+FFFD, with one `UnicodeWarning` per file naming the file and the
-    number of bad bytes.
-
-    Raises:
-        ValueError: when the file is binary (a NUL byte in its first 8 KiB).
-    """
-    with open(path, "rb") as f:
-        raw = f.read()
-    _check_text(raw[:_SNIFF_BYTES], path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        _warn_bad_utf8(path, len(_ESCAPED_BYTE.findall(raw.decode("utf-8", "surrogateescape"))))
-        text = raw.decode("utf-8", "replace")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _warn_bad_utf8(path, bad):
-    if bad:
-        warnings.warn(
-            f"{path}: {bad} invalid UTF-8 byte(s) replaced with U+FFFD; re-save the file as "
-            "UTF-8 to keep those characters",
-            UnicodeWarning,
-            stacklevel=3,
-        )
-
-
-def _check_text(head, path):
-    if b"\0" in head:
-        raise ValueError(
-            f"dataset file {path!r} is not a text file (it contains NUL bytes); "
-            "pass .txt/.csv/.npz files"
-        )
-
-
-def read_csv_column(path, header=True):
-    """The first-column values of a CSV file's rows (quoted multi-line cells allowed).
-
-    Args:
-        path: the CSV file (UTF-8; decoded as by `read_text`).
-        header: skip the first record.
-
-    Returns:
-        A list of strings, one per non-blank row after the header.
-
-    Raises:
-        ValueError: when the file is binary or not parseable as CSV.
-    """
-    reader = csv.reader(io.StringIO(read_text(path)))
-    try:
-        if header:
-            next(reader, None)
-        return [row[0] for row in reader if row]
-    except csv.Error as error:
-        raise ValueError(
-            f"CSV file {path!r} cannot be parsed near line {reader.line_num} ({error}); "
-            "fix the file or pass it as .txt"
-        ) from None
-
-
-def _csv_text(path):
-    """A CSV file as training text: `<|startoftext|>` + first column + `<|endoftext|>` per row."""
-    rows = read_csv_column(path)
+def _rows_text(path, rows):
+    """Rows of a CSV or JSON-lines file as training text: `<|startoftext|>` + row + `<|endoftext|>` each."""
     if not any(rows):
-        raise ValueError(
-            f"CSV file {path!r} has no text in its first column (below the header row); "
-            "put one document per row in the first column"
-        )
+        where = ("in its first column (below the header row); put one document per row in the first column"
+                 if path.endswith(".csv") else "in its records; put one {\"text\": ...} object per line")
+        raise ValueError(f"dataset file {path!r} has no text {where}")
     return "".join(START_TOKEN + row + END_TOKEN + "\n" for row in rows)
 
 
-def _load_npz(path, n_vocab):
+def read_npz(path, n_vocab):
     """The token chunks of a pre-encoded `.npz` (one chunk per array), checked."""
     chunks = []
     with np.load(path, allow_pickle=False) as npz:
@@ -201,39 +139,41 @@ def _large_file_tokens(enc, path, cache_dir, digest):
     """A large text file's tokens as a read-only memmap from the token cache, encoding it on
     first use (see `token_cache`); the text checks and the bad-UTF-8 warning are ours."""
     with open(path, "rb") as f:
-        _check_text(f.read(_SNIFF_BYTES), path)
+        check_text(f.read(_SNIFF_BYTES), path)
     entry = token_cache.cache_path(path, cache_dir, digest)
     if not os.path.exists(entry):
-        _warn_bad_utf8(path, _count_bad_utf8(path))
+        warn_bad_utf8(path, count_bad_utf8(path))
         token_cache.write_entry(enc, path, entry)
     return token_cache.read_entry(enc, entry)
 
 
-def _count_bad_utf8(path):
+def count_bad_utf8(path):
     """The number of bytes in `path` that are not valid UTF-8, read in bounded blocks."""
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     bad = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
-            bad += len(_ESCAPED_BYTE.findall(decoder.decode(block)))
-    return bad + len(_ESCAPED_BYTE.findall(decoder.decode(b"", final=True)))
+            bad += count_escaped(decoder.decode(block))
+    return bad + count_escaped(decoder.decode(b"", final=True))
 
 
 # ---------------------------------------------------------------------------------------------
 # Path -> token chunks
 
 
-def load_dataset(enc, path, combine=50000, *, cache_dir=None):
+def load_dataset(enc, path, combine=50000, *, cache_dir=None, text_field="text"):
     """Token chunks for a dataset path, with gpt-2-simple's joining rules.
 
     Args:
         enc: an `encoder.Encoder` (what `encoder.get_encoder(folder)` returns).
         path: a file, a directory or a glob (see `resolve_paths`). `.npz` files hold
             pre-encoded chunks; `.csv` files contribute the first column of each row (the
-            header row is skipped); every other file is UTF-8 text.
+            header row is skipped), `.jsonl` files the `text_field` of each record; every
+            other file is UTF-8 text.
         combine: text is encoded once the buffer of joined files reaches this many characters.
         cache_dir: folder for large files' token caches (default: $GPT2_SIMPLE_CACHE, else
             $XDG_CACHE_HOME/gpt2_simple or ~/.cache/gpt2_simple).
+        text_field: the key of `.jsonl` records that holds the text.
 
     Returns:
         A list of 1-D integer arrays of token ids (uint16 for GPT-2's vocabulary); chunks from
@@ -241,7 +181,7 @@ def load_dataset(enc, path, combine=50000, *, cache_dir=None):
 
     Raises:
         FileNotFoundError: when the path names no files.
-        ValueError: for a binary file, a malformed `.npz` or `.csv`, or a dataset with no text.
+        ValueError: for a binary file, a malformed `.npz`, `.csv` or `.jsonl`, or a dataset with no text.
     """
     n_vocab = len(enc.encoder)
     dtype = np.uint16 if n_vocab <= 65536 else np.int32
@@ -249,9 +189,11 @@ def load_dataset(enc, path, combine=50000, *, cache_dir=None):
     print("Loading dataset...")
     for file in tqdm.tqdm(resolve_paths(path)):
         if file.endswith(".npz"):
-            chunks += _load_npz(file, n_vocab)
+            chunks += read_npz(file, n_vocab)
         elif file.endswith(".csv"):
-            buffer += _csv_text(file)
+            buffer += _rows_text(file, read_csv_column(file))
+        elif file.endswith(".jsonl"):
+            buffer += _rows_text(file, read_jsonl(file, text_field))
         elif os.path.getsize(file) > LARGE_FILE_BYTES:
             digest = digest or token_cache.vocab_digest(enc)
             chunks.append(_large_file_tokens(enc, file, cache_dir, digest))

@@ -14,10 +14,11 @@ import encoder as bpe
 
 from ..atomic import open_atomic
 from .dataset import load_dataset, read_csv_column
+from .documents import load_documents
 
 
 def encode_dataset(file_path, model_dir="models", out_path="text_encoded.npz", model_name="124M",
-                   combine=50000):
+                   combine=50000, *, line_by_line=False, text_field="text"):
     """Encode a dataset once and save its token chunks as `.npz` (arrays `arr_0`, `arr_1`, ...).
 
     Pass the `.npz` to `finetune` as its dataset to skip encoding on every run.
@@ -28,6 +29,9 @@ def encode_dataset(file_path, model_dir="models", out_path="text_encoded.npz", m
         out_path: where to write; `.npz` is appended when missing (as `np.savez` does).
         model_name: which model's vocabulary to use (`model_dir/model_name`).
         combine: see `load_dataset`.
+        line_by_line: encode one document per line / CSV row / .jsonl record, joined with the
+            end-of-text id (`documents.py`); pass the .npz to finetune(line_by_line=True).
+        text_field: the key of .jsonl records that holds the text.
 
     Returns:
         The path written.
@@ -42,7 +46,10 @@ def encode_dataset(file_path, model_dir="models", out_path="text_encoded.npz", m
         )
     enc = bpe.get_encoder(model_path)
     print("Reading files")
-    chunks = load_dataset(enc, file_path, combine)
+    if line_by_line:
+        chunks = load_documents(enc, file_path, text_field=text_field)
+    else:
+        chunks = load_dataset(enc, file_path, combine, text_field=text_field)
     out_path = os.fspath(out_path)
     if not out_path.endswith(".npz"):
         out_path += ".npz"

@@ -10,6 +10,10 @@ This module owns the update rules and the optimizer state:
   Adam-like meaning (the largest typical step per weight).
 - `sgd`: plain gradient descent, no state.
 
+Every rule takes `weight_decay` (decoupled, as AdamW: `w -= learning_rate * weight_decay * w`,
+on weight matrices only) and `max_grad_norm` (the global norm of the gradients they are given is
+clipped first and kept in `grad_norm`), so both work on whatever variables are trained.
+
 Updates go through `strategy.extended.update`, so under `tf.distribute` each device updates its
 own copy of a mirrored weight with the all-reduced gradient. Gradients and the loop are
 `step.py`'s and `train.py`'s.
@@ -28,19 +32,41 @@ class SGD(tf.Module):
         strategy: the `tf.distribute.Strategy` the weights were created under (default: none).
     """
 
-    def __init__(self, variables, learning_rate, strategy=None):
+    def __init__(self, variables, learning_rate, strategy=None, *, weight_decay=0.0, max_grad_norm=None):
         super().__init__(name=type(self).__name__.lower())
         self.variables_by_name = dict(variables)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.learning_rate = tf.Variable(float(learning_rate), trainable=False, name="learning_rate")
+        self.weight_decay = float(weight_decay)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step, before clipping
 
     def apply(self, grads):
-        """Apply one update; `grads` is a list aligned with `variables_by_name.values()`."""
+        """Apply one update; `grads` is a list aligned with `variables_by_name.values()`.
+
+        With `max_grad_norm`, the gradients are first scaled so their global norm (over these
+        variables: every trained weight, or only adapters) is at most `max_grad_norm`. With
+        `weight_decay`, every decayed weight also shrinks by `learning_rate * weight_decay * w`,
+        apart from the gradient step (AdamW's decoupled decay).
+        """
+        if self.max_grad_norm is not None:
+            norm = tf.linalg.global_norm(grads)
+            self.grad_norm.assign(norm)
+            clip = tf.minimum(1.0, self.max_grad_norm / tf.maximum(norm, 1e-12))
+            grads = [g * clip for g in grads]
         lr = self._step_size()
+        decay = self.learning_rate * self.weight_decay
         update = self.strategy.extended.update
         for (name, var), grad in zip(self.variables_by_name.items(), grads):
-            update(var, self._update, args=(grad, lr, *self._slots(name)), group=False)
+            if self.weight_decay and decays(name, var):
+                update(var, self._decayed_update, args=(grad, decay, lr, *self._slots(name)), group=False)
+            else:
+                update(var, self._update, args=(grad, lr, *self._slots(name)), group=False)
         self._advance()
+
+    def _decayed_update(self, var, grad, decay, lr, *slots):
+        var.assign_sub(decay * var)
+        self._update(var, grad, lr, *slots)
 
     def _step_size(self):
         return tf.convert_to_tensor(self.learning_rate)
@@ -64,6 +90,11 @@ class SGD(tf.Module):
             var.assign(tf.cast(reader_get(name), var.dtype))  # moments may be saved in bfloat16
 
 
+def decays(name, var):
+    """Whether weight decay applies: weight matrices yes; biases, LayerNorm gains and the embeddings no."""
+    return var.shape.rank >= 2 and name not in ("model/wte", "model/wpe")
+
+
 def _slot(like, name, shape=None):
     """A zero slot variable, placed (and mirrored) like the weight it belongs to."""
     shape = like.shape if shape is None else shape
@@ -73,8 +104,8 @@ def _slot(like, name, shape=None):
 class Adam(SGD):
     """TF1's Adam, with its slot names."""
 
-    def __init__(self, variables, learning_rate, strategy=None, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        super().__init__(variables, learning_rate, strategy)
+    def __init__(self, variables, learning_rate, strategy=None, beta1=0.9, beta2=0.999, epsilon=1e-8, **controls):
+        super().__init__(variables, learning_rate, strategy, **controls)
         self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
         self.m = {n: _slot(v, "Adam") for n, v in self.variables_by_name.items()}
         self.v = {n: _slot(v, "Adam_1") for n, v in self.variables_by_name.items()}
@@ -113,8 +144,8 @@ class Adafactor(SGD):
     Vectors (biases, LayerNorm) keep a full `v`.
     """
 
-    def __init__(self, variables, learning_rate, strategy=None, decay=0.8, epsilon=1e-30, clip=1.0):
-        super().__init__(variables, learning_rate, strategy)
+    def __init__(self, variables, learning_rate, strategy=None, decay=0.8, epsilon=1e-30, clip=1.0, **controls):
+        super().__init__(variables, learning_rate, strategy, **controls)
         self.decay, self.epsilon, self.clip = decay, epsilon, clip
         self.slots = {}
         for name, var in self.variables_by_name.items():
@@ -157,12 +188,14 @@ class Adafactor(SGD):
         return tensors
 
 
-def make_optimizer(name, variables, learning_rate, strategy=None):
+def make_optimizer(name, variables, learning_rate, strategy=None, *, weight_decay=0.0, max_grad_norm=None):
     """An optimizer by name ('adam', 'adafactor' or 'sgd') over `variables` (`{name: tf.Variable}`).
 
-    Create it inside `strategy.scope()` when training under a distribution strategy.
+    `weight_decay` (decoupled, see `decays`) and `max_grad_norm` (global-norm clipping) apply to
+    these variables, whichever they are. Create it inside `strategy.scope()` when training under
+    a distribution strategy.
     """
     classes = {"adam": Adam, "adafactor": Adafactor, "sgd": SGD}
     if name not in classes:
         raise ValueError(f"optimizer={name!r} is not supported; use one of {OPTIMIZERS}")
-    return classes[name](variables, learning_rate, strategy)
+    return classes[name](variables, learning_rate, strategy, weight_decay=weight_decay, max_grad_norm=max_grad_norm)

@@ -8,6 +8,7 @@ import dataclasses
 
 from ..model.names import check_name
 from .optimizer import OPTIMIZERS
+from .schedule import SCHEDULES
 from .step import PRECISIONS
 
 SAVE_OPTIMIZER = ("full", "bfloat16", "none")
@@ -45,6 +46,15 @@ class TrainOptions:
     val_batch_size: int = 2
     val_batch_count: int = 40  # the fixed validation sample is val_batch_count x val_batch_size windows
     save_optimizer: str = "full"  # 'full' | 'bfloat16' | 'none': what a save keeps of the optimizer
+    line_by_line: bool = False  # documents mode: one document per line / row / record (documents.py)
+    text_field: str = "text"  # the key of .jsonl records holding the text
+    learning_rate_schedule: str = "constant"  # or 'linear' / 'cosine' (schedule.py)
+    warmup_steps: int = 0
+    min_learning_rate: float = 0.0  # where 'linear' and 'cosine' end
+    weight_decay: float = 0.0  # decoupled (AdamW), weight matrices only
+    max_grad_norm: float = None  # clip the global gradient norm; None: no clipping
+    keep_best: bool = False  # keep model-best, the lowest validation loss (early_stopping.py)
+    early_stopping_patience: int = None  # validations without improvement before stopping; None: never
 
     def __post_init__(self):
         def positive(name):
@@ -74,6 +84,7 @@ class TrainOptions:
         check_name("model_name", self.model_name)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed={self.seed!r} must be an integer or None")
+        check_controls(self)
 
 
 @dataclasses.dataclass
@@ -94,3 +105,33 @@ def as_int(name, value):
         except ValueError:
             raise ValueError(f"{name}={value!r} must be an integer") from None
     return value
+
+
+def check_controls(opts):
+    """The documents, schedule, AdamW, clipping and early-stopping options: one line per bad value."""
+    if not isinstance(opts.text_field, str) or not opts.text_field:
+        raise ValueError(f"text_field={opts.text_field!r} must be the key of the .jsonl records' text, e.g. 'text'")
+    if opts.learning_rate_schedule not in SCHEDULES:
+        raise ValueError(f"learning_rate_schedule={opts.learning_rate_schedule!r} is not supported; use one of {SCHEDULES}")
+    if isinstance(opts.warmup_steps, bool) or not isinstance(opts.warmup_steps, int) or opts.warmup_steps < 0:
+        raise ValueError(f"warmup_steps={opts.warmup_steps!r} must be an integer >= 0")
+    if (opts.learning_rate_schedule != "constant" or opts.warmup_steps) and opts.steps < 0:
+        raise ValueError(f"learning_rate_schedule={opts.learning_rate_schedule!r} with warmup_steps="
+                         f"{opts.warmup_steps} needs a number of steps to run over; pass steps=N (not -1)")
+    if opts.steps > 0 and opts.warmup_steps > opts.steps:
+        raise ValueError(f"warmup_steps={opts.warmup_steps} is more than steps={opts.steps}; pass warmup_steps "
+                         f"<= {opts.steps} (a tenth of the steps is usual)")
+    if not 0 <= opts.min_learning_rate <= opts.learning_rate:
+        raise ValueError(f"min_learning_rate={opts.min_learning_rate!r} must be in [0, learning_rate="
+                         f"{opts.learning_rate}]")
+    if not opts.weight_decay >= 0:
+        raise ValueError(f"weight_decay={opts.weight_decay!r} must be >= 0 (0.01 is typical; 0 turns it off)")
+    if opts.max_grad_norm is not None and not opts.max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={opts.max_grad_norm!r} must be > 0 (1.0 is typical), or None for no clipping")
+    patience = opts.early_stopping_patience
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"early_stopping_patience={patience!r} must be a positive number of validations, or None")
+    for name in ("keep_best", "early_stopping_patience"):
+        if getattr(opts, name) not in (None, False) and opts.val_dataset is None:
+            raise ValueError(f"{name}={getattr(opts, name)!r} needs val_dataset=, a text file held out from "
+                             "training, to measure the validation loss on")

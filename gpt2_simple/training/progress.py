@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from ..model.names import sample_folder
-from . import dataset as dataset_module
+from . import documents
 
 # TensorBoard's scalar plugin reads events with this metadata. Writing them with the core
 # `tf.summary.write` keeps the `tensorboard` package (which tensorflow-cpu lacks) optional.
@@ -33,11 +33,11 @@ def log_scalars(step, **values):
 
 def validation_sample(enc, opts, window):
     """The fixed validation sample: `[val_batch_count, val_batch_size, seq]` tokens drawn with seed 1."""
-    chunks = dataset_module.load_dataset(enc, opts.val_dataset, opts.combine)
+    chunks = documents.load_chunks(enc, opts.val_dataset, opts)  # in the run's mode: documents or a stream
     seq = min(window, max(len(c) for c in chunks))
     if seq < 2:
         raise ValueError(f"val_dataset {opts.val_dataset!r} has no chunk of 2 or more tokens; pass more text")
-    sampler = dataset_module.Sampler(chunks, seed=1)
+    sampler = documents.make_sampler(chunks, enc, opts, seed=1)
     return np.stack([sampler.sample_batch(opts.val_batch_size, seq) for _ in range(opts.val_batch_count)])
 
 
@@ -56,6 +56,8 @@ def generate_samples(sess, data, opts, counter, seed):
     rng = np.random.default_rng([seed, counter])
     chunk = data.chunks[int(rng.integers(len(data.chunks)))]
     context = [int(chunk[int(rng.integers(len(chunk)))])]
+    if opts.line_by_line:
+        context = [sess.encoder.eot_token]  # a sample of documents starts where a document starts
     texts = []
     while len(texts) < opts.sample_num:
         rows = np.tile(np.asarray(context, np.int32)[None], (opts.batch_size, 1))

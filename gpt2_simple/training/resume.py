@@ -106,10 +106,10 @@ def step_of_run(prefix):
 # Saving and resuming
 
 
-def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_scale=None):
+def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_scale=None, *, extra=None):
     print("Saving", printed_name)
     state = {"step": step, "seed": seed, "avg_loss": list(avg), "data_sampler": data.get_state(),
-             "save_optimizer": opts.save_optimizer}
+             "save_optimizer": opts.save_optimizer, **(extra or {})}
     if loss_scale is not None:
         state["loss_scale"] = loss_scale.get_state()
     companion = optimizer_tensors(opt, opts.save_optimizer)

@@ -11,8 +11,6 @@ scalars, validation and samples `progress.py`'s.
 import contextlib
 import dataclasses
 import os
-import signal
-import threading
 import time
 import warnings
 
@@ -21,11 +19,12 @@ import tensorflow as tf
 
 from encoder import get_encoder
 
-from ..formats import checkpoint, folders
+from ..formats import checkpoint, folders, run_record
 from ..model.names import run_folder
 from . import dataset as dataset_module
-from . import resume
+from . import documents, resume
 from .distribute import describe, is_chief, resolve_strategy
+from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
 from .options import TrainOptions, TrainResult, as_int
 from .progress import (
@@ -35,6 +34,8 @@ from .progress import (
     validate,
     validation_sample,
 )
+from .schedule import Schedule
+from .signals import StopOnSignal
 from .step import LossScale, compile_eval_step, compile_train_step
 
 
@@ -44,7 +45,9 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
              save_every=1000, print_every=1, max_checkpoints=1, use_memory_saving_gradients=False,
              only_train_transformer_layers=False, optimizer="adam", overwrite=False, reuse=False, *, seed=None,
              sample_dir="samples", strategy=None, precision="float32", val_dataset=None, val_every=0,
-             val_batch_size=2, val_batch_count=40, save_optimizer="full"):
+             val_batch_size=2, val_batch_count=40, save_optimizer="full", line_by_line=False, text_field="text",
+             learning_rate_schedule="constant", warmup_steps=0, min_learning_rate=0.0, weight_decay=0.0,
+             max_grad_norm=None, keep_best=False, early_stopping_patience=None):
     """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
 
     gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
@@ -57,7 +60,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
 
     Args:
         sess: a `Session`; after training it holds the trained model, ready for `generate`.
-        dataset: a .txt/.csv/.npz file, a folder or a glob of them.
+        dataset: a .txt/.csv/.jsonl/.npz file, a folder or a glob of them.
         steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
         model_name: the base model used when the run starts fresh: a released size ('124M',
             '355M', '774M', '1558M') or the name of any folder in `model_dir` in the OpenAI or
@@ -101,6 +104,19 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             resume continues exactly; with Adam the file is twice the weights), 'bfloat16' (the
             moments rounded to bfloat16: half that, and a resume continues almost exactly) or
             'none' (weights only, gpt-2-simple's size; a resume restarts the optimizer's moments).
+        line_by_line: one document per non-empty .txt line, CSV row or .jsonl record, joined
+            with the end-of-text id; windows start at a document, generate gives one per sample.
+        text_field: the key of .jsonl records that holds the text.
+        learning_rate_schedule: 'constant', 'linear' or 'cosine' (decaying to min_learning_rate
+            at the last step of this call).
+        warmup_steps: steps of linear warmup from 0 to learning_rate (any schedule).
+        min_learning_rate: where 'linear' and 'cosine' end.
+        weight_decay: decoupled weight decay (AdamW), not on biases, LayerNorm or embeddings.
+        max_grad_norm: clip the global gradient norm to this (None: no clipping).
+        keep_best: with val_dataset, also keep `model-best` (the lowest validation loss; load
+            it with checkpoint='best').
+        early_stopping_patience: with val_dataset, stop after this many validations without
+            a new lowest loss (None: never).
 
     Returns:
         A `TrainResult`.
@@ -115,6 +131,10 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         use_memory_saving_gradients=bool(use_memory_saving_gradients), precision=precision,
         val_dataset=val_dataset, val_every=as_int("val_every", val_every), val_batch_size=val_batch_size,
         val_batch_count=val_batch_count, save_optimizer=save_optimizer,
+        line_by_line=bool(line_by_line), text_field=text_field,
+        learning_rate_schedule=learning_rate_schedule, warmup_steps=as_int("warmup_steps", warmup_steps),
+        min_learning_rate=min_learning_rate, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+        keep_best=bool(keep_best), early_stopping_patience=early_stopping_patience,
     )
     _warn_unimplemented(reuse=reuse)
     strategy = _strategy(opts, strategy, multi_gpu)
@@ -169,7 +189,7 @@ def _prepare_run(opts, dataset, strategy):
     with strategy.scope():
         model = folders.load_model(source_dir, os.path.basename(prefix))
     enc = get_encoder(source_dir)
-    chunks = dataset_module.load_dataset(enc, dataset, opts.combine)
+    chunks = documents.load_chunks(enc, dataset, opts)
     window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
     if window < 2:
         raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
@@ -180,6 +200,7 @@ def _prepare_run(opts, dataset, strategy):
         os.makedirs(run_dir, exist_ok=True)
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
+        run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
     return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
@@ -197,11 +218,14 @@ class _Trainer:
     loss_scale: LossScale
     counter: int  # the step about to run
     avg: tuple  # gpt-2-simple's running average: (decayed loss sum, decayed count)
+    schedule: Schedule = None  # the learning rate of each step
+    stopping: EarlyStopping = None  # validation losses: the best so far, patience
 
     def save(self, step):
         if self.run.chief:
             resume.save(self.run.model, self.opt, self.run.run_dir, step, self.data, self.avg, self.seed, self.opts,
-                        _printed_name(step, self.opts), self.loss_scale)
+                        _printed_name(step, self.opts), self.loss_scale,
+                        extra={"early_stopping": self.stopping.get_state()})
 
 
 def _build_trainer(run, opts, strategy):
@@ -209,13 +233,14 @@ def _build_trainer(run, opts, strategy):
     model = run.model
     names = [n for n in model.weights if n.startswith("model/h") or not opts.only_train_transformer_layers]
     with strategy.scope():
-        opt = make_optimizer(opts.optimizer, {n: model.weights[n] for n in names}, opts.learning_rate, strategy)
+        opt = make_optimizer(opts.optimizer, {n: model.weights[n] for n in names}, opts.learning_rate, strategy,
+                             weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm)
         loss_scale = LossScale() if opts.precision == "mixed_float16" else None
     state = resume.load_training_state(run.prefix, opt) if run.resuming else None
     seed = state["seed"] if state else (opts.seed if opts.seed is not None else _random_seed())
     if state and loss_scale is not None and "loss_scale" in state:
         loss_scale.set_state(state["loss_scale"])
-    data = dataset_module.Sampler(run.chunks, seed=seed)
+    data = documents.make_sampler(run.chunks, run.enc, opts, seed)
     if state:
         data.set_state(state["data_sampler"])
     if run.window < model.hparams.n_ctx:
@@ -228,7 +253,9 @@ def _build_trainer(run, opts, strategy):
     eval_step = compile_eval_step(model, precision=opts.precision) if run.validation is not None else None
     counter = (resume.step_of_run(run.prefix) + 1) if run.resuming else 1
     avg = tuple(state["avg_loss"]) if state else (0.0, 0.0)
-    return _Trainer(run, opts, opt, data, seed, train_step, eval_step, loss_scale, counter, avg)
+    schedule = Schedule.of_run(opts, last_step=counter - 1 + opts.steps)
+    stopping = EarlyStopping.of_run(opts, state)
+    return _Trainer(run, opts, opt, data, seed, train_step, eval_step, loss_scale, counter, avg, schedule, stopping)
 
 
 def _train(sess, run, trainer, opts):
@@ -241,9 +268,9 @@ def _train(sess, run, trainer, opts):
     start = time.time()
     clock = StepClock(opts.steps)
     print("Training...")
-    with contextlib.closing(writer), _StopOnSignal() as stop, writer.as_default():
+    with contextlib.closing(writer), StopOnSignal() as stop, writer.as_default():
         if run.validation is not None:
-            validate(trainer.eval_step, run.validation, trainer.counter - 1, start)
+            _validate(trainer, run, trainer.counter - 1, start, val_every)
         while True:
             counter = trainer.counter
             last = counter - 1
@@ -252,7 +279,7 @@ def _train(sess, run, trainer, opts):
                 print("interrupted")
             if run.validation is not None and last > counter_base - 1 and (
                     finished or (val_every > 0 and last % val_every == 0)):
-                validate(trainer.eval_step, run.validation, last, start)
+                finished = _validate(trainer, run, last, start, val_every) or finished
             if finished:
                 trainer.save(last)
                 break
@@ -269,7 +296,8 @@ def _train(sess, run, trainer, opts):
             if counter % opts.print_every == 0:
                 avg = trainer.avg = (trainer.avg[0] * 0.99 + losses[counter], trainer.avg[1] * 0.99 + 1.0)
                 log_scalars(counter, avg_loss=avg[0] / avg[1])
-                print(f"[{counter} | {time.time() - start:2.2f}] loss={losses[counter]:2.2f} avg={avg[0] / avg[1]:2.2f}")
+                rate = f" lr={trainer.schedule(counter):.3e}" if trainer.schedule.varies else ""
+                print(f"[{counter} | {time.time() - start:2.2f}] loss={losses[counter]:2.2f} avg={avg[0] / avg[1]:2.2f}{rate}")
             clock.report(counter - counter_base + 1)
             trainer.counter += 1
     return losses
@@ -278,11 +306,22 @@ def _train(sess, run, trainer, opts):
 def _step(trainer, opts, window, tokens_per_step):
     """One optimizer step on `accumulate_gradients` fresh minibatches; returns its loss."""
     batches = np.stack([trainer.data.sample_batch(opts.batch_size, window) for _ in range(opts.accumulate_gradients)])
+    rate = trainer.schedule(trainer.counter)
+    trainer.opt.learning_rate.assign(rate)
     step_start = time.time()
     loss = float(trainer.train_step(tf.constant(batches, tf.int32)))
-    log_scalars(trainer.counter, loss=loss, learning_rate=opts.learning_rate,
-                tokens_per_sec=tokens_per_step / max(time.time() - step_start, 1e-9))
+    scalars = dict(loss=loss, learning_rate=rate, tokens_per_sec=tokens_per_step / max(time.time() - step_start, 1e-9))
+    if opts.max_grad_norm is not None:
+        scalars["grad_norm"] = float(trainer.opt.grad_norm.numpy())
+    log_scalars(trainer.counter, **scalars)
     return loss
+
+
+def _validate(trainer, run, step, start, val_every):
+    """Validate at `step`; feed early stopping and the best checkpoint. True when the run should stop."""
+    loss = validate(trainer.eval_step, run.validation, step, start)
+    return after_validation(trainer.stopping, step, loss, on_cadence=val_every > 0 and step % val_every == 0,
+                            model=run.model, run_dir=run.run_dir, chief=run.chief)
 
 
 def _printed_name(step, opts):
@@ -291,34 +330,7 @@ def _printed_name(step, opts):
 
 
 # ---------------------------------------------------------------------------------------------
-# Signals, small helpers
-
-
-class _StopOnSignal:
-    """Turn SIGINT (Ctrl-C, Colab's interrupt) and SIGTERM (preemption) into a request to save and stop.
-
-    The loop checks `requested` between steps, so a save never records a half-finished step. A
-    second Ctrl-C raises KeyboardInterrupt at once.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+# Small helpers
 
 
 def _random_seed():

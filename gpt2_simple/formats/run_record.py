@@ -1,0 +1,53 @@
+"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json` and `best.json`.
+
+This module owns two small JSON files beside `hparams.json`, which gpt-2-simple and TF1 code
+ignore: `documents.json`, written when the run was trained on documents (`line_by_line=True`),
+so that `generate` starts every sample at end-of-text and stops at the next one; and
+`best.json`, the step and validation loss of the `model-best` checkpoint (`keep_best=True`),
+which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest.
+Writing the weights is `checkpoint.py`'s.
+"""
+import json
+import os
+
+from ..atomic import write_text
+
+DOCUMENTS_FILE = "documents.json"
+BEST_FILE = "best.json"
+BEST_CHECKPOINT = "model-best"  # checkpoint='best' names it
+
+
+def record_documents(run_dir, separator):
+    """Record that the run trains on documents separated by token id `separator`; None: on a
+    stream (line_by_line=False), so an earlier record is removed."""
+    path = os.path.join(run_dir, DOCUMENTS_FILE)
+    if separator is not None:
+        write_text(path, json.dumps({"line_by_line": True, "separator": int(separator)}) + "\n")
+    elif os.path.isfile(path):
+        os.remove(path)
+
+
+def read_documents(folder):
+    """`{"line_by_line": True, "separator": id}` when `folder` was trained on documents, else None."""
+    path = os.path.join(folder, DOCUMENTS_FILE) if folder else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            record = json.load(f)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not JSON; delete it if the run was not trained with line_by_line=True") from None
+    return record if isinstance(record, dict) and record.get("line_by_line") else None
+
+
+def write_best(run_dir, step, val_loss):
+    write_text(os.path.join(run_dir, BEST_FILE), json.dumps({"step": int(step), "val_loss": float(val_loss)}) + "\n")
+
+
+def read_best(folder):
+    """`{"step": N, "val_loss": x}` of the run's `model-best`, or None."""
+    path = os.path.join(folder, BEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,196 @@
+"""Documents mode (`line_by_line=True`): one document per line, row or record, and windows that start at one.
+
+This module owns the other way from files to training windows. Each non-empty line of a text
+file, the first column of each CSV row (after the header) and the `text_field` of each JSON-lines
+record is one document. Documents are encoded one by one and joined into a stream with the
+single end-of-text id (50256 for GPT-2) in front of each:
+
+    [eot] doc 1 [eot] doc 2 ... [eot] doc n        # one chunk; read as a ring, doc n -> [eot] doc 1
+
+so every separator is one token, and a literal `<|endoftext|>` inside a document stays ordinary
+text. `DocumentSampler` draws windows that begin at a separator, so the model learns to start a
+document after end-of-text and to end one with it; a document longer than the window is cut
+into window-sized pieces, each of which is a start, so nothing is dropped. A text file larger
+than `dataset.LARGE_FILE_BYTES` is encoded line by line into the token cache under a key that
+includes the mode, and read back memory-mapped. `.npz` files (e.g. `encode_dataset(...,
+line_by_line=True)`) are read as such streams. Stream mode, gpt-2-simple's, is `dataset.py`'s.
+"""
+import os
+import tempfile
+
+import numpy as np
+import tqdm
+
+from . import dataset as dataset_module
+from . import token_cache
+from .records import read_csv_column, read_jsonl, read_lines
+
+_MODE_KEY = "line_by_line"  # added to the token-cache key, so the two modes never share an entry
+_BLOCK_TOKENS = 1 << 20  # large files are written this many tokens at a time
+
+
+def load_documents(enc, path, *, text_field="text", cache_dir=None):
+    """Token streams of a dataset path in documents mode: `[eot] doc [eot] doc ...`.
+
+    Args:
+        enc: an `encoder.Encoder`; its `eot_token` separates documents.
+        path: a file, a directory or a glob (see `dataset.resolve_paths`), mixing `.txt`,
+            `.csv`, `.jsonl` and `.npz` files.
+        text_field: the key of `.jsonl` records that holds the text.
+        cache_dir: the token cache folder for large text files (see `token_cache.cache_root`).
+
+    Returns:
+        A list of 1-D integer arrays: one stream of all small files' documents, in file order,
+        then one per large text file (a read-only memmap) and per `.npz` array.
+
+    Raises:
+        FileNotFoundError: when the path names no files.
+        ValueError: a file with no documents, or a malformed `.csv`, `.jsonl` or `.npz` (the
+            message names the file, and the line for `.jsonl`).
+    """
+    n_vocab = len(enc.encoder)
+    dtype = np.uint16 if n_vocab <= 65536 else np.int32
+    pieces, chunks, digest = [], [], None
+    print("Loading dataset (one document per line)...")
+    for file in tqdm.tqdm(dataset_module.resolve_paths(path)):
+        if file.endswith(".npz"):
+            chunks += dataset_module.read_npz(file, n_vocab)
+        elif os.path.getsize(file) > dataset_module.LARGE_FILE_BYTES and not file.endswith((".csv", ".jsonl")):
+            digest = digest or token_cache.vocab_digest(enc)
+            chunks.append(_large_file_documents(enc, file, cache_dir, digest))
+        else:
+            pieces += [np.asarray([enc.eot_token] + enc.encode(doc), dtype) for doc in _documents(file, text_field)]
+    if pieces:
+        chunks.insert(0, np.concatenate(pieces))
+    chunks = [chunk for chunk in chunks if len(chunk)]
+    print(f"dataset has {sum(len(c) for c in chunks)} tokens in {sum(count_documents(c, enc.eot_token) for c in chunks)} "
+          "documents")
+    return chunks
+
+
+def _documents(file, text_field):
+    """The documents of one small file, refusing a file that has none."""
+    if file.endswith(".csv"):
+        docs = [row for row in read_csv_column(file) if row.strip()]
+    elif file.endswith(".jsonl"):
+        docs = [text for text in read_jsonl(file, text_field) if text.strip()]
+    else:
+        docs = read_lines(file)
+    if not docs:
+        raise ValueError(f"dataset file {file!r} has no non-empty line, row or record; with line_by_line=True "
+                         "each non-empty line (CSV row, JSON record) is one document")
+    return docs
+
+
+def _large_file_documents(enc, path, cache_dir, digest):
+    """A large text file's document stream from the token cache, encoding it line by line on first use."""
+    with open(path, "rb") as f:
+        dataset_module.check_text(f.read(8192), path)
+    entry = token_cache.cache_path(path, cache_dir, f"{digest}/{_MODE_KEY}")
+    if not os.path.exists(entry):
+        dataset_module.warn_bad_utf8(path, dataset_module.count_bad_utf8(path))
+        _write_documents_entry(enc, path, entry)
+    tokens = token_cache.read_entry(enc, entry)
+    if not len(tokens):
+        raise ValueError(f"dataset file {path!r} has no non-empty line; with line_by_line=True each non-empty "
+                         "line is one document")
+    return tokens
+
+
+def _write_documents_entry(enc, path, entry):
+    """Encode `path` one line at a time into a little-endian token file that appears atomically."""
+    dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what token_cache.read_entry reads
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(entry), prefix=".tmp-", suffix=token_cache.CACHE_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, encoding="utf-8", errors="replace") as text:
+            block = []
+            for line in text:  # universal newlines, as read_text
+                if line.strip():
+                    block += [enc.eot_token] + enc.encode(line.rstrip("\n"))
+                if len(block) >= _BLOCK_TOKENS:
+                    out.write(np.asarray(block, dtype).tobytes())
+                    block = []
+            out.write(np.asarray(block, dtype).tobytes())
+        os.replace(tmp, entry)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where documents start
+
+
+def separator_positions(chunk, eot, block=1 << 24):
+    """Positions of `eot` in `chunk`, read `block` tokens at a time (memory stays bounded for memmaps)."""
+    found = [np.flatnonzero(np.asarray(chunk[i:i + block]) == eot) + i for i in range(0, len(chunk), block)]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def count_documents(chunk, eot):
+    positions = separator_positions(chunk, eot)
+    return len(positions) + int(len(chunk) > 0 and chunk[0] != eot)
+
+
+def window_starts(chunk, eot, length):
+    """Where windows of `length` tokens may start: each document's separator, and every `length`
+    tokens inside a document longer than that (its later pieces)."""
+    doc_starts = separator_positions(chunk, eot).astype(np.int64)
+    if len(chunk) and chunk[0] != eot:
+        doc_starts = np.concatenate([[0], doc_starts])  # a stream that does not begin with a separator
+    ends = np.append(doc_starts[1:], len(chunk))
+    pieces = -(-(ends - doc_starts) // length)  # ceil: pieces of each document
+    offsets = np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    return np.repeat(doc_starts, pieces) + offsets * length
+
+
+class DocumentSampler(dataset_module.Sampler):
+    """`dataset.Sampler` whose windows start where a document (or a piece of a long one) starts.
+
+    Every start is equally likely. A window runs on through the following documents and, past
+    the end of its chunk, continues at the chunk's beginning (the stream is a ring: the last
+    document is followed by the first one's separator), so the last documents are drawn as often
+    as the first. Same random stream and state as `dataset.Sampler`.
+    """
+
+    def __init__(self, chunks, eot, seed=None):
+        super().__init__(chunks, seed=seed)
+        self.eot = int(eot)
+        self._starts = (None, None)  # (length, (cumulative count of starts per chunk, starts per chunk))
+
+    def sample(self, length):
+        length = int(length)
+        if not 1 <= length <= self.longest:
+            raise ValueError(f"sample length {length} must be in [1, {self.longest}] (the longest chunk); "
+                             "use a window of min(n_ctx, sampler.longest) tokens")
+        if self._starts[0] != length:
+            starts = [window_starts(chunk, self.eot, length) for chunk in self.chunks]
+            self._starts = (length, (np.cumsum([len(s) for s in starts]), starts))
+        cumulative, starts = self._starts[1]
+        index = int(self._rng.integers(cumulative[-1]))
+        chunk = int(np.searchsorted(cumulative, index, side="right"))
+        start = int(starts[chunk][index - (int(cumulative[chunk - 1]) if chunk else 0)])
+        tokens = self.chunks[chunk]
+        end = min(start + length, len(tokens))
+        window = np.asarray(tokens[start:end], dtype=np.int32)
+        if end - start < length:  # past the end of the ring: continue from its beginning
+            window = np.concatenate([window, np.resize(np.asarray(tokens[: length], np.int32), length - len(window))])
+        return window
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's mode: documents or gpt-2-simple's stream
+
+
+def load_chunks(enc, path, opts):
+    """The token chunks of dataset `path` in the mode `opts.line_by_line` selects."""
+    if opts.line_by_line:
+        return load_documents(enc, path, text_field=opts.text_field)
+    return dataset_module.load_dataset(enc, path, opts.combine, text_field=opts.text_field)
+
+
+def make_sampler(chunks, enc, opts, seed):
+    """The window sampler of that mode."""
+    if opts.line_by_line:
+        return DocumentSampler(chunks, enc.eot_token, seed=seed)
+    return dataset_module.Sampler(chunks, seed=seed)
