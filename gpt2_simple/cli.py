@@ -13,6 +13,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
     gpt2_simple export_hf checkpoint/run1 hf/run1
+    gpt2_simple export_gguf checkpoint/run1 run1.gguf --dtype q8_0
 
 The library is imported inside the functions below, never when this module is imported.
 """
@@ -156,7 +157,7 @@ def build_parser():
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = _Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,export_gguf}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune))
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -200,6 +201,11 @@ def build_parser():
     for name in ("source", "out_dir"):
         export_hf.add_argument(name, help=_argument_docs(gpt2.export_hf).get(name))
     add_flags(export_hf, gpt2.export_hf)
+
+    gguf = commands.add_parser("export_gguf", help="write one GGUF file for llama.cpp", description=_summary(gpt2.export_gguf))
+    for name in ("source", "path"):
+        gguf.add_argument(name, help=_argument_docs(gpt2.export_gguf).get(name))
+    add_flags(gguf, gpt2.export_gguf, choices={"dtype": gpt2.formats.gguf.DTYPES})
     return parser
 
 
@@ -299,8 +305,13 @@ def run_export_hf(args):
     print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
 
 
+def run_export_gguf(args):
+    import gpt2_simple as gpt2
+    print("Wrote", gpt2.export_gguf(**_call_kwargs(args, gpt2.export_gguf)))
+
+
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
-            "export_saved_model": run_export, "export_hf": run_export_hf}
+            "export_saved_model": run_export, "export_hf": run_export_hf, "export_gguf": run_export_gguf}
 
 
 # ---------------------------------------------------------------------------------------------
