@@ -24,7 +24,9 @@ With `--peer gpt-2-simple`, the train and generate workloads also run through gp
 from that folder exported with `export_hf` (its logits are checked against ours first);
 `--peer llama.cpp` loads that folder exported with `export_gguf` (f32, f16, q8_0) into llama.cpp
 through llama-cpp-python, checks its logits on the f32 file against ours and times batch-1
-generation on each file (`peer_llama_cpp.py`).
+generation on each file (`peer_llama_cpp.py`); `--peer keras-hub` copies our weights into
+keras-hub's `GPT2CausalLM` (TensorFlow backend), checks its logits and runs the train and generate
+workloads with its default settings and with XLA (`peer_keras_hub.py`).
 Peak RSS is reported for the whole run, and for the transformers subprocess.
 """
 import argparse
@@ -484,7 +486,7 @@ def main(argv=None):
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
-    parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp"], action="append",
+    parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--memory_child", nargs=3, metavar=("MODEL", "OPTIMIZER", "RECOMPUTE"), help=argparse.SUPPRESS)
@@ -521,6 +523,10 @@ def main(argv=None):
         from peer_llama_cpp import bench_peer_llama_cpp
 
         results["peer_llama_cpp"] = bench_peer_llama_cpp(args, results, _openai_folder, _check_child)
+    if "keras-hub" in (args.peer or []):
+        from peer_keras_hub import bench_peer_keras_hub
+
+        results["peer_keras_hub"] = bench_peer_keras_hub(args, results, _openai_folder, _check_child, _peer_result)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for section, values in results.items():
         if isinstance(values, dict):

@@ -39,6 +39,12 @@ def files(folder, tmp_path_factory):
     return {dtype: gpt2.export_gguf(folder, str(out / f"tiny-{dtype}.gguf"), dtype=dtype) for dtype in ("f32", "f16", "q8_0")}
 
 
+@pytest.fixture(scope="module")
+def readers(files):
+    """{dtype: the gguf package's reader of that file}, read once (each holds 100,000 strings)."""
+    return {dtype: gguf.GGUFReader(path) for dtype, path in files.items()}
+
+
 def fields(reader):
     return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
 
@@ -76,8 +82,8 @@ def gguf_logits(w, tokens, n_head, eps):
 # Tensors
 
 
-def test_tensor_names_and_shapes_are_llama_cpps_gpt2_architecture(files, model):
-    reader = gguf.GGUFReader(files["f32"])
+def test_tensor_names_and_shapes_are_llama_cpps_gpt2_architecture(readers, model):
+    reader = readers["f32"]
     names = [t.name for t in reader.tensors]
     # The names llama.cpp's loader asks for (gguf-py's table of the gpt2 architecture), output.weight aside:
     # the converter writes none, so llama.cpp ties the output layer to token_embd.
@@ -102,8 +108,8 @@ def test_tensor_names_and_shapes_are_llama_cpps_gpt2_architecture(files, model):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-def test_every_tensor_round_trips(files, model, dtype):
-    reader = gguf.GGUFReader(files[dtype])
+def test_every_tensor_round_trips(readers, model, dtype):
+    reader = readers[dtype]
     ours, theirs = gguf_arrays(model), tensors(reader)
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert list(theirs) == list(ours)
@@ -129,8 +135,8 @@ def test_every_tensor_round_trips(files, model, dtype):
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-4), ("f16", 2e-2), ("q8_0", 5e-2)])
-def test_numpy_forward_over_gguf_tensors_gives_our_logits(files, model, dtype, tolerance):
-    reader = gguf.GGUFReader(files[dtype])
+def test_numpy_forward_over_gguf_tensors_gives_our_logits(readers, model, dtype, tolerance):
+    reader = readers[dtype]
     eps = float(fields(reader)["gpt2.attention.layer_norm_epsilon"])
     theirs = gguf_logits(tensors(reader), TOKENS, HPARAMS["n_head"], eps)
     ours = model.forward(TOKENS)[0].numpy()
@@ -159,8 +165,8 @@ def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("dtype, file_type", [("f32", 0), ("f16", 1), ("q8_0", 7)])
-def test_metadata_keys_are_llama_cpps(files, dtype, file_type):
-    meta = fields(gguf.GGUFReader(files[dtype]))
+def test_metadata_keys_are_llama_cpps(readers, dtype, file_type):
+    meta = fields(readers[dtype])
     e = HPARAMS["n_embd"]
     assert meta["general.architecture"] == "gpt2" and meta["general.type"] == "model"
     assert meta["general.name"] == "tiny"
@@ -172,8 +178,8 @@ def test_metadata_keys_are_llama_cpps(files, dtype, file_type):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
 
 
-def test_tokenizer_is_gpt2s_vocabulary_merges_and_end_of_text(files, real_vocab_dir):
-    meta = fields(gguf.GGUFReader(files["f16"]))
+def test_tokenizer_is_gpt2s_vocabulary_merges_and_end_of_text(readers, real_vocab_dir):
+    meta = fields(readers["f16"])
     with open(os.path.join(real_vocab_dir, "encoder.json"), encoding="utf-8") as f:
         vocab = json.load(f)
     with open(os.path.join(real_vocab_dir, "vocab.bpe"), encoding="utf-8") as f:
@@ -234,7 +240,7 @@ def test_bad_inputs_fail_in_one_line_and_touch_nothing(folder, files, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".gguf") or ".tmp-" in n]
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temporary(folder, files, tmp_path, monkeypatch):
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(folder, tmp_path, monkeypatch):
     path = str(tmp_path / "keep.gguf")
     with open(path, "wb") as f:
         f.write(b"old")
