@@ -204,7 +204,7 @@ def test_a_session_exports_the_same_file_as_its_folder(folder, files, tmp_path):
 
 
 def test_cli_export_gguf(folder, tmp_path, capsys):
-    path = str(tmp_path / "cli.gguf")
+    path = str(tmp_path / "new" / "cli.gguf")  # its folder is created
     assert main(["export_gguf", folder, path, "--dtype", "q8_0"]) == 0
     assert path in capsys.readouterr().out
     assert fields(gguf.GGUFReader(path))["general.file_type"] == 7

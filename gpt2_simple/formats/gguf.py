@@ -114,7 +114,8 @@ def export_gguf(source, path, *, dtype="f16", checkpoint="latest", overwrite=Fal
     Args:
         source: a run folder (`checkpoint/run1`), a model folder (`models/124M`), a folder in
             Hugging Face's layout, or a `Session` holding a model (after `load_gpt2` or `finetune`).
-        path: the `.gguf` file to write; it is written beside, under a temporary name, then renamed.
+        path: the `.gguf` file to write (its folder is created); it is written beside, under a
+            temporary name, then renamed.
         dtype: how the matrices are stored: 'f32' (exact), 'f16' (half the size) or 'q8_0'
             (8-bit blocks, about a quarter of f32). Norms, biases and position embeddings stay f32.
         checkpoint: 'latest', or the name of one checkpoint in a source folder (e.g. 'model-1000').
@@ -160,7 +161,8 @@ def _resolve(source, checkpoint):
     if isinstance(model, GPT2) and encoder is not None:
         ranks = encoder.bpe_ranks
         folder = getattr(source, "folder", None)
-        return model, (encoder.encoder, sorted(ranks, key=ranks.get)), os.path.basename(folder or "gpt2")
+        name = os.path.basename(os.path.normpath(folder)) if folder else "gpt2"
+        return model, (encoder.encoder, sorted(ranks, key=ranks.get)), name
     if hasattr(source, "model"):
         raise ValueError("source session holds no model; call gpt2.load_gpt2(sess, run_name='run1') first")
     raise ValueError(f"source={source!r} must be a run or model folder, or a Session holding a model")
@@ -171,6 +173,7 @@ def _write(gguf, path, model, tokenizer, dtype, name):
     hp = model.hparams
     tokens, types, merges, eot = tokenizer
     folder, base = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{base}.tmp-{secrets.token_hex(6)}")
     writer = gguf.GGUFWriter(tmp, ARCH)
     try:
