@@ -8,7 +8,7 @@ top-k, as ours; first and second call) and one fine-tuning step (batch 1, full c
 dropout off). Each runs twice: with keras' default `jit_compile="auto"`, which Keras resolves to
 no XLA on a machine without a GPU (the figure reports what it chose), and with XLA forced on.
 
-Install: `pip install --no-deps keras-hub kagglehub` (a plain install pulls tensorflow-text,
+Install: `pip install --no-deps keras-hub` (a plain install pulls tensorflow-text,
 which installs the full `tensorflow` beside `tensorflow-cpu`; the GPT-2 model itself needs none
 of it, since prompts are given as token ids).
 """
@@ -102,7 +102,7 @@ def bench_peer_keras_hub(args, ours, openai_folder, check_child, peer_result):
     from gpt2_simple.model.hparams import PRESETS
 
     if importlib.util.find_spec("keras_hub") is None:
-        raise SystemExit("--peer keras-hub needs: pip install --no-deps keras-hub kagglehub")
+        raise SystemExit("--peer keras-hub needs: pip install --no-deps keras-hub")
     hparams = PRESETS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         model = gpt2.load_model(openai_folder(tmp, args.model, hparams))
