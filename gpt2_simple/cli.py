@@ -15,6 +15,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
     gpt2_simple export_hf checkpoint/run1 hf/run1
+    gpt2_simple export_gguf checkpoint/run1 run1.gguf --dtype q8_0
     gpt2_simple serve --run_name run1
 
 The library is imported inside the functions below, never when this module is imported.
@@ -56,10 +57,11 @@ def _summary(function):
 def build_parser():
     """The `gpt2_simple` parser with its subcommands."""
     import gpt2_simple as gpt2
+    from gpt2_simple.formats.gguf import DTYPES
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,export_gguf,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune), epilog=FINETUNE_EXAMPLE)
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -108,6 +110,10 @@ def build_parser():
     for name in ("source", "out_dir"):
         export_hf.add_argument(name, help=argument_docs(gpt2.export_hf).get(name))
     add_flags(export_hf, gpt2.export_hf)
+    gguf = commands.add_parser("export_gguf", help="write one GGUF file for llama.cpp", description=_summary(gpt2.export_gguf))
+    for name in ("source", "path"):
+        gguf.add_argument(name, help=argument_docs(gpt2.export_gguf).get(name))
+    add_flags(gguf, gpt2.export_gguf, choices={"dtype": DTYPES})
     add_flags(commands.add_parser("serve", help="serve a run or model over HTTP: OpenAI's API and a web page",
                                   description=_summary(gpt2.serve)), gpt2.serve, {"sess"})
     return parser
@@ -232,6 +238,12 @@ def run_export(args):
                                            overwrite=args.overwrite))
 
 
+def run_export_gguf(args):
+    import gpt2_simple as gpt2
+
+    print("Wrote", gpt2.export_gguf(**_call_kwargs(args, gpt2.export_gguf)))
+
+
 def run_serve(args):
     import gpt2_simple as gpt2
 
@@ -244,8 +256,14 @@ def run_export_hf(args):
     print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
 
 
+def run_export_gguf(args):
+    import gpt2_simple as gpt2
+    print("Wrote", gpt2.export_gguf(**_call_kwargs(args, gpt2.export_gguf)))
+
+
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
-            "export_saved_model": run_export, "export_hf": run_export_hf, "serve": run_serve}
+            "export_saved_model": run_export, "export_hf": run_export_hf, "export_gguf": run_export_gguf,
+            "serve": run_serve}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@
     python scripts/benchmark.py --json bench.json     # also write the numbers
 
 Sections:
-- limits: fp32 matmul GFLOP/s and memory bandwidth GB/s (what the other numbers are held to);
+- limits: fp32 matmul GFLOP/s and memory bandwidth GB/s, reading (a sum and a gemv over buffers
+  far larger than the caches) and copying, what the other numbers are held to;
 - encoder: MB/s of our encoder (one process and all cores), tiktoken, and gpt-2-simple 0.8.1's
   encoder when it is installed (loaded from its file, so TensorFlow stays out of it);
 - train: fine-tuning tokens/s for a random-weight model of the chosen size, batch 1, full
   context, and its model FLOPs utilisation (6 * params * tokens / time / matmul peak);
 - generate: tokens/s at batch 1 and 8 (32-token prompt, 256 new tokens), first and second call,
+  against the bound of each (weights bytes / read bandwidth at batch 1; 8 tokens per weight read,
+  or the matmul peak if that binds first, at batch 8),
   and milliseconds per token in each 128-token stretch of one batch-1 generation that fills the
   context (flat when a step costs the same at every position);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
@@ -20,7 +23,12 @@ Sections:
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
-from that folder exported with `export_hf` (its logits are checked against ours first).
+from that folder exported with `export_hf` (its logits are checked against ours first);
+`--peer llama.cpp` loads that folder exported with `export_gguf` (f32, f16, q8_0) into llama.cpp
+through llama-cpp-python, checks its logits on the f32 file against ours and times batch-1
+generation on each file (`peer_llama_cpp.py`); `--peer keras-hub` copies our weights into
+keras-hub's `GPT2CausalLM` (TensorFlow backend), checks its logits and runs the train and generate
+workloads with its default settings and with XLA (`peer_keras_hub.py`).
 Peak RSS is reported for the whole run, and for the transformers subprocess.
 """
 import argparse
@@ -60,6 +68,13 @@ def timed_fresh(make, use, repeat=2):
 
 
 def bench_limits(args):
+    """The machine's fp32 matmul peak and its memory bandwidth, reading (what decoding needs) and copying.
+
+    Reading is timed three ways on buffers far larger than the caches: NumPy summing 256 MiB,
+    and a gemv over GPT-2's 50257 x 768 output matrix (154 MB) in NumPy's BLAS and in
+    TensorFlow; `read_gbps` is the best of them. A copy reads and writes each byte, so it
+    runs slower than reading alone and is not the bound of a weight-reading workload.
+    """
     import tensorflow as tf
 
     n = 2048
@@ -69,7 +84,26 @@ def bench_limits(args):
     seconds = timed(lambda: tf.matmul(a, b).numpy(), repeat=5)
     big = np.ones(64 * 1024 * 1024, np.float32)  # 256 MiB
     copy_seconds = timed(lambda: big.copy(), repeat=5)
-    return {"matmul_gflops": 2 * n**3 / seconds / 1e9, "memory_gbps": 2 * big.nbytes / copy_seconds / 1e9}
+    sum_seconds = timed(lambda: big.sum(), repeat=5)
+    w = np.random.default_rng(0).standard_normal((50257, 768), dtype=np.float32)  # [n_vocab, n_embd]
+    x = np.ones(768, np.float32)
+    numpy_gemv = timed(lambda: w @ x, repeat=5)
+    tw, tx = tf.constant(w), tf.ones([1, 768])
+    tf_gemv = timed(lambda: tf.matmul(tx, tw, transpose_b=True).numpy(), repeat=5)
+    result = {"matmul_gflops": 2 * n**3 / seconds / 1e9, "copy_gbps": 2 * big.nbytes / copy_seconds / 1e9,
+              "read_sum_gbps": big.nbytes / sum_seconds / 1e9, "read_gemv_numpy_gbps": w.nbytes / numpy_gemv / 1e9,
+              "read_gemv_tf_gbps": w.nbytes / tf_gemv / 1e9}
+    result["read_gbps"] = max(result["read_sum_gbps"], result["read_gemv_numpy_gbps"], result["read_gemv_tf_gbps"])
+    return result
+
+
+def generate_bounds(limits, hparams):
+    """tokens/s the hardware allows: batch 1 reads every weight once per token (fp32), batch 8 shares that read
+    between 8 tokens unless the matmul peak (2 FLOPs per weight per token) binds first."""
+    weights_bytes = 4 * hparams.n_params
+    batch1 = limits["read_gbps"] * 1e9 / weights_bytes
+    batch8 = min(8 * batch1, limits["matmul_gflops"] * 1e9 / (2 * hparams.n_params))
+    return {"weights_mb": weights_bytes / 1e6, "batch1_bound_tokens_per_s": batch1, "batch8_bound_tokens_per_s": batch8}
 
 
 def _vocab_dir():
@@ -454,7 +488,7 @@ def main(argv=None):
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
-    parser.add_argument("--peer", choices=["gpt-2-simple", "transformers"], action="append",
+    parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--memory_child", nargs=3, metavar=("MODEL", "OPTIMIZER", "RECOMPUTE"), help=argparse.SUPPRESS)
@@ -465,7 +499,7 @@ def main(argv=None):
     sections = args.only or SECTIONS
     results = {"machine": {"cores": os.cpu_count()}}
     limits = None
-    if "limits" in sections or "train" in sections:
+    if "limits" in sections or "train" in sections or "generate" in sections:
         limits = results["limits"] = bench_limits(args)
     if "encoder" in sections:
         results["encoder"] = bench_encoder(args)
@@ -473,6 +507,14 @@ def main(argv=None):
         results["train"] = bench_train(args, limits)
     if "generate" in sections:
         results["generate"] = bench_generate(args)
+        if limits:
+            from gpt2_simple.model.hparams import PRESETS
+
+            bounds = generate_bounds(limits, PRESETS[args.model])
+            for batch in (1, 8):
+                bounds[f"batch{batch}_vs_bound"] = (results["generate"][f"batch{batch}_tokens_per_s"]
+                                                    / bounds[f"batch{batch}_bound_tokens_per_s"])
+            results["generate"].update(bounds)
     if "memory" in sections:
         results["memory"] = bench_memory(args)
     if "serve" in sections:  # scripts/bench_serve.py
@@ -483,6 +525,14 @@ def main(argv=None):
         results["peer_gpt_2_simple"] = bench_peer_gpt_2_simple(args, results)
     if "transformers" in (args.peer or []):
         results["peer_transformers"] = bench_peer_transformers(args, results)
+    if "llama.cpp" in (args.peer or []):
+        from peer_llama_cpp import bench_peer_llama_cpp
+
+        results["peer_llama_cpp"] = bench_peer_llama_cpp(args, results, _openai_folder, _check_child)
+    if "keras-hub" in (args.peer or []):
+        from peer_keras_hub import bench_peer_keras_hub
+
+        results["peer_keras_hub"] = bench_peer_keras_hub(args, results, _openai_folder, _check_child, _peer_result)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for section, values in results.items():
         if isinstance(values, dict):
