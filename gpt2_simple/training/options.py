@@ -7,6 +7,7 @@ model or dataset is loaded. Running the options is `train.py`'s.
 import dataclasses
 
 from ..model.names import check_name
+from . import lora_run
 from .optimizer import OPTIMIZERS
 from .step import PRECISIONS
 
@@ -42,6 +43,11 @@ class TrainOptions:
     val_every: int = 0  # steps between validations; <= 0: at every save
     val_batch_size: int = 2
     val_batch_count: int = 40  # the fixed validation sample is val_batch_count x val_batch_size windows
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: frozen base, trainable rank-r adapters (lora_run.py)
+    lora_alpha: float = None  # adapters' scale is lora_alpha / lora_rank; None: lora_rank (scale 1)
+    lora_targets: tuple = None  # layers with adapters (model/lora.py TARGETS); None: all four
+    base_precision: str = "float32"  # the frozen base's storage with LoRA: 'bfloat16' / 'float16' halve it
+    lora_save: str = "merged"  # 'merged': model-N holds W + scale*A@B; 'adapters': only the adapters
 
     def __post_init__(self):
         def positive(name):
@@ -68,6 +74,7 @@ class TrainOptions:
         check_name("model_name", self.model_name)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed={self.seed!r} must be an integer or None")
+        lora_run.check_options(self)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from ..atomic import write_text
 from ..formats import checkpoint, folders, hf
 from ..model.hparams import save_hparams
 from ..model.names import model_folder
+from . import lora_run
 
 COUNTER_FILE = "counter"
 METADATA_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
@@ -106,8 +107,10 @@ def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_sc
         state["loss_scale"] = loss_scale.get_state()
     companion = dict(opt.state())
     companion[STATE_TENSOR] = tf.constant(json.dumps(state))
+    adapters, model_bundle = lora_run.save_tensors(model, opts)  # LoRA: the adapters; ({}, None) otherwise
+    companion.update(adapters)
     checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
-                               companions={"optimizer": companion})
+                               companions={"optimizer": companion}, tensors=model_bundle)
     write_text(os.path.join(run_dir, COUNTER_FILE), f"{step}\n")
 
 

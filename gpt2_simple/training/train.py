@@ -21,10 +21,10 @@ import tensorflow as tf
 
 from encoder import get_encoder
 
-from ..formats import checkpoint, folders
+from ..formats import checkpoint
 from ..model.names import run_folder
 from . import dataset as dataset_module
-from . import resume
+from . import lora_run, resume
 from .distribute import describe, is_chief, resolve_strategy
 from .optimizer import make_optimizer
 from .options import TrainOptions, TrainResult, as_int
@@ -38,7 +38,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
              save_every=1000, print_every=1, max_checkpoints=1, use_memory_saving_gradients=False,
              only_train_transformer_layers=False, optimizer="adam", overwrite=False, reuse=False, *, seed=None,
              sample_dir="samples", strategy=None, precision="float32", val_dataset=None, val_every=0,
-             val_batch_size=2, val_batch_count=40):
+             val_batch_size=2, val_batch_count=40, lora_rank=0, lora_alpha=None, lora_targets=None,
+             base_precision="float32", lora_save="merged"):
     """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
 
     gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
@@ -84,6 +85,16 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         val_dataset: a held-out text (any `dataset` form) to report validation loss on.
         val_every: steps between validations (<= 0: at every save); also before the first step.
         val_batch_size, val_batch_count: the fixed validation sample, drawn once with seed 1.
+        lora_rank: 0 trains every weight (full fine-tuning); r > 0 freezes them and trains rank-r
+            adapters (LoRA) on lora_targets; saves still hold the whole model unless lora_save.
+        lora_alpha: the adapters' scale is lora_alpha / lora_rank (default: lora_rank, scale 1).
+        lora_targets: layers with adapters, from 'c_attn', 'attn/c_proj', 'c_fc', 'mlp/c_proj'
+            (a list or a comma-separated string; default: all four).
+        base_precision: storage of the frozen base with LoRA: 'float32', 'bfloat16' or 'float16'
+            (half the memory; adapters and their optimizer state stay float32).
+        lora_save: 'merged' (model-N holds the weights with the adapters folded in, readable by
+            every tool) or 'adapters' (model-N holds the adapters alone, megabytes, and needs the
+            base model folder to load).
 
     Returns:
         A `TrainResult`.
@@ -97,7 +108,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         optimizer=optimizer, overwrite=overwrite, seed=seed, sample_dir=sample_dir,
         use_memory_saving_gradients=bool(use_memory_saving_gradients), precision=precision,
         val_dataset=val_dataset, val_every=as_int("val_every", val_every), val_batch_size=val_batch_size,
-        val_batch_count=val_batch_count,
+        val_batch_count=val_batch_count, lora_rank=as_int("lora_rank", lora_rank), lora_alpha=lora_alpha,
+        lora_targets=lora_targets, base_precision=base_precision, lora_save=lora_save,
     )
     _warn_unimplemented(reuse=reuse)
     strategy = _strategy(opts, strategy, multi_gpu)
@@ -145,9 +157,10 @@ def _prepare_run(opts, dataset, strategy):
     """Load the starting weights, the encoder and the dataset; create the run folder."""
     run_dir = run_folder(opts.checkpoint_dir, opts.run_name)
     source_dir, prefix, resuming = resume.weights_source(opts, run_dir)
+    saved_adapters = lora_run.check_resume(opts, run_dir, prefix, resuming)
     print("Loading checkpoint", prefix)
     with strategy.scope():
-        model = folders.load_model(source_dir, os.path.basename(prefix))
+        model = lora_run.load_model(opts, run_dir, source_dir, prefix, saved_adapters)
     enc = get_encoder(source_dir)
     chunks = dataset_module.load_dataset(enc, dataset, opts.combine)
     window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
@@ -188,8 +201,9 @@ def _build_trainer(run, opts, strategy):
     """The optimizer and data sampler (with their resumed state) and the compiled steps."""
     model = run.model
     names = [n for n in model.weights if n.startswith("model/h") or not opts.only_train_transformer_layers]
+    weights = lora_run.trainable_weights(model, names)  # LoRA: the adapters only
     with strategy.scope():
-        opt = make_optimizer(opts.optimizer, {n: model.weights[n] for n in names}, opts.learning_rate, strategy)
+        opt = make_optimizer(opts.optimizer, weights, opts.learning_rate, strategy)
         loss_scale = LossScale() if opts.precision == "mixed_float16" else None
     state = resume.load_training_state(run.prefix, opt) if run.resuming else None
     seed = state["seed"] if state else (opts.seed if opts.seed is not None else _random_seed())
@@ -203,7 +217,7 @@ def _build_trainer(run, opts, strategy):
               f"({model.hparams.n_ctx}): training on {run.window}-token windows")
     if strategy.num_replicas_in_sync > 1:
         print("Training with", describe(strategy))
-    train_step = compile_train_step(model, opt, names, strategy=strategy, precision=opts.precision,
+    train_step = compile_train_step(model, opt, list(weights), strategy=strategy, precision=opts.precision,
                                     recompute=opts.use_memory_saving_gradients, loss_scale=loss_scale)
     eval_step = compile_eval_step(model, precision=opts.precision) if run.validation is not None else None
     counter = (resume.step_of_run(run.prefix) + 1) if run.resuming else 1
