@@ -251,8 +251,8 @@ def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None, 
     """
     os.makedirs(folder, exist_ok=True)
     step = int(step)
-    for name, tensors in (companions or {}).items():
-        write_bundle(os.path.join(folder, f"{name}-{step}"), tensors)
+    for name, companion in (companions or {}).items():
+        write_bundle(os.path.join(folder, f"{name}-{step}"), companion)
     prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model) if tensors is None else tensors)
     previous = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix]
     # A checkpoint of a later step belongs to an earlier run in this folder (restore_from='fresh'

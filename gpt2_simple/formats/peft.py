@@ -31,8 +31,8 @@ _UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "mod
 
 def peft_key(name):
     """peft's tensor name of an adapter: `model/h0/attn/c_attn/lora_A` -> `base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`."""
-    _, layer, *target, leaf = name.split("/")
-    module = PEFT_MODULES["/".join(target)]
+    _, layer, *path, leaf = name.split("/")
+    module = ".".join(path)  # model/h0/mlp/c_fc/lora_A -> mlp.c_fc
     return f"base_model.model.transformer.h.{layer[1:]}.{module}.{leaf}.weight"
 
 
@@ -87,7 +87,7 @@ def load_peft_folder(model, folder):
         layer, module, leaf = match.groups()
         target = next(t for t, m in PEFT_MODULES.items() if m == module)
         modules.add(target)
-        arrays[f"model/h{layer}/{target}/lora_{leaf}"] = tensors.read(key).T
+        arrays[f"model/h{layer}/{module.replace('.', '/')}/lora_{leaf}"] = tensors.read(key).T
     targets = [t for t in TARGETS if t in modules]
     settings = {"rank": rank, "alpha": alpha, "targets": targets}
     return apply_adapters(model, settings, arrays, source=paths[1])

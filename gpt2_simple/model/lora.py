@@ -23,6 +23,7 @@ TARGETS = ("c_attn", "attn/c_proj", "c_fc", "mlp/c_proj")
 # are under 1% of the weights, and adapting the MLP as well as attention follows full
 # fine-tuning more closely than attention alone (peft's GPT-2 default is c_attn only).
 DEFAULT_TARGETS = TARGETS
+LAYER_PATHS = {"c_attn": "attn/c_attn", "attn/c_proj": "attn/c_proj", "c_fc": "mlp/c_fc", "mlp/c_proj": "mlp/c_proj"}
 BASE_PRECISIONS = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
 
@@ -155,11 +156,9 @@ class LoRAConv1D(tf.Module):
 
 
 def _parent(block, target):
-    """(the module holding `target` in a block, its attribute): 'attn/c_proj' -> (block.attn, 'c_proj')."""
-    if "/" in target:
-        part, leaf = target.split("/")
-        return getattr(block, part), leaf
-    return (block.attn, target) if target == "c_attn" else (block.mlp, target)
+    """(the module holding `target` in a block, its attribute): 'c_fc' -> (block.mlp, 'c_fc')."""
+    part, leaf = LAYER_PATHS[target].split("/")
+    return getattr(block, part), leaf
 
 
 def enable_lora(model, rank, *, alpha=None, targets=None, base_precision=None, seed=None):
@@ -177,7 +176,7 @@ def enable_lora(model, rank, *, alpha=None, targets=None, base_precision=None, s
 
     Returns:
         `model`, whose `.lora` is the `LoRAConfig` and `.lora_weights` the adapters by name
-        (`model/h0/attn/c_attn/lora_A`, ...). Until the adapters train, its logits equal the
+        (`model/h0/attn/c_attn/lora_A`, `model/h0/mlp/c_fc/lora_B`, ...). Until the adapters train, its logits equal the
         base model's exactly.
 
     Raises:
@@ -201,8 +200,8 @@ def enable_lora(model, rank, *, alpha=None, targets=None, base_precision=None, s
             parent, leaf = _parent(block, target)
             adapter = LoRAConv1D(getattr(parent, leaf), config.rank, config.scale, rng)
             setattr(parent, leaf, adapter)
-            model.lora_weights[f"model/h{i}/{target}/lora_A"] = adapter.lora_A
-            model.lora_weights[f"model/h{i}/{target}/lora_B"] = adapter.lora_B
+            model.lora_weights[f"model/h{i}/{LAYER_PATHS[target]}/lora_A"] = adapter.lora_A
+            model.lora_weights[f"model/h{i}/{LAYER_PATHS[target]}/lora_B"] = adapter.lora_B
     model.lora = config
     return model
 
@@ -215,7 +214,7 @@ def adapters(model):
     for i, block in enumerate(model.h):
         for target in model.lora.targets:
             parent, leaf = _parent(block, target)
-            found[f"model/h{i}/{target}/w"] = getattr(parent, leaf)
+            found[f"model/h{i}/{LAYER_PATHS[target]}/w"] = getattr(parent, leaf)
     return found
 
 

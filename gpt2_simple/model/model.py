@@ -316,6 +316,7 @@ class GPT2(tf.Module):
     # Low-rank adapters over frozen weights (lora.py): model.enable_lora(8, base_precision='bfloat16').
     enable_lora = lora.enable_lora
     merge_lora = lora.merge_lora
+    lora = None  # the adapters' LoRAConfig once enabled (`lora_weights` then holds them by name)
 
     def __call__(self, tokens):
         """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.

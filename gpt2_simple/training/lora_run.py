@@ -36,7 +36,8 @@ def check_options(opts):
             ("base_precision", opts.base_precision, "float32"), ("lora_save", opts.lora_save, "merged"))
             if value != default]
         if extra:
-            raise ValueError(f"{', '.join(extra)} only apply to LoRA training, but lora_rank=0 (full fine-tuning); "
+            raise ValueError(f"{', '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} only to LoRA training, "
+                             "but lora_rank=0 (full fine-tuning); "
                              "pass lora_rank=8 (for instance) as well, or leave them out")
         return
     config = check_settings(rank, opts.lora_alpha, opts.lora_targets, prefix="lora_")
