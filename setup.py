@@ -50,6 +50,7 @@ setup(
             "safetensors",
             "torch==2.13.0",
             "transformers",
+            "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
         ],
     },
 )
