@@ -450,7 +450,7 @@ def memory_child(model_name, optimizer, recompute, precision="float32"):
         opt = make_optimizer(optimizer, {n: model.weights[n] for n in names}, 1e-4)
         step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(),
                                   recompute=recompute == "True", precision=precision)
-    n_ctx = model.hparams.n_ctx
+    n_ctx = PRESETS[model_name].n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     step(tokens).numpy()
     start = time.perf_counter()
