@@ -283,9 +283,10 @@ def test_mirrored_lora_on_two_logical_cpus_equals_one_device(workdir):
 def test_lora_with_mixed_precision_and_adafactor_trains(workdir, precision, base):
     root, model_dir, data = workdir
     result = gpt2.finetune(gpt2.start_tf_sess(), data, steps=6, precision=precision, base_precision=base,
-                           optimizer="adafactor", **dict(LORA, model_dir=model_dir))
+                           optimizer="adafactor", **dict(LORA, model_dir=model_dir, sample_every=3, sample_length=8))
     losses = [result.losses[s] for s in sorted(result.losses)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert os.path.getsize(root / "samples" / "run1" / "samples-4") > 0  # sampled with the 16-bit base
 
 
 def test_cli_flags(workdir):
