@@ -324,6 +324,14 @@ def test_bad_lora_options(workdir, kwargs, message):
     assert snapshot(root) == before
 
 
+def test_options_without_effect_under_lora_warn_once():
+    from gpt2_simple.training.options import TrainOptions
+
+    with pytest.warns(UserWarning, match=r"only_train_transformer_layers=True has no effect with lora_rank > 0"):
+        opts = TrainOptions(lora_rank=4, only_train_transformer_layers=True, lora_targets="c_fc, c_attn")
+    assert opts.lora_targets == ("c_attn", "c_fc") and opts.lora_alpha == 4.0
+
+
 def test_float16_base_on_a_device_without_float16_kernels(workdir, monkeypatch):
     root, model_dir, data = workdir
     monkeypatch.setattr(lora_run, "can_compute", lambda dtype: dtype != tf.float16)

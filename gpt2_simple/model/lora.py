@@ -91,6 +91,20 @@ def frozen_variable(name, value, dtype):
     return tf.Variable(tf.cast(value, dtype), trainable=False, name=name.rsplit("/", 1)[-1])
 
 
+def cast_on_use(weight, x):
+    """`weight` in `x`'s dtype, cast only once `x` exists.
+
+    A compiled step runs an op as soon as its inputs are ready, and a cast of a weight needs
+    only the weight: without the control dependency on `x`, the casts of every layer would run
+    at the start of the step and a float32 copy of the whole 16-bit base would be alive at once.
+    A weight already in `x`'s dtype is returned as it is.
+    """
+    if weight.dtype == x.dtype:
+        return weight
+    with tf.control_dependencies([x]):
+        return tf.cast(weight, x.dtype)
+
+
 def frozen_init(init, dtype):
     """Wrap a `GPT2` initialiser so every weight is created frozen in `dtype` (no float32 copy first)."""
     return lambda name, shape: frozen_variable(name, init(name, shape), dtype)

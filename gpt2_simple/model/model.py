@@ -80,7 +80,7 @@ class Conv1D(_Layer):
     def __call__(self, x):
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
-        w, b = tf.cast(self.w, x.dtype), tf.cast(self.b, x.dtype)  # float32 weights, compute in x's dtype
+        w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
         y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) + b  # [batch*seq, nf]
         return tf.reshape(y, tf.concat([leading, [nf]], axis=0))
 
@@ -310,7 +310,7 @@ class GPT2(tf.Module):
         """Final LayerNorm and the output projection tied to wte: [batch, seq, n_vocab]."""
         x = self.ln_f(x)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
-        logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), tf.cast(self.wte, x.dtype), transpose_b=True)
+        logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), lora.cast_on_use(self.wte, x), transpose_b=True)
         return tf.cast(tf.reshape(logits, [batch, seq, self.hparams.n_vocab]), tf.float32)
 
     # Low-rank adapters over frozen weights (lora.py): model.enable_lora(8, base_precision='bfloat16').

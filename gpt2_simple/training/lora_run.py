@@ -8,6 +8,7 @@ their settings beside the optimizer state; with `lora_save='adapters'`, instead 
 The adapter math is `model/lora.py`'s, the adapter files `formats/adapters.py`'s.
 """
 import os
+import warnings
 
 import tensorflow as tf
 
@@ -41,6 +42,9 @@ def check_options(opts):
                              "pass lora_rank=8 (for instance) as well, or leave them out")
         return
     config = check_settings(rank, opts.lora_alpha, opts.lora_targets, prefix="lora_")
+    if opts.only_train_transformer_layers:
+        warnings.warn("only_train_transformer_layers=True has no effect with lora_rank > 0: every weight is frozen "
+                      "and the adapters sit in the transformer layers", stacklevel=4)
     object.__setattr__(opts, "lora_alpha", config.alpha)  # a frozen dataclass: normalised once, here
     object.__setattr__(opts, "lora_targets", config.targets)
     if opts.base_precision != "float32" and not can_compute(base_dtype(opts.base_precision)):
