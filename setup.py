@@ -58,6 +58,7 @@ setup(
             "openai",
             "httpx",
             "selenium",
+            "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
         ],
     },
 )

@@ -256,11 +256,6 @@ def run_export_hf(args):
     print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
 
 
-def run_export_gguf(args):
-    import gpt2_simple as gpt2
-    print("Wrote", gpt2.export_gguf(**_call_kwargs(args, gpt2.export_gguf)))
-
-
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
             "export_saved_model": run_export, "export_hf": run_export_hf, "export_gguf": run_export_gguf,
             "serve": run_serve}

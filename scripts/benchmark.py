@@ -17,7 +17,10 @@ Sections:
   and milliseconds per token in each 128-token stretch of one batch-1 generation that fills the
   context (flat when a step costs the same at every position);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
-  optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess;
+  optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess, and of
+  LoRA (rank 8 on all four targets, Adam, bfloat16 frozen base); `--memory_configs lora_recompute`
+  runs only the named rows (adam, adam_recompute, adafactor, adafactor_recompute, lora, lora_recompute).
+  The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
   token, and the same workload in-process (`scripts/bench_serve.py`).
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
@@ -205,7 +208,31 @@ def bench_train(args, limits=None):
     if limits:
         flops = 6 * model.hparams.n_params * n_ctx / seconds
         result["mfu"] = flops / (limits["matmul_gflops"] * 1e9)
+    del model, opt, step
+    for base in ("float32", "bfloat16"):
+        lora_step = _lora_step(args.model, base)
+        lora_step(tokens).numpy()
+        result[f"lora_{base}_tokens_per_s"] = n_ctx / timed(lambda: lora_step(tokens).numpy(), repeat=3)
+        result[f"lora_{base}_vs_full"] = result[f"lora_{base}_tokens_per_s"] / result["tokens_per_s"]
+        del lora_step
     return result
+
+
+def _lora_step(model_name, base_precision, recompute=False, init=None):
+    """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`."""
+    import tensorflow as tf
+
+    from gpt2_simple.model.hparams import PRESETS
+    from gpt2_simple.model.lora import base_dtype, frozen_init
+    from gpt2_simple.model.model import GPT2, normal_init
+    from gpt2_simple.training.optimizer import make_optimizer
+    from gpt2_simple.training.step import compile_train_step
+
+    model = GPT2(PRESETS[model_name], init=frozen_init(init or normal_init(0), base_dtype(base_precision)))
+    model.enable_lora(8, seed=0)
+    opt = make_optimizer("adam", model.lora_weights, 1e-4)
+    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy(),
+                              recompute=recompute)
 
 
 def bench_generate(args):
@@ -424,7 +451,8 @@ def bench_peer_transformers(args, ours):
     return result
 
 
-MEMORY_CONFIGS = (("adam", False), ("adam", True), ("adafactor", False), ("adafactor", True))
+MEMORY_CONFIGS = (("adam", False), ("adam", True), ("adafactor", False), ("adafactor", True), ("lora", False),
+                  ("lora", True))  # lora: rank 8, all four targets, Adam, bfloat16 frozen base
 
 
 def _rss_mb():
@@ -447,13 +475,18 @@ def memory_child(model_name, optimizer, recompute, precision="float32"):
     from gpt2_simple.training.optimizer import make_optimizer
     from gpt2_simple.training.step import compile_train_step
 
-    model = GPT2(PRESETS[model_name], init=lambda name, shape: np.full(shape, 0.01, np.float32))
-    weights_mb = _rss_mb()
-    names = list(model.weights)
-    opt = make_optimizer(optimizer, {n: model.weights[n] for n in names}, 1e-4)
-    step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(), recompute=recompute == "True",
-                              precision=precision)
-    n_ctx = model.hparams.n_ctx
+    constant = lambda name, shape: np.full(shape, 0.01, np.float32)  # noqa: E731
+    if optimizer == "lora":
+        step = _lora_step(model_name, "bfloat16", recompute == "True", init=constant)
+        weights_mb = _rss_mb()
+    else:
+        model = GPT2(PRESETS[model_name], init=constant)
+        weights_mb = _rss_mb()
+        names = list(model.weights)
+        opt = make_optimizer(optimizer, {n: model.weights[n] for n in names}, 1e-4)
+        step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(),
+                                  recompute=recompute == "True", precision=precision)
+    n_ctx = PRESETS[model_name].n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     step(tokens).numpy()
     start = time.perf_counter()
@@ -468,6 +501,8 @@ def bench_memory(args):
 
     result = {}
     for optimizer, recompute in MEMORY_CONFIGS:
+        if args.memory_configs and f"{optimizer}{'_recompute' if recompute else ''}" not in args.memory_configs:
+            continue
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child", args.model, optimizer,
                                str(recompute)], capture_output=True, text=True)
         _check_child(proc)
@@ -475,7 +510,7 @@ def bench_memory(args):
         name = f"{optimizer}{'_recompute' if recompute else ''}"
         result[f"{name}_peak_rss_mb"] = values["peak_rss_mb"]
         result[f"{name}_step_s"] = values["step_s"]
-        result["weights_rss_mb"] = values["weights_rss_mb"]
+        result["lora_weights_rss_mb" if optimizer == "lora" else "weights_rss_mb"] = values["weights_rss_mb"]
     return result
 
 
@@ -491,6 +526,8 @@ def main(argv=None):
     parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--memory_configs", type=lambda text: text.split(","),
+                        help="comma-separated memory rows to run (default: all), e.g. lora,lora_recompute")
     parser.add_argument("--memory_child", nargs=3, metavar=("MODEL", "OPTIMIZER", "RECOMPUTE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:

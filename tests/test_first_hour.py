@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from runs import make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 from gpt2_simple import cli, quiet
 from gpt2_simple.formats import download
-from runs import make_tiny_model, subprocess_env, write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # gpt-2-simple's progress line, a contract people parse: exactly this, nothing appended.
@@ -23,8 +23,9 @@ PROGRESS = re.compile(r"^\[(\d+) \| \d+\.\d\d\] loss=\d+\.\d\d avg=\d+\.\d\d$")
 
 def test_package_metadata_is_static():
     """TensorFlow comes from the [cpu] or [gpu] extra; setup.py probes nothing at build time."""
-    from setuptools import distutils  # noqa: F401  (setuptools' bundled copy)
     from distutils.core import run_setup
+
+    from setuptools import distutils  # noqa: F401  (setuptools' bundled copy)
 
     source = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
     assert "metadata.version" not in source and "find_spec" not in source

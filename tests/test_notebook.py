@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import tensorflow as tf
-
 from runs import TINY_REAL_VOCAB, make_tiny_model, subprocess_env, write_text
 
 NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "finetune.ipynb")

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from ..atomic import write_text
 from ..model.hparams import load_hparams
+from ..model.lora import base_dtype, frozen_init, merged_weights
 from ..model.model import GPT2
 
 STATE_FILE = "checkpoint"
@@ -154,12 +155,14 @@ def _first_line(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def load_checkpoint(folder, checkpoint="latest"):
+def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):
     """Load GPT-2 from a folder in OpenAI's layout: `hparams.json`, a `checkpoint` state file and its bundle.
 
     Args:
         folder: a model folder (`models/124M`) or a run folder (`checkpoint/run1`).
         checkpoint: 'latest', or the name of one checkpoint in the folder (e.g. 'model-1000').
+        base_precision: None, or 'float32'/'bfloat16'/'float16': every weight is created frozen
+            (not trainable) in that dtype, a frozen base for LoRA (`model/lora.py`).
 
     Returns:
         A `GPT2` whose `.hparams` are the folder's, with `.checkpoint_path` its bundle prefix.
@@ -175,6 +178,8 @@ def load_checkpoint(folder, checkpoint="latest"):
     def init(name, shape):
         return read_tensor(reader, prefix, name).reshape(shape)
 
+    if base_precision is not None:
+        init = frozen_init(init, base_dtype(base_precision))
     model = GPT2(hparams, init=init)
     model.checkpoint_path = prefix
     return model
@@ -217,8 +222,9 @@ def remove_temporaries(folder):
 
 
 def model_tensors(model):
-    """The model's weights by OpenAI name, reshaped to the checkpoint's shapes."""
-    return {name: tf.reshape(model.weights[name], shape) for name, shape in openai_variables(model.hparams)}
+    """The model's weights by OpenAI name, reshaped to the checkpoint's shapes: float32, LoRA adapters folded in."""
+    weights = merged_weights(model)
+    return {name: tf.reshape(weights[name], shape) for name, shape in openai_variables(model.hparams)}
 
 
 def write_state(folder, prefixes):
@@ -228,7 +234,7 @@ def write_state(folder, prefixes):
     write_text(os.path.join(folder, STATE_FILE), "\n".join(lines) + "\n")
 
 
-def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None):
+def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None, tensors=None):
     """Save `model` as `folder/model-<step>` and make it the latest checkpoint.
 
     Args:
@@ -240,15 +246,16 @@ def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None):
         companions: optional `{name: {tensor_name: tensor}}`: further bundles of the same step,
             written as `folder/<name>-<step>` before the model bundle and pruned with it (the
             optimizer state, for instance), so the model file stays the size of the model.
+        tensors: what `model-<step>` holds instead of the model's weights (LoRA adapters alone).
 
     Returns:
         The new checkpoint's prefix.
     """
     os.makedirs(folder, exist_ok=True)
     step = int(step)
-    for name, tensors in (companions or {}).items():
-        write_bundle(os.path.join(folder, f"{name}-{step}"), tensors)
-    prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model))
+    for name, companion in (companions or {}).items():
+        write_bundle(os.path.join(folder, f"{name}-{step}"), companion)
+    prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model) if tensors is None else tensors)
     previous = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix]
     # A checkpoint of a later step belongs to an earlier run in this folder (restore_from='fresh'
     # restarts the count): it is kept and never pruned here.

@@ -11,7 +11,7 @@ import os
 from encoder.vocab import vocab_files
 
 from ..atomic import staged_folder
-from . import hf
+from . import adapters, hf, peft
 from .checkpoint import find_checkpoint, load_checkpoint
 
 
@@ -20,13 +20,19 @@ def weights_file(folder, name="latest"):
     return hf.weights_path(folder) if hf.is_hf_folder(folder) else find_checkpoint(folder, name)
 
 
-def load_model(folder, checkpoint="latest"):
+def load_model(folder, checkpoint="latest", *, base_precision=None, peft_adapters=None):
     """Load GPT-2 from a model folder (`models/124M`) or a run folder (`checkpoint/run1`).
 
     Args:
         folder: a folder with `hparams.json`, a `checkpoint` state file and the bundle it names,
             or one in Hugging Face's layout (`config.json` and `model.safetensors`; see `hf.py`).
         checkpoint: 'latest', or the name of one checkpoint in the folder (e.g. 'model-1000').
+            A checkpoint saved with `lora_save='adapters'` loads its base model (the folder it
+            records) with the adapters on top.
+        base_precision: None, or 'float32'/'bfloat16'/'float16': the weights are created frozen
+            in that dtype, a base for LoRA.
+        peft_adapters: a Hugging Face peft LoRA folder (`adapter_config.json`,
+            `adapter_model.safetensors`) to put on top of the weights, applied on the fly.
 
     Returns:
         A `GPT2` whose `.hparams` are the folder's; `model(tokens)` gives logits.
@@ -36,11 +42,20 @@ def load_model(folder, checkpoint="latest"):
         ValueError: malformed hparams.json, or a checkpoint that disagrees with it or is corrupt.
     """
     if hf.is_hf_folder(folder):
-        return hf.load_hf_model(folder, checkpoint)
-    return load_checkpoint(folder, checkpoint)
+        model = hf.load_hf_model(folder, checkpoint, base_precision=base_precision)
+    elif adapters.is_adapter_bundle(prefix := find_checkpoint(folder, checkpoint)):
+        model = adapters.load_adapter_run(folder, prefix, load_base, base_precision=base_precision)
+    else:
+        model = load_checkpoint(folder, checkpoint, base_precision=base_precision)
+    return model if peft_adapters is None else peft.load_peft_folder(model, peft_adapters)
 
 
-def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False):
+def load_base(folder, checkpoint="latest", *, base_precision=None):
+    """The weights a LoRA run starts from: `load_model`, with any adapters it carries folded in."""
+    return load_model(folder, checkpoint, base_precision=base_precision).merge_lora()
+
+
+def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False, peft_adapters=False):
     """Write a run or model folder in Hugging Face's layout, for `GPT2LMHeadModel.from_pretrained(out_dir)`.
 
     Args:
@@ -51,6 +66,10 @@ def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False):
             `vocab.bpe`). It is written beside, under a temporary name, then renamed.
         checkpoint: 'latest', or the name of one checkpoint in `source` (e.g. 'model-1000').
         overwrite: replace `out_dir` when it already holds files.
+        peft_adapters: for a LoRA run, write its adapters alone in peft's format instead
+            (`adapter_config.json`, `adapter_model.safetensors`), for
+            `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir)` where
+            `base` is the run's base model exported with `export_hf`.
 
     Returns:
         `out_dir`.
@@ -61,6 +80,8 @@ def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False):
         ValueError: `out_dir` is or contains `source`, or `source` is malformed.
     """
     _check_out_dir(source, out_dir, overwrite)
+    if peft_adapters:
+        return _export_peft(source, out_dir, checkpoint)
     model = load_model(source, checkpoint)
     vocab = vocab_files(source)
     for path in vocab:
@@ -81,3 +102,18 @@ def _check_out_dir(source, out_dir, overwrite):
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"out_dir={out_dir!r} already holds files; pass overwrite=True to replace it, "
                               "or pick a new folder")
+
+
+def _export_peft(source, out_dir, checkpoint):
+    """`export_hf(peft_adapters=True)`: the adapters of a LoRA run checkpoint, in peft's format."""
+    prefix = find_checkpoint(source, checkpoint)
+    found = adapters.read_adapters(prefix)
+    if found is None:
+        raise ValueError(f"source={source!r} checkpoint {prefix} has no LoRA adapters (not a LoRA run, or its "
+                         "optimizer-<N> file was deleted); export the merged model with peft_adapters=False")
+    settings, arrays = found
+    model = load_base(adapters.base_folder(settings, source), settings["base_checkpoint"])
+    adapters.apply_adapters(model, settings, arrays, source=prefix)
+    with staged_folder(out_dir) as tmp:
+        peft.write_peft_folder(model, tmp, base_model_name_or_path=settings["base_folder"])
+    return out_dir

@@ -19,6 +19,7 @@ from encoder.vocab import HF_VOCAB_FILES
 
 from ..atomic import write_text
 from ..model.hparams import HParams
+from ..model.lora import base_dtype, frozen_init
 from ..model.model import GPT2, LAYER_NORM_EPSILON
 from .checkpoint import numpy_weights, openai_variables
 from .safetensors_file import (
@@ -129,13 +130,14 @@ def weights_path(folder):
     return os.path.join(folder, WEIGHTS_FILE)
 
 
-def load_hf_model(folder, checkpoint="latest"):
+def load_hf_model(folder, checkpoint="latest", *, base_precision=None):
     """Load GPT-2 from a folder in Hugging Face's layout (`save_pretrained`'s, or `export_hf`'s).
 
     Args:
         folder: a folder with `config.json` and `model.safetensors` (GPT2LMHeadModel or GPT2Model
             names; F32, F16 or BF16).
         checkpoint: 'latest' or 'model.safetensors': such a folder holds one set of weights.
+        base_precision: None, or a dtype name: the weights are created frozen in it (LoRA).
 
     Returns:
         A `GPT2` with `.checkpoint_path` the safetensors file.
@@ -151,7 +153,8 @@ def load_hf_model(folder, checkpoint="latest"):
     hparams = load_config(folder)
     tensors = SafeTensors(weights_path(folder))
     names = _names_in_file(tensors, hparams, os.path.join(folder, CONFIG_FILE))
-    model = GPT2(hparams, init=lambda name, shape: tensors.read(names[name]).reshape(shape))
+    init = lambda name, shape: tensors.read(names[name]).reshape(shape)  # noqa: E731
+    model = GPT2(hparams, init=init if base_precision is None else frozen_init(init, base_dtype(base_precision)))
     model.checkpoint_path = tensors.path
     return model
 

@@ -17,6 +17,8 @@ import tensorflow as tf
 # XLA's DynamicUpdateSlice (no public TF name): writes a step's keys into a fixed-size cache.
 from tensorflow.compiler.tf2xla.python import xla
 
+from . import lora
+
 LAYER_NORM_EPSILON = 1e-5
 _MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
 
@@ -48,8 +50,8 @@ class _Layer(tf.Module):
 
     def _weight(self, leaf, shape):
         name = f"{self._scope}/{leaf}"
-        value = self._init(name, tuple(shape))
-        variable = tf.Variable(value, dtype=tf.float32, name=leaf)
+        value = self._init(name, tuple(shape))  # an array, or a ready variable (a frozen 16-bit base: lora.py)
+        variable = value if isinstance(value, tf.Variable) else tf.Variable(value, dtype=tf.float32, name=leaf)
         self._registry[name] = variable
         return variable
 
@@ -78,7 +80,7 @@ class Conv1D(_Layer):
     def __call__(self, x):
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
-        w, b = tf.cast(self.w, x.dtype), tf.cast(self.b, x.dtype)  # float32 weights, compute in x's dtype
+        w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
         y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) + b  # [batch*seq, nf]
         return tf.reshape(y, tf.concat([leading, [nf]], axis=0))
 
@@ -227,7 +229,7 @@ class GPT2(tf.Module):
         tokens = tf.cast(tokens, tf.int32) if tokens.dtype != tf.int32 else tokens
         past_len = 0 if past is None else tf.shape(past)[-2]
         positions = past_len + tf.range(tf.shape(tokens)[1])
-        x = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)  # [batch, seq, n_embd]
+        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
         pasts = [None] * len(self.h) if past is None else tf.unstack(past, len(self.h), axis=1)
         presents = []
         for block, layer_past in zip(self.h, pasts):
@@ -250,7 +252,7 @@ class GPT2(tf.Module):
             float32 `[batch, seq, n_vocab]`.
         """
         positions = tf.range(tf.shape(tokens)[1])
-        x = tf.cast(tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions), dtype)  # [batch, seq, n_embd]
+        x = tf.cast(self._embed(tokens, positions), dtype)  # [batch, seq, n_embd]
         for block in self.h:
             run = (lambda x, block=block: block.attend(x)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
@@ -268,7 +270,7 @@ class GPT2(tf.Module):
             too. Unlike `forward`, the caches are not stacked and unstacked on every call.
         """
         positions = tf.shape(keys[0])[-2] + tf.range(tf.shape(tokens)[1])
-        x = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)  # [batch, seq, n_embd]
+        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
         new_keys, new_values = [], []
         for block, k, v in zip(self.h, keys, values):
             x, k, v = block.attend(x, k, v)
@@ -292,7 +294,7 @@ class GPT2(tf.Module):
             (logits `[batch, seq, n_vocab]`, keys, values) with `tokens`' positions written.
         """
         positions = start + tf.range(tf.shape(tokens)[1])
-        x = tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions)  # [batch, seq, n_embd]
+        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
         new_keys, new_values = [], []
         for block, k, v in zip(self.h, keys, values):
             x, k, v = block.attend_fixed(x, k, v, start)
@@ -300,12 +302,21 @@ class GPT2(tf.Module):
             new_values.append(v)
         return self._logits(x), new_keys, new_values
 
+    def _embed(self, tokens, positions):
+        """Token plus position embeddings in float32 (also when the tables are stored in 16 bits)."""
+        return tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
+
     def _logits(self, x):
         """Final LayerNorm and the output projection tied to wte: [batch, seq, n_vocab]."""
         x = self.ln_f(x)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
-        logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), tf.cast(self.wte, x.dtype), transpose_b=True)
+        logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), lora.cast_on_use(self.wte, x), transpose_b=True)
         return tf.cast(tf.reshape(logits, [batch, seq, self.hparams.n_vocab]), tf.float32)
+
+    # Low-rank adapters over frozen weights (lora.py): model.enable_lora(8, base_precision='bfloat16').
+    enable_lora = lora.enable_lora
+    merge_lora = lora.merge_lora
+    lora = None  # the adapters' LoRAConfig once enabled (`lora_weights` then holds them by name)
 
     def __call__(self, tokens):
         """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.

@@ -75,3 +75,13 @@ def describe(strategy):
     task = config.get("task")
     where = f", task {task.get('type')} {task.get('index')}" if task else ""
     return f"{name} with {replicas} replica{'s' if replicas != 1 else ''}{where}"
+
+
+def strategy_for_batch(strategy, multi_gpu, batch_size):
+    """The tf.distribute strategy, checking that the batch splits evenly over its replicas."""
+    strategy = resolve_strategy(strategy, multi_gpu)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the {replicas} replicas training "
+                         f"together; pass batch_size={replicas * max(1, batch_size // replicas)}")
+    return strategy

@@ -5,8 +5,10 @@ signature): every bad value is a one-line ValueError naming the argument, raised
 model or dataset is loaded. Running the options is `train.py`'s.
 """
 import dataclasses
+import warnings
 
 from ..model.names import check_name
+from . import lora_run
 from .optimizer import OPTIMIZERS
 from .schedule import SCHEDULES
 from .step import PRECISIONS
@@ -55,6 +57,11 @@ class TrainOptions:
     max_grad_norm: float = None  # clip the global gradient norm; None: no clipping
     keep_best: bool = False  # keep model-best, the lowest validation loss (early_stopping.py)
     early_stopping_patience: int = None  # validations without improvement before stopping; None: never
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: frozen base, trainable rank-r adapters (lora_run.py)
+    lora_alpha: float = None  # adapters' scale is lora_alpha / lora_rank; None: lora_rank (scale 1)
+    lora_targets: tuple = None  # layers with adapters (model/lora.py TARGETS); None: all four
+    base_precision: str = "float32"  # the frozen base's storage with LoRA: 'bfloat16' / 'float16' halve it
+    lora_save: str = "merged"  # 'merged': model-N holds W + scale*A@B; 'adapters': only the adapters
 
     def __post_init__(self):
         def positive(name):
@@ -85,6 +92,7 @@ class TrainOptions:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed={self.seed!r} must be an integer or None")
         check_controls(self)
+        lora_run.check_options(self)
 
 
 @dataclasses.dataclass
@@ -135,3 +143,10 @@ def check_controls(opts):
         if getattr(opts, name) not in (None, False) and opts.val_dataset is None:
             raise ValueError(f"{name}={getattr(opts, name)!r} needs val_dataset=, a text file held out from "
                              "training, to measure the validation loss on")
+
+
+def warn_unimplemented(**flags):
+    for name, value in flags.items():
+        if value:
+            warnings.warn(f"finetune({name}=True) has no effect in TensorFlow 2 (there is no global graph "
+                          "to reuse); it is ignored", stacklevel=3)

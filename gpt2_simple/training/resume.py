@@ -22,6 +22,7 @@ from ..formats import checkpoint, folders, hf
 from ..formats.download import MODEL_ALIASES, MODEL_NAMES
 from ..model.hparams import save_hparams
 from ..model.names import model_folder
+from . import lora_run
 
 COUNTER_FILE = "counter"
 METADATA_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
@@ -114,8 +115,10 @@ def save(model, opt, run_dir, step, data, avg, seed, opts, printed_name, loss_sc
         state["loss_scale"] = loss_scale.get_state()
     companion = optimizer_tensors(opt, opts.save_optimizer)
     companion[STATE_TENSOR] = tf.constant(json.dumps(state))
+    adapters, model_bundle = lora_run.save_tensors(model, opts)  # LoRA: the adapters; ({}, None) otherwise
+    companion.update(adapters)
     prefix = checkpoint.save_checkpoint(model, run_dir, step, max_checkpoints=opts.max_checkpoints,
-                                        companions={"optimizer": companion})
+                                        companions={"optimizer": companion}, tensors=model_bundle)
     write_text(os.path.join(run_dir, COUNTER_FILE), f"{step}\n")
     print(describe_save(prefix, opts.save_optimizer))
 

@@ -53,7 +53,7 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
     Args:
         model: the `GPT2`, created under `strategy.scope()`.
         opt: an optimizer from `optimizer.make_optimizer` over `model.weights[n] for n in names`.
-        names: the OpenAI names of the weights to train.
+        names: the names of the weights to train (OpenAI's, or LoRA adapters'), as in `opt`.
         strategy: a `tf.distribute.Strategy` (the default strategy for one device).
         precision: a key of `PRECISIONS`.
         recompute: recompute each block in the backward pass (less memory, more compute).
@@ -63,7 +63,7 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         A `tf.function` taking int32 `[accumulate, global_batch, seq]`. Every replica takes its
         `global_batch / replicas` rows of each minibatch, so the result equals one device's.
     """
-    variables = [model.weights[n] for n in names]
+    variables = [opt.variables_by_name[n] for n in names]  # the weights, or LoRA's adapters
     dtype = PRECISIONS[precision]
 
     def replica_step(batches):

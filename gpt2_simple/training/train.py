@@ -12,21 +12,20 @@ import contextlib
 import dataclasses
 import os
 import time
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from encoder import get_encoder
 
-from ..formats import checkpoint, folders, run_record
+from ..formats import checkpoint, run_record
 from ..model.names import run_folder
 from . import dataset as dataset_module
-from . import documents, resume
-from .distribute import describe, is_chief, resolve_strategy
+from . import documents, lora_run, resume
+from .distribute import describe, is_chief, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
-from .options import TrainOptions, TrainResult, as_int
+from .options import TrainOptions, TrainResult, as_int, warn_unimplemented
 from .progress import (
     StepClock,
     generate_samples,
@@ -47,7 +46,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
              sample_dir="samples", strategy=None, precision="float32", val_dataset=None, val_every=0,
              val_batch_size=2, val_batch_count=40, save_optimizer="full", line_by_line=False, text_field="text",
              learning_rate_schedule="constant", warmup_steps=0, min_learning_rate=0.0, weight_decay=0.0,
-             max_grad_norm=None, keep_best=False, early_stopping_patience=None):
+             max_grad_norm=None, keep_best=False, early_stopping_patience=None, lora_rank=0, lora_alpha=None,
+             lora_targets=None, base_precision="float32", lora_save="merged"):
     """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
 
     gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
@@ -117,6 +117,16 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             it with checkpoint='best').
         early_stopping_patience: with val_dataset, stop after this many validations without
             a new lowest loss (None: never).
+        lora_rank: 0 trains every weight (full fine-tuning); r > 0 freezes them and trains rank-r
+            adapters (LoRA) on lora_targets; saves still hold the whole model unless lora_save.
+        lora_alpha: the adapters' scale is lora_alpha / lora_rank (default: lora_rank, scale 1).
+        lora_targets: layers with adapters, from 'c_attn', 'attn/c_proj', 'c_fc', 'mlp/c_proj'
+            (a list or a comma-separated string; default: all four).
+        base_precision: storage of the frozen base with LoRA: 'float32', 'bfloat16' or 'float16'
+            (half the memory; adapters and their optimizer state stay float32).
+        lora_save: 'merged' (model-N holds the weights with the adapters folded in, readable by
+            every tool) or 'adapters' (model-N holds the adapters alone, megabytes, and needs the
+            base model folder to load).
 
     Returns:
         A `TrainResult`.
@@ -135,9 +145,11 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         learning_rate_schedule=learning_rate_schedule, warmup_steps=as_int("warmup_steps", warmup_steps),
         min_learning_rate=min_learning_rate, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         keep_best=bool(keep_best), early_stopping_patience=early_stopping_patience,
+        lora_rank=as_int("lora_rank", lora_rank), lora_alpha=lora_alpha,
+        lora_targets=lora_targets, base_precision=base_precision, lora_save=lora_save,
     )
-    _warn_unimplemented(reuse=reuse)
-    strategy = _strategy(opts, strategy, multi_gpu)
+    warn_unimplemented(reuse=reuse)
+    strategy = strategy_for_batch(strategy, multi_gpu, opts.batch_size)
     run = _prepare_run(opts, dataset, strategy)
     trainer = _build_trainer(run, opts, strategy)
     sess.set_model(run.model, run.enc, run.run_dir)
@@ -168,16 +180,6 @@ class _Run:
     validation: np.ndarray = None  # the fixed validation sample, or None
 
 
-def _strategy(opts, strategy, multi_gpu):
-    """The tf.distribute strategy, checking that the batch splits evenly over its replicas."""
-    strategy = resolve_strategy(strategy, multi_gpu)
-    replicas = strategy.num_replicas_in_sync
-    if opts.batch_size % replicas:
-        raise ValueError(f"batch_size={opts.batch_size} must be a multiple of the {replicas} replicas training "
-                         f"together; pass batch_size={replicas * max(1, opts.batch_size // replicas)}")
-    return strategy
-
-
 def _prepare_run(opts, dataset, strategy):
     """Load the starting weights, the encoder and the dataset; create the run folder."""
     run_dir = run_folder(opts.checkpoint_dir, opts.run_name)
@@ -185,9 +187,10 @@ def _prepare_run(opts, dataset, strategy):
         if path is not None:
             dataset_module.resolve_paths(path)
     source_dir, prefix, resuming = resume.weights_source(opts, run_dir)
+    saved_adapters = lora_run.check_resume(opts, run_dir, prefix, resuming)
     print("Loading checkpoint", prefix)
     with strategy.scope():
-        model = folders.load_model(source_dir, os.path.basename(prefix))
+        model = lora_run.load_model(opts, run_dir, source_dir, prefix, saved_adapters)
     enc = get_encoder(source_dir)
     chunks = documents.load_chunks(enc, dataset, opts)
     window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
@@ -232,8 +235,9 @@ def _build_trainer(run, opts, strategy):
     """The optimizer and data sampler (with their resumed state) and the compiled steps."""
     model = run.model
     names = [n for n in model.weights if n.startswith("model/h") or not opts.only_train_transformer_layers]
+    weights = lora_run.trainable_weights(model, names)  # LoRA: the adapters only
     with strategy.scope():
-        opt = make_optimizer(opts.optimizer, {n: model.weights[n] for n in names}, opts.learning_rate, strategy,
+        opt = make_optimizer(opts.optimizer, weights, opts.learning_rate, strategy,
                              weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm)
         loss_scale = LossScale() if opts.precision == "mixed_float16" else None
     state = resume.load_training_state(run.prefix, opt) if run.resuming else None
@@ -248,7 +252,7 @@ def _build_trainer(run, opts, strategy):
               f"({model.hparams.n_ctx}): training on {run.window}-token windows")
     if strategy.num_replicas_in_sync > 1:
         print("Training with", describe(strategy))
-    train_step = compile_train_step(model, opt, names, strategy=strategy, precision=opts.precision,
+    train_step = compile_train_step(model, opt, list(weights), strategy=strategy, precision=opts.precision,
                                     recompute=opts.use_memory_saving_gradients, loss_scale=loss_scale)
     eval_step = compile_eval_step(model, precision=opts.precision) if run.validation is not None else None
     counter = (resume.step_of_run(run.prefix) + 1) if run.resuming else 1
@@ -335,10 +339,3 @@ def _printed_name(step, opts):
 
 def _random_seed():
     return int(np.random.default_rng().integers(2**31))
-
-
-def _warn_unimplemented(**flags):
-    for name, value in flags.items():
-        if value:
-            warnings.warn(f"finetune({name}=True) has no effect in TensorFlow 2 (there is no global graph "
-                          "to reuse); it is ignored", stacklevel=3)
