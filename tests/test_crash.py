@@ -16,7 +16,7 @@ from runs import make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 
-KILLS = 6
+KILLS = 4
 OPTIONS = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0, save_every=1,
                learning_rate=3e-3)
 

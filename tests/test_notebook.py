@@ -89,7 +89,7 @@ SETTINGS = ("training_data = 'mytext.txt'\nnumber_of_steps = 4\nsample_every = 2
             "nsamples = 2\nlearning_rate = 1e-3\n")
 
 
-def test_notebook_runs_top_to_bottom_then_continues_the_run(tmp_path, real_vocab_dir):
+def test_notebook_runs_top_to_bottom(tmp_path, real_vocab_dir):
     make_tiny_model(tmp_path, real_vocab_dir, name="124M", hparams=TINY_REAL_VOCAB)
     write_text(tmp_path, name="mytext.txt")
     out = run_notebook(tmp_path, SETTINGS)
@@ -99,10 +99,7 @@ def test_notebook_runs_top_to_bottom_then_continues_the_run(tmp_path, real_vocab
     assert f"saved {os.path.join('.', 'checkpoint', 'run1')} at step 4" in out
     texts = (tmp_path / "gpt2_gentext_run1.txt").read_text(encoding="utf-8")
     assert texts.count("=" * 20 + "\n") == 8  # nsamples * 4 texts, each followed by the delimiter
-    # restore_from 'Latest' continues the same run.
-    out = run_notebook(tmp_path, SETTINGS + "restore_from = 'Latest'\nnumber_of_steps = 2\n")
-    assert (run / "counter").read_text() == "6\n"
-    assert "Loading checkpoint " + os.path.join(".", "checkpoint", "run1", "model-4") in out
+    # restore_from 'Latest' continuing the run: test_work_on_drive_survives_a_disconnect.
 
 
 def _logged_losses(run_dir):
