@@ -4,7 +4,8 @@ This module owns the one way the library replaces small files: write a temporary
 same folder, flush and fsync it, then `os.replace` it over the target. `write_text` is for short
 text files (the checkpoint state file, `counter`, `hparams.json`); `open_atomic` is the same
 thing as a context manager for writers that need a file object (`np.savez_compressed`, CSV
-export), and `staged_folder` replaces a whole folder (exports). It does not know what it writes, and it imports nothing from `gpt2_simple`, so every
+export), and `staged_folder` replaces a whole folder (exports); `size_text` is how saves and
+copies report the bytes they wrote. It does not know what it writes, and it imports nothing from `gpt2_simple`, so every
 module can use it without an import cycle. Large token files (the dataset cache, checkpoint
 bundles) keep their own temporary-name handling where they are written.
 """
@@ -88,3 +89,8 @@ def _replace_folder(staging, target):
         os.rename(old, target)  # put the earlier folder back as it was
         raise
     shutil.rmtree(old)
+
+
+def size_text(n):
+    """A byte count as the saves and copies report it: '1.49 GB', '497.8 MB'."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"

@@ -17,6 +17,7 @@ import re
 import shutil
 import tarfile
 
+from .atomic import size_text
 from .model.names import check_name
 
 COLAB_MOUNT_POINT = "/content/drive"
@@ -169,13 +170,9 @@ def _report(source, target):
 def _size(path):
     """'1.49 GB in 9 files' for a folder, '12.3 MB' for a file."""
     if os.path.isfile(path):
-        return _bytes(os.path.getsize(path))
+        return size_text(os.path.getsize(path))
     sizes = [os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(path) for f in files]
-    return f"{_bytes(sum(sizes))} in {len(sizes)} files"
-
-
-def _bytes(n):
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    return f"{size_text(sum(sizes))} in {len(sizes)} files"
 
 
 def _drive_dir(drive_dir=None):

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from encoder.vocab import vocab_files
 
-from ..atomic import write_text
+from ..atomic import size_text, write_text
 from ..formats import checkpoint, folders, hf
 from ..formats.download import MODEL_ALIASES, MODEL_NAMES
 from ..model.hparams import save_hparams
@@ -145,13 +145,9 @@ def describe_save(prefix, mode):
                 if os.path.isfile(os.path.join(folder, f)))
     kept = {"full": "optimizer state", "bfloat16": "bfloat16 optimizer state",
             "none": "training state (save_optimizer='none')"}[mode]
-    return (f"  {os.path.basename(prefix)}: {_megabytes(size(prefix))} of weights + "
-            f"{_megabytes(size(checkpoint.companion_path(prefix, 'optimizer')))} of {kept}; "
-            f"the run folder holds {_megabytes(total)}")
-
-
-def _megabytes(n):
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    return (f"  {os.path.basename(prefix)}: {size_text(size(prefix))} of weights + "
+            f"{size_text(size(checkpoint.companion_path(prefix, 'optimizer')))} of {kept}; "
+            f"the run folder holds {size_text(total)}")
 
 
 def load_training_state(prefix, opt):
