@@ -63,7 +63,7 @@ class Sampler:
             self.decode_chunk,
             input_signature=[tf.TensorSpec([None, None], tf.int32), growing, growing] + options,
         )
-        fixed = [tf.TensorSpec([None, hp.n_head, hp.n_ctx, hp.head_dim], tf.float32)] * hp.n_layer
+        fixed = [tf.TensorSpec([None, hp.n_ctx, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, ...]
         self._decode_fixed = tf.function(
             self.decode_fixed,
             input_signature=[tf.TensorSpec([None, 1], tf.int32), fixed, fixed, tf.TensorSpec([], tf.int32)] + options,
@@ -112,7 +112,7 @@ class Sampler:
 
         Args:
             token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
-            keys, values: n_layer float32 `[batch, n_head, n_ctx, head_dim]`, valid before `start`.
+            keys, values: n_layer float32 `[batch * n_head, n_ctx, head_dim]`, valid before `start`.
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `drawn` columns are the drawn tokens, drawn, keys,
@@ -225,9 +225,10 @@ class Sampler:
         return [empty] * hp.n_layer, [empty] * hp.n_layer
 
     def _pad(self, caches):
-        """Growing caches -> caches of n_ctx positions (zeros after the filled ones)."""
-        n_ctx = self.model.hparams.n_ctx
-        return [tf.pad(c, [[0, 0], [0, 0], [0, n_ctx - c.shape[-2]], [0, 0]]) for c in caches]
+        """Growing caches -> the XLA loop's: `[batch * n_head, n_ctx, head_dim]`, zeros after the filled positions."""
+        hp = self.model.hparams
+        return [tf.pad(tf.reshape(c, [-1, c.shape[-2], hp.head_dim]), [[0, 0], [0, hp.n_ctx - c.shape[-2]], [0, 0]])
+                for c in caches]
 
 
 def stop_table(stop_tokens):
