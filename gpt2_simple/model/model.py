@@ -130,37 +130,26 @@ class Attention(_Layer):
     def attend_fixed(self, x, k_cache, v_cache, start):
         """`attend` with caches of a fixed length (n_ctx) written in place at `start` (for XLA).
 
-        The caches are 3-D, `[batch * n_head, n_ctx, head_dim]`: the write and the attention's
-        batched matmuls then see one shape, so XLA updates each cache in place. With a 4-D cache
-        it fuses the write twice (once per shape) and copies every cache on every step, which
-        cost a third of a 124M decoding step.
-
         Args:
             x: `[batch, seq, n_embd]` at positions start..start+seq-1.
             k_cache, v_cache: `[batch * n_head, n_ctx, head_dim]`; positions >= start are ignored.
             start: int32 scalar.
         """
-        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
-        q, k, v = tf.split(self.c_attn(x), 3, axis=-1)  # 3 x [batch, seq, n_embd]
-        rows = [batch * self.n_head, seq, x.shape[-1] // self.n_head]
-        q, k, v = (tf.reshape(self._split_heads(t), rows) for t in (q, k, v))
+        q, k, v = (tf.reshape(self._split_heads(t), [-1, tf.shape(t)[1], t.shape[-1] // self.n_head])
+                   for t in tf.split(self.c_attn(x), 3, axis=-1))  # 3 x [batch * n_head, seq, head_dim]
         at = tf.stack([0, start, 0])
-        k_cache = xla.dynamic_update_slice(k_cache, k, at)  # in place inside an XLA loop
+        # In place in an XLA loop because the write and the matmuls see one 3-D shape (4-D: copied every step).
+        k_cache = xla.dynamic_update_slice(k_cache, k, at)
         v_cache = xla.dynamic_update_slice(v_cache, v, at)
-        query_positions = start + tf.range(seq)
-        visible = query_positions[:, None] >= tf.range(tf.shape(k_cache)[-2])[None, :]  # [seq, n_ctx]
-        return self._attention(q, k_cache, v_cache, visible, batch), k_cache, v_cache
+        visible = (start + tf.range(tf.shape(q)[-2]))[:, None] >= tf.range(tf.shape(k_cache)[-2])[None, :]
+        return self._attention(q, k_cache, v_cache, visible, tf.shape(x)[0]), k_cache, v_cache
 
     def _attention(self, q, k, v, visible, batch=None):
-        """Masked softmax attention, merged and projected: [batch, seq, n_embd].
-
-        q, k, v are `[batch, n_head, seq, head_dim]`, or `[batch * n_head, seq, head_dim]` with `batch` given.
-        """
+        """Masked softmax attention, merged and projected: [batch, seq, n_embd] (q, k, v 4-D, or 3-D with `batch`)."""
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
         scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)  # softmax in float32
-        a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # [batch, n_head, seq, head_dim]
-        if batch is not None:
-            a = tf.reshape(a, [batch, self.n_head, tf.shape(a)[-2], a.shape[-1]])
+        a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # q's shape
+        a = a if batch is None else tf.reshape(a, [batch, self.n_head, tf.shape(a)[-2], a.shape[-1]])
         return self.c_proj(self._merge_heads(a))
 
 
