@@ -63,12 +63,13 @@ class Sampler:
         self._decode = tf.function(
             self.decode_chunk,
             input_signature=[tf.TensorSpec([None, None], tf.int32), growing, growing] + options,
+            autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
         )
         fixed = [tf.TensorSpec([None, hp.n_ctx, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, ...]
         self._decode_fixed = tf.function(
             self.decode_fixed,
             input_signature=[tf.TensorSpec([None, 1], tf.int32), fixed, fixed, tf.TensorSpec([], tf.int32)] + options,
-            jit_compile=True,
+            jit_compile=True, autograph=False,
         )
 
     @property
@@ -85,24 +86,21 @@ class Sampler:
         cache_shape = tf.TensorShape([None, self.model.hparams.n_head, None, self.model.hparams.head_dim])
         steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
 
-        logits, keys, values = self.model.forward_cached(pending, keys, values)
-        token = _draw(steer.logits(logits, seen), 0, temperature, top_k, top_p, seed)
-        seen, recent, ended = steer.update(token, seen, recent, ended)
-        drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
-        drawn = drawn.write(0, token[:, 0])
-
-        def body(i, token, keys, values, drawn, seen, recent, ended):
-            logits, keys, values = self.model.forward_cached(token, keys, values)
+        # One loop from the prompt on (fed at i = 0, then one token a step), so the model is traced
+        # once: tracing is most of a first call's wait. n >= 1 and some row is live on entry.
+        def body(i, fed, keys, values, drawn, seen, recent, ended):
+            logits, keys, values = self.model.forward_cached(fed, keys, values)
             token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed)
             seen, recent, ended = steer.update(token, seen, recent, ended)
             return i + 1, token, keys, values, drawn.write(i, token[:, 0]), seen, recent, ended
 
         layers = len(keys)
+        drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
         count, _, keys, values, drawn, _, _, _ = tf.while_loop(
             lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]),
             body,
-            (tf.constant(1), token, keys, values, drawn, seen, recent, ended),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 1]), [cache_shape] * layers,
+            (tf.constant(0), pending, keys, values, drawn, seen, recent, ended),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), [cache_shape] * layers,
                               [cache_shape] * layers, tf.TensorShape(None), seen.shape, recent.shape, ended.shape),
         )
         return tf.transpose(drawn.gather(tf.range(count))), keys, values
