@@ -79,18 +79,24 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
                 scaled = loss * scale
             return [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)], loss
 
-        # The first minibatch's gradients start the sum (no zero-filled buffers: with
-        # accumulate_gradients=1 the step holds one set of gradients, not two).
-        n = tf.shape(batches)[0]
-        grads, total = minibatch(batches[0])
-        for i in tf.range(1, n):
+        # One loop over all the minibatches, so the forward and backward passes are traced once
+        # (tracing is most of a first step's wait). The sums start as scalar zeros, broadcast by
+        # the first addition: no zero-filled buffers, so with accumulate_gradients=1 the step
+        # holds one set of gradients, not two.
+        def body(i, grads, total):
             more, loss = minibatch(batches[i])
-            grads = [g + m for g, m in zip(grads, more)]
-            total += loss
+            return i + 1, [g + m for g, m in zip(grads, more)], total + loss
+
+        n = tf.shape(batches)[0]
+        start = (tf.constant(0), [tf.constant(0.0)] * len(variables), tf.constant(0.0))
+        _, grads, total = tf.while_loop(
+            lambda i, *_: i < n, body, start,
+            shape_invariants=(tf.TensorShape([]), [tf.TensorShape(None)] * len(variables), tf.TensorShape([])))
+        grads = [tf.ensure_shape(g, v.shape) for g, v in zip(grads, variables)]
         count = tf.cast(n, tf.float32)
         return [g / (count * scale) for g in grads], total / count
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.int32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.int32)], autograph=False)
     def train_step(batches):
         grads, loss = strategy.run(replica_step, args=(batches,))
         mean = tf.distribute.ReduceOp.MEAN
