@@ -38,9 +38,10 @@ class Sampler:
     depends only on the seed and its index):
     - `decode_chunk`, a `tf.function` whose key/value caches grow by concatenation; it reads the
       prompt, and decodes large batches, where the matrix multiplications dominate;
-    - `decode_fixed`, compiled by XLA, with caches preallocated to the full context and written
-      in place: one fused program per step, so small batches (bound by reading the weights, not
-      by arithmetic) lose the per-op overhead, and a step costs the same at every position.
+    - `decode_fixed`, compiled by XLA, with caches preallocated to a window that holds the call's
+      positions (`_fit`) and written in place: one fused program per step, so small batches (bound
+      by reading the weights, not by arithmetic) lose the per-op overhead, and a step costs the
+      same at every position.
     """
 
     def __init__(self, model, *, xla_max_batch=XLA_MAX_BATCH):
@@ -65,7 +66,7 @@ class Sampler:
             input_signature=[tf.TensorSpec([None, None], tf.int32), growing, growing] + options,
             autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
         )
-        fixed = [tf.TensorSpec([None, hp.n_ctx, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, ...]
+        fixed = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, window, ...]
         self._decode_fixed = tf.function(
             self.decode_fixed,
             input_signature=[tf.TensorSpec([None, 1], tf.int32), fixed, fixed, tf.TensorSpec([], tf.int32)] + options,
@@ -111,7 +112,8 @@ class Sampler:
 
         Args:
             token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
-            keys, values: n_layer float32 `[batch * n_head, n_ctx, head_dim]`, valid before `start`.
+            keys, values: n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
+                the loop writes positions up to start + n - 1 < window.
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `drawn` columns are the drawn tokens, drawn, keys,
@@ -169,7 +171,8 @@ class Sampler:
         stops = stop_table(stop_tokens)
         options = (tf.constant(temperature, tf.float32), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32))
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
-                          out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool))
+                          out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
+                          length=length)
         steering = (tf.constant(repetition_penalty, tf.float32), tf.constant(stops))
         while state.drawn < length and not state.ended.all():
             room = self._room(state)
@@ -207,9 +210,9 @@ class Sampler:
             n = 1 if fixed else n
             tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), *options,
                                                 *steering)
-            if fixed:  # from here on, the XLA loop over caches of n_ctx positions
+            if fixed:  # from here on, the XLA loop over caches of a fixed window
                 state.start = keys[0].shape[-2]
-                keys, values = self._pad(keys), self._pad(values)
+                keys, values = self._fit(keys, state), self._fit(values, state)
         else:
             tokens, count, keys, values = self._decode_fixed(
                 tf.constant(state.pending), keys, values, tf.constant(state.start), tf.constant(n), *options,
@@ -223,11 +226,26 @@ class Sampler:
         empty = tf.zeros([batch, hp.n_head, 0, hp.head_dim], tf.float32)
         return [empty] * hp.n_layer, [empty] * hp.n_layer
 
-    def _pad(self, caches):
-        """Growing caches -> the XLA loop's: `[batch * n_head, n_ctx, head_dim]`, zeros after the filled positions."""
+    def _fit(self, caches, state):
+        """Growing caches -> the XLA loop's `[batch * n_head, window, head_dim]`, zeros after the filled positions.
+
+        The window holds every position the rest of the call writes (`cache_window`): each later
+        step draws at most the tokens left (`n <= length - drawn`) until the call ends or slides.
+        """
         hp = self.model.hparams
-        return [tf.pad(tf.reshape(c, [-1, c.shape[-2], hp.head_dim]), [[0, 0], [0, hp.n_ctx - c.shape[-2]], [0, 0]])
+        window = cache_window(state.start + state.length - state.drawn, hp.n_ctx)
+        return [tf.pad(tf.reshape(c, [-1, c.shape[-2], hp.head_dim]), [[0, 0], [0, window - c.shape[-2]], [0, 0]])
                 for c in caches]
+
+
+def cache_window(positions, n_ctx):
+    """The XLA loop's cache length for `positions` positions: a power of two from 128, at most n_ctx.
+
+    A step reads its whole cache, so a short call does not pay for the full context (at batch 8
+    the caches of 124M hold 604 MB, more than its weights), and a window at most doubles the
+    positions read. Each window compiles its own XLA program, once per batch size.
+    """
+    return min(max(128, 1 << (max(positions, 1) - 1).bit_length()), n_ctx)
 
 
 def stop_table(stop_tokens):
@@ -279,10 +297,11 @@ class _Decoding:
 
     history: np.ndarray  # int32 [batch, so_far]: every token so far, prompt included
     pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches
-    caches: tuple  # (keys, values): n_layer tensors each, growing or of n_ctx positions
+    caches: tuple  # (keys, values): n_layer tensors each, growing or of a fixed window of positions
     out: np.ndarray  # int32 [batch, drawn]: the new tokens only
     ended: np.ndarray  # bool [batch]: rows that need no more tokens
     start: int = None  # with fixed caches: the position of `pending`
+    length: int = 0  # the tokens this call draws in all
 
     @property
     def drawn(self):

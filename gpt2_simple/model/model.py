@@ -128,11 +128,11 @@ class Attention(_Layer):
         return self._attention(q, k, v, visible), k, v
 
     def attend_fixed(self, x, k_cache, v_cache, start):
-        """`attend` with caches of a fixed length (n_ctx) written in place at `start` (for XLA).
+        """`attend` with caches of a fixed length (a window) written in place at `start` (for XLA).
 
         Args:
             x: `[batch, seq, n_embd]` at positions start..start+seq-1.
-            k_cache, v_cache: `[batch * n_head, n_ctx, head_dim]`; positions >= start are ignored.
+            k_cache, v_cache: `[batch * n_head, window, head_dim]`; positions >= start are ignored.
             start: int32 scalar.
         """
         q, k, v = (tf.reshape(self._split_heads(t), [-1, tf.shape(t)[1], t.shape[-1] // self.n_head])
@@ -282,13 +282,13 @@ class GPT2(tf.Module):
     def forward_fixed(self, tokens, keys, values, start):
         """`forward_cached` with preallocated caches, for decoding loops compiled by XLA.
 
-        The caches keep one shape (`n_ctx` positions) for the whole loop and each step writes its
-        keys and values in place, so a step costs the same at every position and XLA compiles
-        the loop once per batch size. The ops used need XLA (`jit_compile=True`).
+        The caches keep one shape (a window of positions, up to n_ctx) for the whole loop and each
+        step writes its keys and values in place, so a step costs the same at every position and
+        XLA compiles the loop once per batch size and window. The ops used need XLA (`jit_compile=True`).
 
         Args:
             tokens: int32 `[batch, seq]` at positions start..start+seq-1.
-            keys, values: lists of n_layer float32 `[batch * n_head, n_ctx, head_dim]`.
+            keys, values: lists of n_layer float32 `[batch * n_head, window, head_dim]`.
             start: int32 scalar, the position of `tokens[:, 0]`.
 
         Returns:
