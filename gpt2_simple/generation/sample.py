@@ -108,7 +108,7 @@ class Sampler:
 
     def decode_fixed(self, token, keys, values, start, n, temperature, top_k, top_p, seed, penalty, seen, stops,
                      recent, ended):
-        """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= n_ctx - start).
+        """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= window - start).
 
         Args:
             token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
