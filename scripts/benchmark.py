@@ -15,7 +15,8 @@ Sections:
   against the bound of each (weights bytes / read bandwidth at batch 1; 8 tokens per weight read,
   or the matmul peak if that binds first, at batch 8),
   and milliseconds per token in each 128-token stretch of one batch-1 generation that fills the
-  context (flat when a step costs the same at every position);
+  context (flat when a step costs the same at every position). `--batches 1 --no-sweep` keeps
+  only batch 1, for the bigger models (`--model 774M`);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
   optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess, and of
   LoRA (rank 8 on all four targets, Adam, bfloat16 frozen base); `--memory_configs lora_recompute`
@@ -240,14 +241,15 @@ def bench_generate(args):
 
     sampler = Sampler(_model(args))
     result = {}
-    for batch in (1, 8):
+    for batch in args.batches:
         prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, 32))
         first = timed(lambda: sampler.sample(prompt, args.new_tokens, seed=0), repeat=1)
         later = timed(lambda: sampler.sample(prompt, args.new_tokens, seed=1), repeat=2)
         result[f"batch{batch}_first_call_tokens_per_s"] = batch * args.new_tokens / first
         result[f"batch{batch}_tokens_per_s"] = batch * args.new_tokens / later
     result["retraces"] = sampler.tracing_count - 2  # one trace per loop (prompt, XLA) is expected
-    result.update(_time_by_position(sampler, batch=1))
+    if args.sweep:
+        result.update(_time_by_position(sampler, batch=1))
     return result
 
 
@@ -375,9 +377,9 @@ def _peer_result(args, ours, theirs):
         if "train_accumulate5_tokens_per_s" in result:
             result["ours_vs_peer_train_accumulate5"] = (ours["train"]["accumulate5_tokens_per_s"]
                                                         / result["train_accumulate5_tokens_per_s"])
-    if "generate" in ours:
-        for batch in (1, 8):
-            key = f"batch{batch}_tokens_per_s"
+    for batch in (1, 8):
+        key = f"batch{batch}_tokens_per_s"
+        if key in ours.get("generate", {}):
             result[f"ours_vs_peer_generate_batch{batch}"] = ours["generate"][key] / result[key]
     return result
 
@@ -518,12 +520,23 @@ def bench_memory(args):
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
 
 
+def _batches(text):
+    batches = [int(b) for b in text.split(",") if b.strip().isdigit()]
+    if not batches or set(batches) - {1, 8}:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1, 8 or 1,8")
+    return batches
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--batches", type=_batches, default=[1, 8],
+                        help="generate's batch sizes: 1, 8 or 1,8 (1 for the bigger models)")
+    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
+                        help="generate: also time each 128-token stretch of a generation that fills the context")
     parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
@@ -549,7 +562,7 @@ def main(argv=None):
             from gpt2_simple.model.hparams import PRESETS
 
             bounds = generate_bounds(limits, PRESETS[args.model])
-            for batch in (1, 8):
+            for batch in args.batches:
                 bounds[f"batch{batch}_vs_bound"] = (results["generate"][f"batch{batch}_tokens_per_s"]
                                                     / bounds[f"batch{batch}_bound_tokens_per_s"])
             results["generate"].update(bounds)
@@ -572,17 +585,22 @@ def main(argv=None):
 
         results["peer_keras_hub"] = bench_peer_keras_hub(args, results, _openai_folder, _check_child, _peer_result)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report(results, args.json)
+    return 0
+
+
+def report(results, json_path=None):
+    """Print `{section: {name: value}}` as a table; also write it to `json_path` when given."""
     for section, values in results.items():
         if isinstance(values, dict):
             print(f"{section}:")
             for key, value in values.items():
                 print(f"  {key:32s} {value:10.2f}" if isinstance(value, float) else f"  {key:32s} {value}")
         else:
-            print(f"{section}: {values:.0f}")
-    if args.json:
-        with open(args.json, "w") as f:
+            print(f"{section}: {values:.0f}" if isinstance(values, float) else f"{section}: {values}")
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":
