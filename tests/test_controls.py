@@ -141,6 +141,36 @@ def test_clipping_in_the_compiled_step_uses_the_accumulated_gradient(real_vocab_
     assert moved == pytest.approx(norm / 4, rel=1e-4)
 
 
+def _must_compile(concrete):
+    """The names of the functions in a concrete function's library that XLA must compile."""
+    library = concrete.graph.as_graph_def().library.function
+    return [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+
+
+def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes(tiny_hparams):
+    from gpt2_simple.model.hparams import PRESETS, HParams
+    from gpt2_simple.model.model import GPT2
+    from gpt2_simple.training.step import compile_train_step, use_xla
+
+    assert use_xla(PRESETS["124M"], recompute=False) and use_xla(PRESETS["1558M"], recompute=False)
+    assert not use_xla(PRESETS["124M"], recompute=True)  # XLA would keep what recomputation frees
+    assert not use_xla(HParams(**tiny_hparams), recompute=False)
+    batches = tf.constant(np.random.default_rng(0).integers(0, 97, size=(2, 2, 8)), tf.int32)
+    results = {}
+    for xla in (False, True):
+        model = GPT2(HParams(**tiny_hparams), seed=0)
+        names = sorted(model.weights)
+        opt = make_optimizer("adam", {n: model.weights[n] for n in names}, 1e-2, weight_decay=0.1, max_grad_norm=0.5)
+        step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(), xla=xla)
+        assert bool(_must_compile(step.get_concrete_function(batches))) == xla
+        losses = [float(step(batches)) for _ in range(4)]
+        results[xla] = losses, {n: model.weights[n].numpy() for n in names}
+    assert results[True][0][3] < results[True][0][0] - 0.1  # it trains
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5)
+    for name in names:
+        np.testing.assert_allclose(results[True][1][name], results[False][1][name], rtol=1e-4, atol=1e-6)
+
+
 def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
     root, _ = workdir
     write_text(root)
