@@ -191,13 +191,8 @@ def _model(args):
 def bench_train(args, limits=None):
     import tensorflow as tf
 
-    from gpt2_simple.training.optimizer import make_optimizer
-    from gpt2_simple.training.step import compile_train_step
-
     model = _model(args)
-    names = list(model.weights)
-    opt = make_optimizer("adam", {n: model.weights[n] for n in names}, 1e-4)
-    step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy())
+    step = _full_step(model)
     n_ctx = model.hparams.n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     first = timed(lambda: step(tokens).numpy(), repeat=1)
@@ -209,7 +204,7 @@ def bench_train(args, limits=None):
     if limits:
         flops = 6 * model.hparams.n_params * n_ctx / seconds
         result["mfu"] = flops / (limits["matmul_gflops"] * 1e9)
-    model = opt = step = None  # free the full model before the LoRA steps (the lambdas above name them: no del)
+    model = step = None  # free the full model before the LoRA steps (the lambdas above name them: no del)
     for base in ("float32", "bfloat16"):
         lora_step = _lora_step(args.model, base)
         lora_step(tokens).numpy()
@@ -217,6 +212,19 @@ def bench_train(args, limits=None):
         result[f"lora_{base}_vs_full"] = result[f"lora_{base}_tokens_per_s"] / result["tokens_per_s"]
         lora_step = None
     return result
+
+
+def _full_step(model, optimizer="adam", precision="float32", recompute=False):
+    """A compiled step training every weight of `model`, as `finetune` builds it (XLA by its default)."""
+    import tensorflow as tf
+
+    from gpt2_simple.training.optimizer import make_optimizer
+    from gpt2_simple.training.step import compile_train_step
+
+    names = list(model.weights)
+    opt = make_optimizer(optimizer, {n: model.weights[n] for n in names}, 1e-4)
+    return compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(), precision=precision,
+                              recompute=recompute)
 
 
 def _lora_step(model_name, base_precision, recompute=False, init=None):
@@ -240,16 +248,22 @@ def bench_generate(args):
     from gpt2_simple.generation.sample import Sampler
 
     sampler = Sampler(_model(args))
-    result = {}
-    for batch in args.batches:
-        prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, 32))
-        first = timed(lambda: sampler.sample(prompt, args.new_tokens, seed=0), repeat=1)
-        later = timed(lambda: sampler.sample(prompt, args.new_tokens, seed=1), repeat=2)
-        result[f"batch{batch}_first_call_tokens_per_s"] = batch * args.new_tokens / first
-        result[f"batch{batch}_tokens_per_s"] = batch * args.new_tokens / later
+    result = generate_rates(sampler, args.batches, args.new_tokens)
     result["retraces"] = sampler.tracing_count - 2  # one trace per loop (prompt, XLA) is expected
     if args.sweep:
         result.update(_time_by_position(sampler, batch=1))
+    return result
+
+
+def generate_rates(sampler, batches, new_tokens, label=""):
+    """`{label}batch{b}_first_call_tokens_per_s` and `..._tokens_per_s` (best of the second and third call)."""
+    result = {}
+    for batch in batches:
+        prompt = np.random.default_rng(batch).integers(0, sampler.model.hparams.n_vocab, size=(batch, 32))
+        first = timed(lambda: sampler.sample(prompt, new_tokens, seed=0), repeat=1)
+        later = timed(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
+        result[f"{label}batch{batch}_first_call_tokens_per_s"] = batch * new_tokens / first
+        result[f"{label}batch{batch}_tokens_per_s"] = batch * new_tokens / later
     return result
 
 
@@ -475,8 +489,6 @@ def memory_child(model_name, optimizer, recompute, precision="float32"):
 
     from gpt2_simple.model.hparams import PRESETS
     from gpt2_simple.model.model import GPT2
-    from gpt2_simple.training.optimizer import make_optimizer
-    from gpt2_simple.training.step import compile_train_step
 
     constant = lambda name, shape: np.full(shape, 0.01, np.float32)  # noqa: E731
     if optimizer == "lora":
@@ -485,10 +497,7 @@ def memory_child(model_name, optimizer, recompute, precision="float32"):
     else:
         model = GPT2(PRESETS[model_name], init=constant)
         weights_mb = _rss_mb()
-        names = list(model.weights)
-        opt = make_optimizer(optimizer, {n: model.weights[n] for n in names}, 1e-4)
-        step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(),
-                                  recompute=recompute == "True", precision=precision)
+        step = _full_step(model, optimizer, precision, recompute == "True")
     n_ctx = PRESETS[model_name].n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     step(tokens).numpy()
@@ -521,10 +530,10 @@ SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
 
 
 def _batches(text):
-    batches = [int(b) for b in text.split(",") if b.strip().isdigit()]
-    if not batches or set(batches) - {1, 8}:
+    batches = [b.strip() for b in text.split(",")]
+    if not all(b in ("1", "8") for b in batches):
         raise argparse.ArgumentTypeError(f"{text!r}: give 1, 8 or 1,8")
-    return batches
+    return [int(b) for b in batches]
 
 
 def main(argv=None):

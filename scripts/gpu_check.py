@@ -24,7 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from benchmark import _lora_step, _peak_rss_mb, report, timed  # noqa: E402
+from benchmark import (  # noqa: E402
+    _full_step,
+    _lora_step,
+    _peak_rss_mb,
+    generate_rates,
+    report,
+    timed,
+)
 
 
 def device_name():
@@ -55,18 +62,13 @@ def train(model_name, batch, precisions, limits):
 
     from gpt2_simple.model.hparams import PRESETS
     from gpt2_simple.model.model import GPT2
-    from gpt2_simple.training.optimizer import make_optimizer
-    from gpt2_simple.training.step import compile_train_step
 
     hparams = PRESETS[model_name]
     tokens = tf.constant(np.random.default_rng(0).integers(0, hparams.n_vocab, size=(1, batch, hparams.n_ctx)),
                          tf.int32)
     result = {}
     for precision in precisions:
-        model = GPT2(hparams, seed=0)
-        names = list(model.weights)
-        opt = make_optimizer("adam", {n: model.weights[n] for n in names}, 1e-4)
-        step = compile_train_step(model, opt, names, strategy=tf.distribute.get_strategy(), precision=precision)
+        step = _full_step(GPT2(hparams, seed=0), precision=precision)
         first = timed(lambda: step(tokens).numpy(), repeat=1)
         seconds = timed(lambda: step(tokens).numpy(), repeat=3)
         flops = 6 * hparams.n_params * batch * hparams.n_ctx / seconds
@@ -76,7 +78,7 @@ def train(model_name, batch, precisions, limits):
         result[f"{precision}_mfu_vs_bfloat16_peak"] = flops / (limits["matmul_bfloat16_tflops"] * 1e12)
         if precision == "float32":
             result["float32_mfu_vs_float32_peak"] = flops / (limits["matmul_float32_tflops"] * 1e12)
-        model = opt = step = None  # the lambdas above name them: free the model before the next precision
+        step = None  # the lambdas above name it: free the model before the next precision
     return result
 
 
@@ -88,13 +90,7 @@ def generate(model_name, new_tokens):
     model = GPT2(PRESETS[model_name], seed=0)
     result = {}
     for label, xla_max_batch in (("xla", 8), ("graph", 0)):
-        sampler = Sampler(model, xla_max_batch=xla_max_batch)
-        for batch in (1, 8):
-            prompt = np.random.default_rng(batch).integers(0, model.hparams.n_vocab, size=(batch, 32))
-            first = timed(lambda: sampler.sample(prompt, new_tokens, seed=0), repeat=1)
-            later = timed(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
-            result[f"{label}_batch{batch}_first_call_tokens_per_s"] = batch * new_tokens / first
-            result[f"{label}_batch{batch}_tokens_per_s"] = batch * new_tokens / later
+        result.update(generate_rates(Sampler(model, xla_max_batch=xla_max_batch), (1, 8), new_tokens, f"{label}_"))
     return result
 
 
