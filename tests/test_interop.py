@@ -47,21 +47,8 @@ def test_gpt_2_simple_generates_from_our_run_folder(tmp_path, monkeypatch, real_
         print("RESULT" + json.dumps(texts))
     """, tmp_path)
     theirs = json.loads(out.split("RESULT", 1)[1])
-    assert len(theirs) == 1 and theirs[0].startswith(prefix) and ours.startswith(prefix) and len(ours) > len(prefix)
-    if theirs != [ours]:
-        _assert_only_a_near_tie_differs(sess, theirs[0], ours)
-
-
-def _assert_only_a_near_tie_differs(sess, theirs, ours):
-    """Greedy texts may part where two tokens' logits tie to float rounding (another kernel, another
-    order of sums); anywhere else a difference means the run folder was read differently."""
-    enc = sess.encoder
-    a, b = enc.encode(theirs), enc.encode(ours)
-    first = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), None)
-    assert first is not None and first > 0, (theirs, ours)  # same tokens, or one cut short: not a tie
-    logits = sess.model(np.asarray([b[:first]], np.int32))[0, -1].numpy()
-    gap = abs(float(logits[a[first]] - logits[b[first]]))
-    assert gap < 1e-4 * float(np.abs(logits).max()), (theirs, ours, gap)
+    assert theirs == [ours]
+    assert ours.startswith(prefix) and len(ours) > len(prefix)
 
 
 def test_gpt_2_simple_run_folder_fine_tunes_further_here(tmp_path, monkeypatch, real_vocab_dir):

@@ -25,6 +25,12 @@ def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
     Returns:
         float32 `[batch, n_vocab]`; at least one token per row keeps its (scaled) logit.
     """
+    scaled, kept = _scale_and_keep(logits, temperature, top_k, top_p, sort=sort)
+    return tf.where(kept, scaled, _FILTERED)
+
+
+def _scale_and_keep(logits, temperature, top_k, top_p, *, sort=False):
+    """`filter_logits`' work: (the scaled logits, bool `[batch, n_vocab]` of the tokens kept, >= 1 a row)."""
     logits = logits / tf.cast(temperature, logits.dtype)
     top_k = tf.cast(top_k, tf.int32)
     top_p = tf.cast(top_p, logits.dtype)
@@ -40,7 +46,7 @@ def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
             )
         else:
             kth = tf.math.top_k(logits, k=k).values[:, -1:]
-        return tf.where(logits < kth, _FILTERED, logits)
+        return logits >= kth
 
     def keep_top_p():
         ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
@@ -48,11 +54,11 @@ def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
         # The token whose preceding mass is still below top_p is the last one kept (always >= 1).
         n_kept = tf.maximum(tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1), 1)
         threshold = tf.gather(ordered, n_kept - 1, batch_dims=1)[:, None]
-        return tf.where(logits < threshold, _FILTERED, logits)
+        return logits >= threshold
 
-    return tf.case(
+    return logits, tf.case(
         [(top_p > 0.0, keep_top_p), (top_k > 0, keep_top_k)],
-        default=lambda: logits,
+        default=lambda: tf.ones_like(logits, tf.bool),
         exclusive=False,
     )
 
@@ -82,14 +88,19 @@ def _draw(logits, i, temperature, top_k, top_p, seed, sort=False):
     Its randomness depends only on the seed and its index `seed[1] + i`, not on chunking or on
     which loop draws it.
     """
-    filtered = filter_logits(logits[:, -1, :], temperature, top_k, top_p, sort=sort)
+    scaled, kept = _scale_and_keep(logits[:, -1, :], temperature, top_k, top_p, sort=sort)
     index = seed[1] + tf.cast(i, tf.int64)
     # The Gumbel-max trick: argmax(logits + Gumbel noise) is a draw from softmax(logits). Unlike
     # tf.random.stateless_categorical it compiles under XLA, and the noise is integer arithmetic
-    # (TF's own Philox gives other bits under XLA), so both loops draw the same tokens.
-    uniform = _uniform(tf.shape(filtered), seed[0], index)
-    gumbel = -tf.math.log(-tf.math.log(uniform))
-    return tf.cast(tf.argmax(filtered + gumbel, axis=-1), tf.int32)[:, None]
+    # (TF's own Philox gives other bits under XLA), so both loops draw the same tokens. The noise is
+    # finite, and a token a filter removed is -inf here: it cannot be drawn whatever the noise.
+    noisy = scaled + _gumbel(_uniform(tf.shape(scaled), seed[0], index))
+    return tf.cast(tf.argmax(tf.where(kept, noisy, -float("inf")), axis=-1), tf.int32)[:, None]
+
+
+def _gumbel(uniform):
+    """Standard Gumbel noise from uniforms in (0, 1): finite, within [-2.8, 16.7] for `_to_uniform`'s values."""
+    return -tf.math.log(-tf.math.log(uniform))
 
 
 _GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2**64 / the golden ratio
@@ -112,5 +123,15 @@ def _uniform(shape, seed, index):
     golden = tf.constant(_GOLDEN, tf.uint64)
     stream = _mix(tf.bitcast(seed, tf.uint64) + tf.bitcast(index, tf.uint64) * golden)
     counters = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint64) + 1
-    bits = tf.bitwise.right_shift(_mix(stream + counters * golden), tf.constant(40, tf.uint64))  # top 24 bits
-    return tf.reshape((tf.cast(bits, tf.float32) + 0.5) * (1.0 / 2**24), shape)
+    return tf.reshape(_to_uniform(_mix(stream + counters * golden)), shape)
+
+
+def _to_uniform(bits):
+    """uint64 random bits -> float32 uniforms strictly inside (0, 1), from the top 23 bits.
+
+    (top + 0.5) / 2**23 is exact in float32 (24 significant bits) for every top < 2**23: the
+    largest value is 1 - 2**-24, never 1.0. With 24 bits, (2**24 - 0.5) / 2**24 rounded to 1.0,
+    whose noise is +inf: one entry in 2**24 then won the draw whatever its logit.
+    """
+    top = tf.bitwise.right_shift(bits, tf.constant(41, tf.uint64))
+    return (tf.cast(top, tf.float32) + 0.5) * (1.0 / 2**23)
