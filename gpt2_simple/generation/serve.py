@@ -18,6 +18,7 @@ from importlib import resources
 
 from . import openai_api as api
 from .batcher import Batcher, Job, QueueFull
+from .scores import Scorer
 
 INSTALL = 'pip install "gpt2_simple[serve]"  (from a checkout: pip install -e ".[serve]")'
 API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
@@ -51,7 +52,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
 
     enc, n_ctx = sess.encoder, sess.model.hparams.n_ctx
     name = model_name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"
-    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch)
+    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=Scorer(sess.model))
 
     def error(e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -61,7 +62,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
                              "batches": batcher.batches, "rows": batcher.rows, "tokens": batcher.tokens})
 
     async def models(request):
-        return JSONResponse(api.models(name))
+        return JSONResponse(api.models(name, n_ctx))
 
     async def page(request):
         return HTMLResponse(resources.files(__package__).joinpath("web/index.html").read_text(encoding="utf-8"))
@@ -69,7 +70,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     async def completions(request):
         try:
             req = api.parse_completion(await _read_json(request, max_body), enc, n_ctx, max_tokens=max_tokens)
-            run = _Run(batcher, req, asyncio.get_running_loop())
+            run = _Run(batcher, req, asyncio.get_running_loop(), enc)
         except api.APIError as e:
             return error(e)
         cid = api.completion_id()
@@ -170,11 +171,13 @@ async def _disconnected(receive):
 class _Run:
     """One request's jobs in the batcher, and the events they send back to the event loop."""
 
-    def __init__(self, batcher, req, loop):
-        self.batcher, self.n, self.events = batcher, req.n, asyncio.Queue()
+    def __init__(self, batcher, req, loop, enc):
+        self.batcher, self.n, self.events, self.req, self.enc = batcher, req.n, asyncio.Queue(), req, enc
         self.rows = len(req.prompts) * req.n
         self.counts = [0] * self.rows
-        self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p))
+        self.scores = [None] * self.rows
+        self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p),
+                         scored=req.logprobs is not None)
                      for p, t in enumerate(req.prompts)]
         try:
             for job in self.jobs:
@@ -209,17 +212,29 @@ class _Run:
             index = prompt * self.n + event[1]
             if event[0] == "done":
                 left -= 1
-                self.counts[index] = event[3]
+                self.counts[index], self.scores[index] = event[3], event[4]
             yield index, event[0], event[2]
 
+    def echoed(self, index):
+        """The prompt's text when the request asked for `echo` ('' otherwise)."""
+        return self.enc.decode(self.req.prompts[index // self.n]) if self.req.echo else ""
+
+    def logprobs(self, index):
+        """OpenAI's `logprobs` object of a finished choice, or None when not asked for."""
+        scores = self.scores[index]
+        if scores is None:
+            return None
+        prompt = len(self.req.prompts[index // self.n])
+        return api.logprobs_object(self.enc, scores, self.req.logprobs, prompt, self.req.echo)
+
     async def collect(self):
-        texts, reasons = [""] * self.rows, [None] * self.rows
+        texts, reasons = [self.echoed(i) for i in range(self.rows)], [None] * self.rows
         async for index, kind, value in self.next_events():
             if kind == "text":
                 texts[index] += value
             else:
                 reasons[index] = value
-        return list(zip(texts, reasons))
+        return [(text, reason, self.logprobs(i)) for i, (text, reason) in enumerate(zip(texts, reasons))]
 
 
 async def _events(run, cid, name):
@@ -227,9 +242,12 @@ async def _events(run, cid, name):
     finished = False
     try:
         try:
+            for index in range(run.rows if run.req.echo else 0):  # the prompts come first
+                yield f"data: {json.dumps(api.chunk(cid, name, index, run.echoed(index)))}\n\n"
             async for index, kind, value in run.next_events():
                 text, reason = (value, None) if kind == "text" else ("", value)
-                yield f"data: {json.dumps(api.chunk(cid, name, index, text, reason))}\n\n"
+                scores = run.logprobs(index) if kind == "done" else None  # a choice's scores come with its end
+                yield f"data: {json.dumps(api.chunk(cid, name, index, text, reason, scores))}\n\n"
         except api.APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
         finished = True
