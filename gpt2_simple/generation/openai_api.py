@@ -65,24 +65,24 @@ def _number(body, name, default, low, high, *, integer=False, low_open=False):
 def _prompts(body, enc):
     """`prompt` -> token lists: a string, a list of strings, a list of ids, or a list of id lists."""
     prompt = body.get("prompt")
-    if isinstance(prompt, str) or _is_ids(prompt):
+    if isinstance(prompt, str) or is_ids(prompt):
         prompt = [prompt]
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) or _is_ids(p) for p in prompt):
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
         raise APIError(400, "prompt must be a non-empty string, a list of strings, a list of token ids "
                             "or a list of such lists", "prompt")
     tokens = []
     for p in prompt:
         if not p:
             raise APIError(400, "prompt must not be empty", "prompt")
-        tokens.append(enc.encode(p) if isinstance(p, str) else _check_ids(p, enc_size(enc), "prompt"))
+        tokens.append(enc.encode(p) if isinstance(p, str) else check_ids(p, enc_size(enc), "prompt"))
     return tokens
 
 
-def _is_ids(value):
+def is_ids(value):
     return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
-def _check_ids(ids, n_vocab, name):
+def check_ids(ids, n_vocab, name):
     bad = next((t for t in ids if not 0 <= t < n_vocab), None)
     if bad is not None:
         raise APIError(400, f"{name} holds the token id {bad}, out of range; ids must be in [0, {n_vocab - 1}]",
