@@ -96,7 +96,7 @@ def test_lm_eval_scores_a_local_task_through_the_server_as_in_process(setup, sha
                 max_length=sess.model.hparams.n_ctx, num_concurrent=1, max_retries=1, tokenized_requests=True)
     model = "local-completions" if shape == "current" else older_harness()(**args)
     results = lm_eval.simple_evaluate(model=model, model_args=args if shape == "current" else None,
-                                      tasks=["gpt2_simple_tiny"], task_manager=TaskManager(include_path=tasks),
+                                      tasks=["gpt2_simple_tiny"], task_manager=TaskManager(include_path=tasks, include_defaults=False),
                                       log_samples=True, apply_chat_template=False)
     samples = sorted(results["samples"]["gpt2_simple_tiny"], key=lambda s: s["doc_id"])
     assert len(samples) == len(DOCS)
