@@ -93,12 +93,14 @@ def check_ids(ids, n_vocab, name):
 def _fits(prompts, n_ctx, max_tokens, scored):
     """A prompt must leave room for a token; a scored one, room for all of them (one pass scores the whole text)."""
     for ids in prompts:
-        room = n_ctx - (max_tokens if scored else min(max_tokens, 1))
-        if len(ids) > room:
-            field = "max_tokens" if scored and len(ids) < n_ctx else "prompt"
-            raise APIError(400, f"the prompt is {len(ids)} tokens and max_tokens is {max_tokens} but the "
-                                f"model's context is {n_ctx}; scored text (logprobs) must fit in it, so "
-                                f"shorten the prompt or lower max_tokens", field)
+        if scored and len(ids) + max_tokens > n_ctx:
+            field = "max_tokens" if len(ids) < n_ctx else "prompt"
+            raise APIError(400, f"the prompt is {len(ids)} tokens and max_tokens={max_tokens}, but scored text "
+                                f"(logprobs) must fit in the model's context of {n_ctx} tokens; shorten the "
+                                f"prompt or lower max_tokens", field)
+        if len(ids) > n_ctx - min(max_tokens, 1):
+            raise APIError(400, f"the prompt is {len(ids)} tokens but the model's context is {n_ctx}; "
+                                f"shorten it below {n_ctx} tokens", "prompt")
 
 
 # Fields the server does not implement, refused only at a value that would change the answer.
