@@ -91,6 +91,18 @@ def test_logprobs_without_echo_score_the_completion_from_the_prompt_offset(clien
     np.testing.assert_allclose(lp["token_logprobs"], [ref[len(ids) + i - 1, drawn[i]] for i in range(6)], atol=1e-4)
 
 
+def test_a_stopped_choice_is_scored_up_to_the_token_where_its_text_ends(client):
+    full = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 20, "seed": 9}).json()
+    text = full["choices"][0]["text"]
+    stop = text[8:11]
+    out = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 20, "seed": 9, "stop": stop,
+                                               "logprobs": 0}).json()["choices"][0]
+    names = out["logprobs"]["tokens"]
+    assert out["finish_reason"] == "stop" and out["text"] == text[:text.index(stop)]
+    assert len("".join(names[:-1])) <= len(out["text"]) < len("".join(names))  # the last one began the stop
+    assert "".join(names).startswith(out["text"]) and len(names) < 20
+
+
 def test_streamed_logprobs_and_echo_equal_the_plain_answer(client, sess):
     body = {"prompt": "Hello there", "max_tokens": 5, "logprobs": 2, "echo": True, "seed": 11}
     plain = client.post("/v1/completions", json=body).json()["choices"][0]
