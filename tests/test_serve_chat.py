@@ -44,6 +44,16 @@ def test_templates_render_and_find_the_next_turn():
     assert chatml.turn_end == "<|im_end|>"
     with pytest.raises(ValueError, match="chat_template"):
         ChatTemplate("{% for m in messages %}")
+    strict = ChatTemplate("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system "
+                          "role') }}{% endif %}{{ m.content }}{% endfor %}")
+    with pytest.raises(Exception, match="no system role") as refused:
+        strict.render(MESSAGES)
+    assert (refused.value.status, refused.value.param) == (400, "messages")
+
+
+def test_serve_names_a_missing_chat_template(tmp_path):
+    with pytest.raises(FileNotFoundError, match="chat_template"):
+        gpt2.serve(chat_template=str(tmp_path / "missing.jinja"))
 
 
 def test_the_openai_client_chats_as_generate_continues_the_rendered_prompt(server, sess):

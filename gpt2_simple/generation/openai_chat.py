@@ -43,16 +43,24 @@ class ChatTemplate:
         if self._jinja is None:
             lines = [f"{m['role']}: {m['content']}" for m in messages]
             return "\n".join(lines + (["assistant:"] if add_generation_prompt else []))
-        return self._jinja.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                  bos_token=self.eos_token, eos_token=self.eos_token)
+        import jinja2
+
+        try:
+            return self._jinja.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                      bos_token=self.eos_token, eos_token=self.eos_token)
+        except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), or a template bug
+            raise api.APIError(400, f"the chat template cannot render these messages: {e}", "messages") from None
 
     def _turn_end(self):
         """What the template writes between an assistant's reply and the next user message, up to its first line.
 
         The default gives "\\nuser:"; ChatML gives "<|im_end|>". Empty: the template marks no turn.
         """
-        text = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARKS[0]},
-                            {"role": "user", "content": _MARKS[1]}], add_generation_prompt=False)
+        try:
+            text = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARKS[0]},
+                                {"role": "user", "content": _MARKS[1]}], add_generation_prompt=False)
+        except api.APIError as e:
+            raise ValueError(f"chat_template fails on a plain user/assistant/user chat: {e.message}") from None
         start, end = text.find(_MARKS[0]), text.find(_MARKS[1])
         between = text[start + len(_MARKS[0]):end].rstrip() if 0 <= start < end else ""
         body = between.lstrip("\n")
@@ -69,9 +77,15 @@ def _compile(source):
     import jinja2
 
     try:
-        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise  # Hugging Face's templates call it on messages they refuse
+        return env.from_string(source)
     except jinja2.TemplateError as e:
         raise ValueError(f"chat_template is not a valid Jinja template: {e}") from None
+
+
+def _raise(message):
+    raise ValueError(message)
 
 
 def _install():
