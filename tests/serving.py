@@ -24,3 +24,15 @@ def running_server(sess, **options):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def tiny_session(root, vocab_dir, seed=7):
+    """A session holding a tiny model with the real vocabulary (`runs.make_tiny_model`), its sampler compiled."""
+    import gpt2_simple as gpt2
+    from runs import make_tiny_model
+
+    model_dir = make_tiny_model(root, vocab_dir, seed=seed)
+    sess = gpt2.start_tf_sess()
+    gpt2.load_gpt2(sess, model_name="tiny", model_dir=model_dir)
+    sess.sampler.sample([[1]], 2, seed=0)  # compiled before a server starts
+    return sess

@@ -149,7 +149,7 @@ BAD = [
     ("empty prompt", {"prompt": ""}, 400, "prompt"),
     ("no prompt", {"max_tokens": 3}, 400, "prompt"),
     ("prompt a number", {"prompt": 123}, 400, "prompt"),
-    ("prompt a list of numbers", {"prompt": [1, 2]}, 400, "prompt"),
+    ("prompt a list of floats", {"prompt": [1.5, 2]}, 400, "prompt"),
     ("too many stop strings", {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("stop a number", {"prompt": "a", "stop": 5}, 400, "stop"),
     ("n zero", {"prompt": "a", "n": 0}, 400, "n"),

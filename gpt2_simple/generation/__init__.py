@@ -3,8 +3,10 @@
 This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequences;
 `draws.py`: top-k/top-p, the repetition penalty, seeded draws), gpt-2-simple's
 `load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`steering.py`),
-text as it is drawn (`stream.py`), an OpenAI-compatible HTTP server (`serve.py`, with its model
-thread in `batcher.py`, its JSON contract in `openai_api.py` and its page in `web/`), and a
+text as it is drawn (`stream.py`), scores of token sequences (`scores.py`), an OpenAI-compatible
+HTTP server (`serve.py`, with its model thread in `batcher.py`, its JSON contracts in
+`openai_api.py`, `openai_chat.py` and `tokenizer_api.py`, a request's events in `answers.py`,
+its metrics in `metrics.py` and its page in `web/`), and a
 SavedModel whose signature is that same loop (`saved_model.py`). It loads weights through
 `formats/` and never trains.
 """

@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from .scores import covered
 from .steering import StopStrings
 from .stream import TextStream
 
@@ -44,7 +45,8 @@ class Job:
     """One prompt of a request, sampled `n` times.
 
     `emit(event)` is called from the worker thread with ("text", row, piece), ("done", row,
-    finish_reason, completion_tokens) or ("error", message).
+    finish_reason, completion_tokens, scores) or ("error", message). `scores` is None unless
+    `scored`: then it is the `scores.Scores` of the prompt and the drawn tokens the text shows.
     """
 
     tokens: list
@@ -52,6 +54,7 @@ class Job:
     options: Options
     emit: object
     seed: int = None
+    scored: bool = False
     cancelled: bool = False
 
     def batch_key(self):
@@ -61,8 +64,8 @@ class Job:
 class Batcher:
     """The worker thread and its queue. Thread-safe: `submit` and `cancel` come from the server."""
 
-    def __init__(self, sampler, encoder, *, max_queue=64, max_rows=16):
-        self.sampler, self.encoder = sampler, encoder
+    def __init__(self, sampler, encoder, *, max_queue=64, max_rows=16, scorer=None):
+        self.sampler, self.encoder, self.scorer = sampler, encoder, scorer
         self.max_queue, self.max_rows = max_queue, max_rows
         self._waiting = collections.deque()
         self._running = []
@@ -147,38 +150,67 @@ class Batcher:
         return batch
 
     def _run(self, jobs):
-        """Sample every row of `jobs` in one batch, emitting pieces as chunks return."""
+        """Sample every row of `jobs` in one batch, emitting pieces as chunks return; then score the rows that ask."""
         enc, options = self.encoder, jobs[0].options
         rows = [(job, i) for job in jobs for i in range(job.n)]
         stops = StopStrings(list(options.stop))
         texts = [TextStream(enc, job.tokens, stops=stops, lstrip=False) for job, _ in rows]
-        counts = [0] * len(rows)
+        drawn = [[] for _ in rows]
         done = [False] * len(rows)
+        scored = []  # (row, finish_reason): their "done" waits for the scoring pass
+
+        def finish(r, reason):
+            done[r] = True
+            job, i = rows[r]
+            if job.scored:
+                scored.append((r, reason))
+            else:
+                job.emit(("done", i, reason, len(drawn[r]), None))
+
+        for tokens in self._chunks(jobs, rows, stops, done):
+            self.tokens += tokens.shape[1]
+            for r, (job, i) in enumerate(rows):
+                if done[r] or job.cancelled:
+                    continue
+                piece = texts[r].feed(tokens[r])
+                drawn[r] += tokens[r].tolist()
+                if piece:
+                    job.emit(("text", i, piece))
+                if texts[r].ended:
+                    finish(r, "stop")
+        for r, (job, i) in enumerate(rows):
+            if not done[r] and not job.cancelled:
+                piece = texts[r].finish()
+                if piece:
+                    job.emit(("text", i, piece))
+                finish(r, "stop" if texts[r].ended else "length")
+        self._score(rows, scored, texts, drawn)
+
+    def _chunks(self, jobs, rows, stops, done):
+        """The sampler's chunks for `rows` (none when `max_tokens` is 0: the prompts are only scored)."""
+        options = jobs[0].options
+        if options.max_tokens == 0:
+            return
         seed = None if jobs[0].seed is None else int(jobs[0].seed) * 1_000_003  # generate's first batch
 
         def ended(_):
             return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)]
 
         context = np.asarray([job.tokens for job, _ in rows], np.int32)
-        chunks = self.sampler.chunks(
+        yield from self.sampler.chunks(
             context, options.max_tokens, temperature=options.temperature, top_k=options.top_k,
             top_p=options.top_p, seed=seed, chunk=CHUNK, stop=ended,
-            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(enc))
-        for tokens in chunks:
-            self.tokens += tokens.shape[1]
-            for r, (job, i) in enumerate(rows):
-                if done[r] or job.cancelled:
-                    continue
-                piece = texts[r].feed(tokens[r])
-                counts[r] += tokens.shape[1]
-                if piece:
-                    job.emit(("text", i, piece))
-                if texts[r].ended:
-                    done[r] = True
-                    job.emit(("done", i, "stop", counts[r]))
-        for r, (job, i) in enumerate(rows):
-            if not done[r] and not job.cancelled:
-                piece = texts[r].finish()
-                if piece:
-                    job.emit(("text", i, piece))
-                job.emit(("done", i, "stop" if texts[r].ended else "length", counts[r]))
+            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(self.encoder))
+
+    def _score(self, rows, scored, texts, drawn):
+        """One forward pass over the finished rows that asked for scores, then their "done" events."""
+        scored = [(r, reason) for r, reason in scored if not rows[r][0].cancelled]
+        if not scored:
+            return
+        sequences = []
+        for r, reason in scored:
+            shown = covered(self.encoder, drawn[r], texts[r].text, reason == "stop")
+            sequences.append(rows[r][0].tokens + drawn[r][:shown])
+        for (r, reason), scores in zip(scored, self.scorer.score(sequences)):
+            job, i = rows[r]
+            job.emit(("done", i, reason, len(drawn[r]), scores))

@@ -3,18 +3,24 @@
 This module owns the wire format of `POST /v1/completions` and nothing about HTTP or the model:
 `parse_completion` turns a decoded JSON body into `Job` options (or raises `APIError`, which
 names the field, as OpenAI's `{"error": {"message", "type", "param"}}` does), and the other
-functions build the response objects. Unknown fields are ignored, as OpenAI does.
+functions build the response objects. A prompt is text or token ids. Unknown fields are ignored,
+as OpenAI does, and so are known ones at a value that changes nothing (`frequency_penalty: 0`,
+`logprobs: null`); a field the server does not implement is refused by name when its value would
+change the answer (`REFUSED`). Scores (`logprobs`, `echo`) are shaped here from `scores.Scores`.
 """
+import codecs
 import dataclasses
 import time
 import uuid
 
 from .batcher import Options
+from .scores import MAX_TOP
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_SEED = 2**42  # times generate's 1_000_003 it stays an int64
+MAX_LOGPROBS = MAX_TOP  # OpenAI allows 5; older lm-evaluation-harness versions ask for 10
 
 
 class APIError(Exception):
@@ -38,6 +44,8 @@ class Completion:
     options: Options
     seed: int
     stream: bool
+    logprobs: int = None  # alternatives per token, or None: no scores
+    echo: bool = False  # the prompt comes back before the completion, scored when `logprobs` is set
 
 
 def _number(body, name, default, low, high, *, integer=False, low_open=False):
@@ -54,21 +62,59 @@ def _number(body, name, default, low, high, *, integer=False, low_open=False):
     return value
 
 
-def _prompts(body, enc, n_ctx):
+def _prompts(body, enc):
+    """`prompt` -> token lists: a string, a list of strings, a list of ids, or a list of id lists."""
     prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise APIError(400, "prompt must be a non-empty string or a non-empty list of strings", "prompt")
+    if isinstance(prompt, str) or is_ids(prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) or is_ids(p) for p in prompt):
+        raise APIError(400, "prompt must be a non-empty string, a list of strings, a list of token ids "
+                            "or a list of such lists", "prompt")
     tokens = []
-    for p in prompts:
+    for p in prompt:
         if not p:
             raise APIError(400, "prompt must not be empty", "prompt")
-        ids = enc.encode(p)
-        if len(ids) >= n_ctx:
+        tokens.append(enc.encode(p) if isinstance(p, str) else check_ids(p, enc_size(enc), "prompt"))
+    return tokens
+
+
+def is_ids(value):
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def check_ids(ids, n_vocab, name):
+    bad = next((t for t in ids if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise APIError(400, f"{name} holds the token id {bad}, out of range; ids must be in [0, {n_vocab - 1}]",
+                       name)
+    return list(ids)
+
+
+def _fits(prompts, n_ctx, max_tokens, scored):
+    """A prompt must leave room for a token; a scored one, room for all of them (one pass scores the whole text)."""
+    for ids in prompts:
+        if scored and len(ids) + max_tokens > n_ctx:
+            field = "max_tokens" if len(ids) < n_ctx else "prompt"
+            raise APIError(400, f"the prompt is {len(ids)} tokens and max_tokens={max_tokens}, but scored text "
+                                f"(logprobs) must fit in the model's context of {n_ctx} tokens; shorten the "
+                                f"prompt or lower max_tokens", field)
+        if len(ids) > n_ctx - min(max_tokens, 1):
             raise APIError(400, f"the prompt is {len(ids)} tokens but the model's context is {n_ctx}; "
                                 f"shorten it below {n_ctx} tokens", "prompt")
-        tokens.append(ids)
-    return tokens
+
+
+# Fields the server does not implement, refused only at a value that would change the answer.
+REFUSED = {
+    "best_of": lambda v, body: v is not None and v != body.get("n", 1) and v != 1,
+    "suffix": lambda v, body: bool(v),
+}
+
+
+def refuse_unsupported(body, refused=None):
+    """A 400 naming the first field of `refused` (default REFUSED) whose value would change the answer."""
+    for name, changes in (refused or REFUSED).items():
+        if name in body and changes(body[name], body):
+            raise APIError(400, f"{name}={body[name]!r} is not supported by this server; leave it out", name)
 
 
 def _stop(body):
@@ -85,23 +131,34 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
     """A JSON body (already decoded) -> `Completion`. Raises APIError (400) naming the field."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    prompts = _prompts(body, enc, n_ctx)
-    tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, max_tokens, integer=True)
+    refuse_unsupported(body)
+    prompts = _prompts(body, enc)
+    tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, max_tokens, integer=True)
+    logprobs = _number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    echo = _flag(body, "echo")
+    _fits(prompts, n_ctx, tokens, logprobs is not None)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = _number(body, "top_k", 0, 0, enc_size(enc), integer=True)
     penalty = _number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True)
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     seed = _number(body, "seed", None, 0, MAX_SEED, integer=True)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, f"stream must be true or false, got {stream!r}", "stream")
+    stream = _flag(body, "stream")
     if temperature == 0:  # OpenAI's greedy decoding
         temperature, top_k, top_p = 1.0, 1, 1.0
     options = Options(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
                       top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
                       stop=_stop(body))
-    return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream)
+    return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo)
+
+
+def _flag(body, name):
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise APIError(400, f"{name} must be true or false, got {value!r}", name)
+    return value
 
 
 def enc_size(enc):
@@ -113,24 +170,50 @@ def completion_id():
 
 
 def completion(cid, model, choices, prompt_tokens, completion_tokens):
-    """The non-streaming answer. `choices`: [(text, finish_reason)] in OpenAI's index order."""
+    """The non-streaming answer. `choices`: [(text, finish_reason, logprobs object or None)] in OpenAI's index order."""
     return {
         "id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason}
-                    for i, (text, reason) in enumerate(choices)],
+        "choices": [{"text": text, "index": i, "logprobs": scores, "finish_reason": reason}
+                    for i, (text, reason, scores) in enumerate(choices)],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
 
 
-def chunk(cid, model, index, text, finish_reason=None):
+def chunk(cid, model, index, text, finish_reason=None, logprobs=None):
     """One Server-Sent Event's object while streaming."""
     return {
         "id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
 
 
-def models(model):
+def logprobs_object(enc, scores, k, prompt_length, echo):
+    """OpenAI's `logprobs` of one choice from the `Scores` of its prompt and completion.
+
+    `tokens`, `token_logprobs` (the text's first token has null: nothing predicts it),
+    `top_logprobs` (the k likeliest, and the token itself, as OpenAI returns up to k + 1) and
+    `text_offset` (characters from the start of the prompt). Without `echo`, the completion's only.
+    """
+    names = [enc.decode([t]) for t in scores.tokens]
+    offsets, decoder, at = [], codecs.getincrementaldecoder("utf-8")(errors=enc.errors), 0
+    for t in scores.tokens:
+        offsets.append(at)
+        at += len(decoder.decode(enc.decode_bytes([t])))
+    top = [None if alternatives is None else _top(enc, alternatives[:k], name, lp)
+           for alternatives, name, lp in zip(scores.top, names, scores.logprobs)]
+    start = 0 if echo else prompt_length
+    return {"tokens": names[start:], "token_logprobs": scores.logprobs[start:], "top_logprobs": top[start:],
+            "text_offset": offsets[start:]}
+
+
+def _top(enc, alternatives, name, logprob):
+    top = {enc.decode([t]): lp for t, lp in alternatives}
+    top.setdefault(name, logprob)
+    return top
+
+
+def models(model, n_ctx):
     """`GET /v1/models`."""
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "gpt2_simple"}]}
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "gpt2_simple",
+                                        "max_model_len": n_ctx}]}

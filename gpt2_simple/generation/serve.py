@@ -1,10 +1,12 @@
 """The HTTP server: OpenAI's completions API, a health check and a web page, on Starlette + Uvicorn.
 
-This module owns HTTP: routes (`POST /v1/completions`, `GET /v1/models`, `GET /health`, the page
+This module owns HTTP: routes (`POST /v1/completions` and `/v1/chat/completions`, `GET /v1/models`,
+`POST /tokenize` and `/detokenize`, `GET /tokenizer_info`, `GET /metrics`, `GET /health`, the page
 at `/` from the package's `web/` folder), the API key, bounded bodies, JSON errors in OpenAI's
-shape (never a traceback), Server-Sent Events, noticing a client that has gone, and a clean
-exit on SIGTERM (stop accepting, cancel what runs, exit 0). The request's JSON is checked by
-`openai_api.py`; the model runs in `batcher.py`'s one worker thread, one batch at a time.
+shape (never a traceback), noticing a client that has gone, and a clean exit on SIGTERM (stop
+accepting, cancel what runs, exit 0). The request's JSON is checked by `openai_api.py` (chat:
+`openai_chat.py`, tokenizer: `tokenizer_api.py`); a request's events and streams are
+`answers.py`'s; the model runs in `batcher.py`'s one worker thread, one batch at a time.
 Starlette and Uvicorn are the optional `serve` extra, imported only when a server is built.
 """
 import asyncio
@@ -17,12 +19,20 @@ import threading
 from importlib import resources
 
 from . import openai_api as api
-from .batcher import Batcher, Job, QueueFull
+from . import openai_chat as chat_api
+from . import tokenizer_api
+from .answers import Run, chat_events, completion_events, disconnected
+from .batcher import Batcher
+from .metrics import Metrics
+from .scores import Scorer
 
 INSTALL = 'pip install "gpt2_simple[serve]"  (from a checkout: pip install -e ".[serve]")'
 API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
 PUBLIC = ("/health", "/")  # no key needed: the health check, and the static page (it asks for the key)
 LOG = logging.getLogger("gpt2_simple.serve")
+# The routes /metrics counts by name (any other path counts as "other").
+ENDPOINTS = ("/", "/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
+             "/tokenizer_info", "/metrics")
 
 
 def _stack():
@@ -39,8 +49,8 @@ def _stack():
 
 
 def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16, max_body=1 << 20,
-              model_name=None):
-    """The ASGI app serving the model in `sess` (see `serve` for the arguments)."""
+              model_name=None, chat_template=None):
+    """The ASGI app serving the model in `sess` (see `serve` for the arguments; `chat_template` is the text)."""
     starlette, _ = _stack()
     from starlette.responses import (
         HTMLResponse,
@@ -51,7 +61,9 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
 
     enc, n_ctx = sess.encoder, sess.model.hparams.n_ctx
     name = model_name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"
-    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch)
+    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=Scorer(sess.model))
+    template = chat_api.ChatTemplate(chat_template, eos_token=enc.decode([enc.eot_token]))
+    metrics = Metrics(batcher, ENDPOINTS, INSTALL)
 
     def error(e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -61,24 +73,53 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
                              "batches": batcher.batches, "rows": batcher.rows, "tokens": batcher.tokens})
 
     async def models(request):
-        return JSONResponse(api.models(name))
+        return JSONResponse(api.models(name, n_ctx))
 
     async def page(request):
         return HTMLResponse(resources.files(__package__).joinpath("web/index.html").read_text(encoding="utf-8"))
 
     async def completions(request):
+        return await answer(request, lambda body: api.parse_completion(body, enc, n_ctx, max_tokens=max_tokens),
+                            api.completion_id(), api.completion, completion_events)
+
+    async def chat(request):
+        return await answer(request, lambda body: chat_api.parse_chat(body, enc, n_ctx, template,
+                                                                      max_tokens=max_tokens),
+                            chat_api.chat_id(), chat_api.chat_completion, chat_events)
+
+    async def tokenize(request):
+        return await json_route(request, lambda body: tokenizer_api.tokenize(body, enc, n_ctx, template))
+
+    async def detokenize(request):
+        return await json_route(request, lambda body: tokenizer_api.detokenize(body, enc))
+
+    async def tokenizer_info(request):
+        return JSONResponse(tokenizer_api.tokenizer_info(enc, n_ctx, template))
+
+    async def metrics_page(request):
+        body, kind = metrics.scrape()
+        return Response(body, media_type=kind)
+
+    async def json_route(request, handle):
         try:
-            req = api.parse_completion(await _read_json(request, max_body), enc, n_ctx, max_tokens=max_tokens)
-            run = _Run(batcher, req, asyncio.get_running_loop())
+            return JSONResponse(handle(await _read_json(request, max_body)))
         except api.APIError as e:
             return error(e)
-        cid = api.completion_id()
+
+    async def answer(request, parse, cid, whole, events):
+        """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
+        try:
+            req = parse(await _read_json(request, max_body))
+            run = Run(batcher, req, asyncio.get_running_loop(), enc, metrics)
+        except api.APIError as e:
+            return error(e)
         prompt_tokens = sum(len(t) for t in req.prompts)
+        metrics.prompt_tokens.inc(prompt_tokens)
         if req.stream:
-            return StreamingResponse(_events(run, cid, name), media_type="text/event-stream",
+            return StreamingResponse(events(run, cid, name), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         collect = asyncio.ensure_future(run.collect())
-        gone = asyncio.ensure_future(_disconnected(request.receive))
+        gone = asyncio.ensure_future(disconnected(request.receive))
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()
         if not collect.done():  # the client left: free its rows now
@@ -89,7 +130,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
             choices = collect.result()
         except api.APIError as e:
             return error(e)
-        return JSONResponse(api.completion(cid, name, choices, prompt_tokens, sum(run.counts)))
+        return JSONResponse(whole(cid, name, choices, prompt_tokens, sum(run.counts)))
 
     async def on_error(request, exc):
         status = getattr(exc, "status_code", 500)
@@ -104,6 +145,11 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         starlette.routing.Route("/health", health),
         starlette.routing.Route("/v1/models", models),
         starlette.routing.Route("/v1/completions", completions, methods=["POST"]),
+        starlette.routing.Route("/v1/chat/completions", chat, methods=["POST"]),
+        starlette.routing.Route("/tokenize", tokenize, methods=["POST"]),
+        starlette.routing.Route("/detokenize", detokenize, methods=["POST"]),
+        starlette.routing.Route("/tokenizer_info", tokenizer_info),
+        starlette.routing.Route("/metrics", metrics_page),
     ]
 
     async def lifespan(app):
@@ -115,7 +161,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         routes=routes, lifespan=_lifespan_of(lifespan),
         exception_handlers={Exception: on_error, 404: on_error, 405: on_error})
     app.state.batcher = batcher
-    return _Auth(app, api_key) if api_key else app
+    return metrics.middleware(_Auth(app, api_key) if api_key else app)
 
 
 def _lifespan_of(generator):
@@ -162,87 +208,10 @@ def _no_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def _disconnected(receive):
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class _Run:
-    """One request's jobs in the batcher, and the events they send back to the event loop."""
-
-    def __init__(self, batcher, req, loop):
-        self.batcher, self.n, self.events = batcher, req.n, asyncio.Queue()
-        self.rows = len(req.prompts) * req.n
-        self.counts = [0] * self.rows
-        self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p))
-                     for p, t in enumerate(req.prompts)]
-        try:
-            for job in self.jobs:
-                batcher.submit(job)
-        except (QueueFull, RuntimeError) as e:
-            self.cancel()
-            raise api.APIError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
-                               headers={"Retry-After": "1"}) from None
-
-    def _emitter(self, loop, prompt):
-        def emit(event):
-            try:
-                loop.call_soon_threadsafe(self.events.put_nowait, (prompt, event))
-            except RuntimeError:  # the event loop has closed: nobody is listening any more
-                pass
-
-        return emit
-
-    def cancel(self):
-        for job in self.jobs:
-            self.batcher.cancel(job)
-
-    async def next_events(self):
-        """Yield (choice index, kind, value, ...) until every row is done; raises APIError on a failure."""
-        left = self.rows
-        while left:
-            prompt, event = await self.events.get()
-            if event[0] == "error":
-                self.cancel()
-                busy = "shutting down" in event[1]
-                raise api.APIError(503 if busy else 500, event[1], kind="server_error")
-            index = prompt * self.n + event[1]
-            if event[0] == "done":
-                left -= 1
-                self.counts[index] = event[3]
-            yield index, event[0], event[2]
-
-    async def collect(self):
-        texts, reasons = [""] * self.rows, [None] * self.rows
-        async for index, kind, value in self.next_events():
-            if kind == "text":
-                texts[index] += value
-            else:
-                reasons[index] = value
-        return list(zip(texts, reasons))
-
-
-async def _events(run, cid, name):
-    """The Server-Sent Events of a streaming completion, ending with `data: [DONE]`."""
-    finished = False
-    try:
-        try:
-            async for index, kind, value in run.next_events():
-                text, reason = (value, None) if kind == "text" else ("", value)
-                yield f"data: {json.dumps(api.chunk(cid, name, index, text, reason))}\n\n"
-        except api.APIError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
-        finished = True
-        yield "data: [DONE]\n\n"
-    finally:
-        if not finished:  # the client went away (the stream was cancelled): free its rows at once
-            run.cancel()
-
-
 def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models", *,
           host="127.0.0.1", port=8000, api_key=None, max_tokens=1024, max_queue=64, max_batch=16,
-          max_body=1 << 20):
-    """Serve a model over HTTP until SIGTERM or Ctrl-C: OpenAI's `/v1/completions` and a web page at `/`.
+          max_body=1 << 20, chat_template=None):
+    """Serve a model over HTTP until SIGTERM or Ctrl-C: OpenAI's API (docs/serving.md) and a web page at `/`.
 
     Args:
         sess: a `Session` holding a model; None loads the run (or model) named below.
@@ -258,11 +227,16 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
         max_queue: requests that may wait; beyond it the server answers 503 with Retry-After.
         max_batch: rows sampled together at most (requests that can share a batch are batched).
         max_body: the largest request body in bytes (413 beyond).
+        chat_template: a file holding a Jinja chat template (as Hugging Face tokenizers use) for
+            `/v1/chat/completions`; None: one `role: content` line a message, then `assistant:`.
 
     Raises:
-        ModuleNotFoundError: Starlette or Uvicorn is missing (the message says what to install).
+        ModuleNotFoundError: Starlette, Uvicorn or prometheus-client is missing (the message says
+            what to install).
+        FileNotFoundError, ValueError: `chat_template` is missing or not a valid template.
     """
     _, uvicorn = _stack()
+    template = _read_template(chat_template) if chat_template else None
     if sess is None or sess.model is None:
         from ..session import start_tf_sess
         from .generate import load_gpt2
@@ -271,10 +245,20 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
                          model_name=model_name, model_dir=model_dir)
     sess.sampler.sample([[sess.encoder.eot_token]], 2, seed=0)  # compile before the first request
     app = build_app(sess, api_key=api_key or os.environ.get(API_KEY_ENV) or None, max_tokens=max_tokens,
-                    max_queue=max_queue, max_batch=max_batch, max_body=max_body)
+                    max_queue=max_queue, max_batch=max_batch, max_body=max_body, chat_template=template)
     server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher)
     print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
     server.run_quietly()
+
+
+def _read_template(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"chat_template={path!r} is not a file; pass a Jinja template file with "
+                                f"--chat_template, or leave it out for the built-in template")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    chat_api.ChatTemplate(text)  # a bad template fails now, before the model loads
+    return text
 
 
 def _server_class():
