@@ -52,11 +52,21 @@ import numpy as np  # noqa: E402
 
 def timed(fn, repeat=3):
     """Best wall time of `repeat` calls, seconds."""
-    best = float("inf")
+    return measured(fn, repeat)[0]
+
+
+def measured(fn, repeat=3):
+    """(best wall time of `repeat` calls in seconds, cores busy during that call).
+
+    Cores busy is the process's CPU time (all its threads) over the wall time: 2.0 on a 2-core
+    machine means both cores worked the whole call.
+    """
+    best = (float("inf"), 0.0)
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        best = min(best, (wall, (time.process_time() - cpu) / wall))
     return best
 
 
@@ -196,8 +206,9 @@ def bench_train(args, limits=None):
     n_ctx = model.hparams.n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     first = timed(lambda: step(tokens).numpy(), repeat=1)
-    seconds = timed(lambda: step(tokens).numpy(), repeat=3)
-    result = {"first_step_s": first, "step_s": seconds, "tokens_per_s": n_ctx / seconds}
+    seconds, cores = measured(lambda: step(tokens).numpy(), repeat=3)
+    result = {"first_step_s": first, "step_s": seconds, "tokens_per_s": n_ctx / seconds, "step_cores_busy": cores,
+              "first_step_vs_steady": first / seconds}
     # gpt-2-simple's (and finetune's) default: 5 minibatches accumulated per optimizer step.
     five = tf.tile(tokens, [5, 1, 1])
     result["accumulate5_tokens_per_s"] = 5 * n_ctx / timed(lambda: step(five).numpy(), repeat=2)
@@ -261,9 +272,10 @@ def generate_rates(sampler, batches, new_tokens, label=""):
     for batch in batches:
         prompt = np.random.default_rng(batch).integers(0, sampler.model.hparams.n_vocab, size=(batch, 32))
         first = timed(lambda: sampler.sample(prompt, new_tokens, seed=0), repeat=1)
-        later = timed(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
+        later, cores = measured(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
         result[f"{label}batch{batch}_first_call_tokens_per_s"] = batch * new_tokens / first
         result[f"{label}batch{batch}_tokens_per_s"] = batch * new_tokens / later
+        result[f"{label}batch{batch}_cores_busy"] = cores
     return result
 
 
