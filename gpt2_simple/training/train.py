@@ -204,6 +204,7 @@ def _prepare_run(opts, dataset, strategy):
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
+        run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line)
     return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
