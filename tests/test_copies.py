@@ -1,0 +1,60 @@
+"""The copy index: planted training spans are found at their offset and line, fresh text is not."""
+import numpy as np
+import pytest
+
+from gpt2_simple.generation.copies import SPAN, CopyIndex, span_keys
+
+NEWLINE = 10  # in these tests token 10 is a newline
+
+
+@pytest.fixture(scope="module")
+def training():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 5000, 200_000).astype(np.uint16)
+    tokens[rng.integers(0, len(tokens), 20_000)] = NEWLINE
+    newlines = np.zeros(5000, np.int64)
+    newlines[NEWLINE] = 1
+    return tokens, CopyIndex(tokens, newlines=newlines)
+
+
+def test_planted_span_is_found_at_its_offset_and_line(training):
+    tokens, index = training
+    rng = np.random.default_rng(1)
+    offset = 123_457
+    sample = np.concatenate([rng.integers(5000, 6000, 10), tokens[offset:offset + 30], rng.integers(5000, 6000, 12)])
+    copy = index.check(sample)
+    assert (copy.longest, copy.start, copy.offset, copy.tokens) == (30, 10, offset, 52)
+    assert copy.line == 1 + int((tokens[:offset] == NEWLINE).sum())
+    assert copy.share == pytest.approx((30 - SPAN + 1) / (52 - SPAN + 1))
+    assert copy.mark() == f"copied: 30 of 52 tokens from line {copy.line}"
+
+
+def test_fresh_and_unrelated_texts_are_not_flagged(training):
+    tokens, index = training
+    fresh = np.random.default_rng(2).integers(0, 5000, 300)  # the training data's vocabulary, new order
+    assert (index.check(fresh).longest, index.check(fresh).share) == (0, 0.0)
+    unrelated = np.arange(6000, 6400)
+    copy = index.check(unrelated)
+    assert (copy.longest, copy.share, copy.offset) == (0, 0.0, -1)
+    assert copy.mark() == "new: no 8-token span of the training data"
+    assert index.check(tokens[:5]).longest == 0  # shorter than a span
+
+
+def test_a_span_of_seven_is_not_a_copy_and_eight_is(training):
+    tokens, index = training
+    assert index.check(np.r_[[5999], tokens[500:507], [5999]]).longest == 0
+    assert index.check(np.r_[[5999], tokens[500:508], [5999]]).longest == 8
+
+
+def test_documents_runs_give_the_document(training):
+    eot = 4999
+    stream = np.array([eot, 1, 2, 3, eot] + list(range(100, 120)) + [eot, 7, 8], np.int64)
+    index = CopyIndex(stream, separator=eot)
+    copy = index.check(np.arange(103, 115))
+    assert (copy.longest, copy.offset, copy.where, copy.line) == (12, 8, "document", 2)
+    assert copy.mark() == "copied: 12 of 12 tokens from document 2"
+
+
+def test_keys_are_positional():
+    assert span_keys(np.arange(9)).tolist() != span_keys(np.arange(9)[::-1]).tolist()
+    assert len(set(span_keys(np.arange(1000)).tolist())) == 993
