@@ -15,7 +15,7 @@ import sys
 PROG = "gpt2_simple"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
-INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default is None but whose values are integers
+INT_WHEN_NONE = {"seed", "early_stopping_patience", "copy_threshold"}  # arguments whose default is None but whose values are integers
 FLOAT_WHEN_NONE = {"max_grad_norm"}
 BOOL_WHEN_NONE = {"line_by_line"}  # evaluate's: None means "as the run was trained"
 # Help in shell terms where the docstring's speaks Python.

@@ -1,4 +1,7 @@
 """The copy index: planted training spans are found at their offset and line, fresh text is not."""
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -58,3 +61,46 @@ def test_documents_runs_give_the_document(training):
 def test_keys_are_positional():
     assert span_keys(np.arange(9)).tolist() != span_keys(np.arange(9)[::-1]).tolist()
     assert len(set(span_keys(np.arange(1000)).tolist())) == 993
+
+
+@pytest.fixture(scope="module")
+def run_session(memorized_run):
+    import gpt2_simple as gpt2
+
+    root, model_dir, checkpoint_dir, data = memorized_run
+    return gpt2.load_gpt2(gpt2.start_tf_sess(), checkpoint_dir=checkpoint_dir), data
+
+
+def test_generate_marks_copies_of_a_memorized_run(run_session):
+    import gpt2_simple as gpt2
+    from runs import TEXT
+
+    sess, data = run_session
+    texts = gpt2.generate(sess, return_as_list=True, nsamples=4, batch_size=4, length=24, seed=0, temperature=0.1,
+                          check_copies=True)
+    index = sess.copy_index()
+    assert index.tokens.tolist()[:1040] == sess.encoder.encode(TEXT)  # then training's literal <|endoftext|>
+    for text in texts:  # the run repeats its 3-line text: every sample copies it from one of the lines
+        copy = text.copy
+        assert copy == index.check(sess.encoder.encode(text)) and copy.longest >= 12, text
+        body = sess.encoder.encode(text)[copy.start:copy.start + copy.longest]
+        assert list(index.tokens[copy.offset:copy.offset + copy.longest]) == body
+        assert copy.line == 1 + TEXT[:len(sess.encoder.decode(list(index.tokens[:copy.offset])))].count("\n")
+        assert copy.mark() == f"copied: {copy.longest} of {copy.tokens} tokens from line {copy.line}"
+    kept = gpt2.generate(sess, return_as_list=True, nsamples=4, batch_size=4, length=24, seed=0, temperature=0.1,
+                         copy_threshold=12)
+    assert kept == []
+
+
+def test_generate_command_prints_the_mark(run_session, capsys):
+    from gpt2_simple import cli
+
+    sess, data = run_session
+    code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--length", "24",
+                     "--seed", "0", "--check_copies", "--temperature", "0.1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^\[copied: \d+ of \d+ tokens from line \d+\]$", out, re.M), out
+    code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--length", "24",
+                     "--seed", "0", "--copy_threshold", "4"])
+    assert code == 2 and "--copy_threshold 4 must be a number of tokens >= 8" in capsys.readouterr().err

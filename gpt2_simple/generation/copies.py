@@ -144,3 +144,38 @@ def _longest_diagonal(at, shift):
 def newline_counts(enc):
     """Newline characters in each token's text, int `[n_vocab]`."""
     return np.array([enc.decode_bytes([i]).count(b"\n") for i in range(len(enc.encoder))], np.int64)
+
+
+class MarkedText(str):
+    """A generated text (a `str`, so callers that expect texts still get texts) with its `Copy` as `.copy`."""
+
+    copy = None
+
+
+class SampleMarks:
+    """`generate(check_copies=True, copy_threshold=N)`: each sample's copy mark, and copies dropped."""
+
+    def __init__(self, index, enc, threshold=None):
+        if threshold is not None and not (isinstance(threshold, int) and threshold >= SPAN):
+            raise ValueError(f"copy_threshold={threshold!r} must be a number of tokens >= {SPAN} (the shortest "
+                             "copy reported), or None to keep every sample")
+        self.index, self.enc, self.threshold = index, enc, threshold
+        self.dropped = 0
+
+    def mark(self, text, prefix=None):
+        """`text` as a `MarkedText` (its part after `prefix` checked), or None when it copies too much."""
+        body = text[len(prefix):] if prefix and text.startswith(prefix) else text
+        copy = self.index.check(self.enc.encode(body))
+        if self.threshold is not None and copy.longest >= self.threshold:
+            self.dropped += 1
+            return None
+        marked = MarkedText(text)
+        marked.copy = copy
+        return marked
+
+    def report(self):
+        """The line saying how many samples were dropped, or ''."""
+        if not self.dropped:
+            return ""
+        return (f"dropped {self.dropped} sample(s) that share {self.threshold} or more tokens verbatim with the "
+                "training data (copy_threshold)")
