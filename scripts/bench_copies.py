@@ -68,11 +68,12 @@ def measure_guard(tokens, n=16, batch=1, calls=200):
                          input_signature=[tf.TensorSpec([batch, n], tf.int32)])
     recent = tf.constant(np.stack([tokens[i:i + n] for i in range(batch)]).astype(np.int32))
     assert banned(recent).numpy().any()
-    start = time.perf_counter()
-    for _ in range(calls):
+    times = []
+    for _ in range(calls):  # the fastest of many calls: the machine may be shared
+        start = time.perf_counter()
         banned(recent).numpy()
-    per_call = (time.perf_counter() - start) / calls
-    return build, index.nbytes, per_call
+        times.append(time.perf_counter() - start)
+    return build, index.nbytes, min(times)
 
 
 def main():

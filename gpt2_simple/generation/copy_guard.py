@@ -36,9 +36,12 @@ class GuardIndex:
         self.n = n
         keys = span_keys(tokens, n)[:-1]  # spans that have a next token
         nexts = tokens[n:].astype(np.int64)
-        pairs = np.unique(np.stack([keys, nexts], axis=1), axis=0) if len(keys) else np.zeros((0, 2), np.int64)
-        self.keys = pairs[:, 0].copy()
-        self.nexts = pairs[:, 1].astype(np.int32)
+        order = np.lexsort((nexts, keys))  # by key, then next token
+        keys, nexts = keys[order], nexts[order]
+        fresh = np.ones(len(keys), bool)
+        fresh[1:] = (keys[1:] != keys[:-1]) | (nexts[1:] != nexts[:-1])  # each pair once
+        self.keys = keys[fresh]
+        self.nexts = nexts[fresh].astype(np.int32)
 
     @property
     def nbytes(self):
