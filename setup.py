@@ -59,6 +59,7 @@ setup(
             "httpx",
             "selenium",
             "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
+            "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/test_notebook.py
         ],
     },
 )
