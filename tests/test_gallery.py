@@ -47,6 +47,9 @@ def test_routes_generate_star_and_export(server):
     exported = httpx.get(url + "/gallery/export?format=jsonl")
     assert [json.loads(line) for line in exported.text.splitlines()] == stars
     assert httpx.post(url + "/gallery/star", json=dict(first, star=False)).json()["stars"] == []
+    dropped = httpx.post(url + "/gallery/generate", json={"n": 2, "length": 24, "temperature": 0.1, "seed": 0,
+                                                          "copy_threshold": 12}, timeout=120).json()
+    assert (dropped["samples"], dropped["dropped"]) == ([], 2)
     assert httpx.post(url + "/gallery/generate", json={"n": 0}).status_code == 400
     assert httpx.get(url + "/gallery/export?format=csv").status_code == 400
 

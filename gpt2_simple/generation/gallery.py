@@ -5,7 +5,7 @@ This module owns the `/gallery` view and its JSON routes, added to `serve.py`'s 
 `samples/<run>/samples-N` by step, its loss, avg_loss and val_loss curves read from the event files
 in the run folder, and the starred samples), `POST /gallery/generate` (n fresh samples, each with
 its copy mark from the session's copy index, the copied span's characters to highlight, and its
-mean log-probability under the model), `POST /gallery/star` (keep or drop a sample) and
+mean log-probability under the model; `copy_threshold` drops those sharing that many tokens), `POST /gallery/star` (keep or drop a sample) and
 `GET /gallery/export?format=text|jsonl`. Stars live in the run folder as `stars.jsonl`, rewritten
 atomically on each change, so a reload or a second browser sees them. The OpenAI routes, the API
 key and the batcher are `serve.py`'s; the copy index is `copies.py`'s.
@@ -134,7 +134,9 @@ class Gallery:
             rows = sess.sampler.sample(np.tile(np.asarray(context, np.int32), (n, 1)), length,
                                        temperature=temperature, top_k=40, seed=body.get("seed"))
             samples = [self._sample(context, list(row), index) for row in rows]
-        return {"samples": samples, "copies": None if index else note}
+        threshold = _int(body, "copy_threshold", 0, 0, 1 << 20) if body.get("copy_threshold") else None
+        kept = [s for s in samples if threshold is None or s["longest"] < threshold]  # copy_threshold drops copies
+        return {"samples": kept, "dropped": len(samples) - len(kept), "copies": None if index else note}
 
     def _sample(self, context, row, index):
         enc = self.sess.encoder
@@ -144,10 +146,10 @@ class Gallery:
         window = (context + row)[-self.sess.model.hparams.n_ctx:]
         start = len(window) - len(row)
         logprob = float(self.score(tf.constant([window], tf.int32), tf.constant(start, tf.int32))) if row else 0.0
-        sample = {"text": text, "tokens": len(row), "logprob": logprob, "mark": None, "span": None}
+        sample = {"text": text, "tokens": len(row), "logprob": logprob, "mark": None, "span": None, "longest": 0}
         if index is not None:
             copy = index.check(row)
-            sample["mark"] = copy.mark()
+            sample["mark"], sample["longest"] = copy.mark(), copy.longest
             if copy.longest:
                 sample["span"] = [len(enc.decode(row[:copy.start])), len(enc.decode(row[:copy.start + copy.longest]))]
         return sample
