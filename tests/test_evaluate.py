@@ -1,5 +1,6 @@
 """evaluate: held-out loss equals the model's own cross-entropy; a run scores its training text below its base."""
 import json
+import os
 import math
 import numpy as np
 import pytest
@@ -86,3 +87,18 @@ def test_command_prints_json_per_model(trained, capsys):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["model"] for r in rows] == ["base tiny", "model-30", "model-60"]
     assert all(r["loss"] > 0 for r in rows)
+
+
+def test_checkpoints_share_one_compiled_function(trained):
+    from gpt2_simple.formats.folders import load_model
+    from gpt2_simple.training.evaluate import Scorer
+
+    root, model_dir, heldout = trained
+    run = str(root / "checkpoint" / "run1")
+    scorer = Scorer(load_model(os.path.join(model_dir, "tiny")))
+    chunks = [np.arange(100) % 97, np.arange(40) % 97]
+    first = scorer.row_losses(cut_windows(chunks, 32), 2)
+    assert scorer.takes(load_model(run, "model-30"))  # its weights load into the compiled model
+    later = scorer.row_losses(cut_windows(chunks, 32), 3)  # other batch sizes and lengths
+    assert scorer.score.experimental_get_tracing_count() == 1
+    assert not np.allclose(first, later)
