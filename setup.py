@@ -65,6 +65,7 @@ setup(
             # [api] adds the HTTP clients it needs. It uses the torch pinned above.
             "lm_eval[api]",
             "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
+            "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/test_notebook.py
         ],
     },
 )

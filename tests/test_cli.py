@@ -32,6 +32,7 @@ COMMANDS = [
                       ("generate_to_file", {"sess", "destination_path"})]),
     ("download", [], [("download_gpt2", set())]),
     ("encode", ["data.txt"], [("encode_dataset", {"file_path"})]),
+    ("evaluate", ["heldout.txt"], [("evaluate", {"sess", "dataset", "print_table"})]),
 ]
 
 

@@ -97,6 +97,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, real_vocab_dir):
     assert (run / "counter").read_text() == "4\n" and (run / "model-4.index").is_file()
     assert "======== SAMPLE 1 ========" in out  # the training sample at step 2
     assert f"saved {os.path.join('.', 'checkpoint', 'run1')} at step 4" in out
+    assert re.search(r"^\{'loss': \d+\.\d+\}$", out, re.M), out  # the plot cell's last value (print_every=10: no avg yet)
     texts = (tmp_path / "gpt2_gentext_run1.txt").read_text(encoding="utf-8")
     assert texts.count("=" * 20 + "\n") == 8  # nsamples * 4 texts, each followed by the delimiter
     # restore_from 'Latest' continuing the run: test_work_on_drive_survives_a_disconnect.

@@ -43,7 +43,7 @@ def test_run_folder_contents_and_printed_lines(workdir, capsys):
     events = [f for f in files if f.startswith("events.out.tfevents.")]
     assert len(events) == 1
     assert sorted(set(files) - set(events)) == sorted([
-        "checkpoint", "counter", "encoder.json", "hparams.json", "vocab.bpe",
+        "checkpoint", "counter", "encoder.json", "hparams.json", "training.json", "vocab.bpe",
         "model-2.index", "model-2.data-00000-of-00001", "optimizer-2.index", "optimizer-2.data-00000-of-00001",
         "model-4.index", "model-4.data-00000-of-00001", "optimizer-4.index", "optimizer-4.data-00000-of-00001",
     ])

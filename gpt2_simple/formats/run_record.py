@@ -1,10 +1,11 @@
-"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json` and `best.json`.
+"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json`, `best.json`, `training.json`.
 
 This module owns two small JSON files beside `hparams.json`, which gpt-2-simple and TF1 code
 ignore: `documents.json`, written when the run was trained on documents (`line_by_line=True`),
 so that `generate` starts every sample at end-of-text and stops at the next one; and
 `best.json`, the step and validation loss of the `model-best` checkpoint (`keep_best=True`),
-which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest.
+which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest; and
+`training.json`, the dataset path and base model folder (read by `evaluate` and the copy index).
 Writing the weights is `checkpoint.py`'s.
 """
 import json
@@ -51,3 +52,28 @@ def read_best(folder):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+TRAINING_FILE = "training.json"
+
+
+def record_training(run_dir, dataset, base_model, line_by_line):
+    """Record what the run trains on (`dataset`'s absolute path) and the base model folder it
+    started from, so `evaluate` can compare with that base and the copy index can find the text.
+    A resumed run keeps the base model its first call recorded."""
+    earlier = read_training(run_dir) or {}
+    record = {"dataset": os.path.abspath(os.fspath(dataset)), "line_by_line": bool(line_by_line),
+              "base_model": earlier.get("base_model") or (os.path.abspath(base_model) if base_model else None)}
+    write_text(os.path.join(run_dir, TRAINING_FILE), json.dumps(record) + "\n")
+
+
+def read_training(folder):
+    """The run's `{"dataset", "line_by_line", "base_model"}` record, or None (older runs, model folders)."""
+    path = os.path.join(folder, TRAINING_FILE) if folder else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not JSON; delete it (it only records the run's dataset and base model)") from None

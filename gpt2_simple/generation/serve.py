@@ -28,7 +28,7 @@ from .scores import Scorer
 
 INSTALL = 'pip install "gpt2_simple[serve]"  (from a checkout: pip install -e ".[serve]")'
 API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
-PUBLIC = ("/health", "/")  # no key needed: the health check, and the static page (it asks for the key)
+PUBLIC = ("/health", "/", "/gallery")  # no key needed: the health check, and the static pages (they ask for the key)
 LOG = logging.getLogger("gpt2_simple.serve")
 # The routes /metrics counts by name (any other path counts as "other").
 ENDPOINTS = ("/", "/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
@@ -151,6 +151,9 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         starlette.routing.Route("/tokenizer_info", tokenizer_info),
         starlette.routing.Route("/metrics", metrics_page),
     ]
+    if sess.folder:  # the run's gallery (gallery.py): samples by step, curves, fresh samples, stars
+        from . import gallery
+        routes += gallery.routes(sess, lambda request: _read_json(request, max_body))
 
     async def lifespan(app):
         batcher.start()

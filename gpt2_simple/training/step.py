@@ -12,11 +12,15 @@ import tensorflow as tf
 PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
 
 
+def token_losses(model, tokens, *, dtype=tf.float32, recompute=False):
+    """Next-token cross-entropy in nats, `[batch, seq - 1]`: position i scores `tokens[:, i + 1]`."""
+    logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
+
+
 def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False):
     """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next)."""
-    logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
-    return tf.reduce_mean(losses)
+    return tf.reduce_mean(token_losses(model, tokens, dtype=dtype, recompute=recompute))
 
 
 class LossScale(tf.Module):

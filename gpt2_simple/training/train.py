@@ -25,6 +25,7 @@ from . import documents, lora_run, resume
 from .distribute import describe, is_chief, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
+from .plateau import Plateau
 from .options import TrainOptions, TrainResult, as_int, warn_unimplemented
 from .progress import (
     StepClock,
@@ -204,6 +205,7 @@ def _prepare_run(opts, dataset, strategy):
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
+        run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line)
     return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
@@ -223,12 +225,14 @@ class _Trainer:
     avg: tuple  # gpt-2-simple's running average: (decayed loss sum, decayed count)
     schedule: Schedule = None  # the learning rate of each step
     stopping: EarlyStopping = None  # validation losses: the best so far, patience
+    plateau: Plateau = dataclasses.field(default_factory=Plateau)  # the "loss has levelled off" note
 
     def save(self, step):
         if self.run.chief:
             resume.save(self.run.model, self.opt, self.run.run_dir, step, self.data, self.avg, self.seed, self.opts,
                         _printed_name(step, self.opts), self.loss_scale,
                         extra={"early_stopping": self.stopping.get_state()})
+            self.plateau.record(step, self.avg)
 
 
 def _build_trainer(run, opts, strategy):
