@@ -60,3 +60,21 @@ def memorized_run(tmp_path_factory, real_vocab_dir):
                   sample_every=30, sample_length=24, print_every=100, learning_rate=2e-2, save_every=30,
                   max_checkpoints=3)
     return root, model_dir, checkpoint_dir, data
+
+
+@pytest.fixture(scope="session")
+def enc(real_vocab_dir):
+    """The real GPT-2 encoder, loaded once."""
+    from encoder import get_encoder
+
+    return get_encoder(real_vocab_dir)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, real_vocab_dir):
+    """(root, model_dir, data): the test's folder as the working directory, a tiny model with the real
+    vocabulary under `root/models/tiny` and a short text file `root/data.txt`."""
+    from runs import make_tiny_model, write_text
+
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, make_tiny_model(tmp_path, real_vocab_dir), write_text(tmp_path)

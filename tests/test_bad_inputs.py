@@ -6,11 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+import runs
 from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
 
-FAST = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0)
+FAST = dict(runs.FAST, batch_size=1, accumulate_gradients=1)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY
+import runs
 from runs import make_tiny_model, snapshot, subprocess_env, write_text
 
 import gpt2_simple as gpt2
@@ -20,17 +21,9 @@ from gpt2_simple.model.model import GPT2
 from gpt2_simple.training import lora_run
 from gpt2_simple.training.step import lm_loss
 
-FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1,
-            save_every=0, learning_rate=1e-2)
+FAST = dict(runs.FAST, save_every=0, learning_rate=1e-2)
 LORA = dict(FAST, lora_rank=4, seed=3)
 TOKENS = np.random.default_rng(0).integers(0, TINY["n_vocab"], size=(2, 12))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, real_vocab_dir):
-    monkeypatch.chdir(tmp_path)
-    model_dir = make_tiny_model(tmp_path, real_vocab_dir)
-    return tmp_path, model_dir, write_text(tmp_path)
 
 
 def _tiny_model(seed=0):

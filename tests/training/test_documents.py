@@ -17,11 +17,6 @@ TWEETS = ["Just landed in Paris!", "Coffee first, then code.", "Who else is watc
           "<|endoftext|> is just text here", "I can't believe it's Friday already", "Good morning, world"]
 
 
-@pytest.fixture
-def enc(real_vocab_dir):
-    return get_encoder(real_vocab_dir)
-
-
 def _write(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

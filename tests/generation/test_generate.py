@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from serving import tiny_session
 from runs import make_tiny_model
 
 import gpt2_simple as gpt2
@@ -10,11 +11,7 @@ import gpt2_simple as gpt2
 
 @pytest.fixture(scope="module")
 def sess(tmp_path_factory, real_vocab_dir):
-    root = tmp_path_factory.mktemp("gen")
-    model_dir = make_tiny_model(root, real_vocab_dir, seed=3)
-    sess = gpt2.start_tf_sess()
-    gpt2.load_gpt2(sess, model_name="tiny", model_dir=model_dir)
-    return sess
+    return tiny_session(tmp_path_factory.mktemp("gen"), real_vocab_dir, seed=3)
 
 
 def test_load_gpt2_prints_and_returns_the_session(tmp_path, real_vocab_dir, capsys):

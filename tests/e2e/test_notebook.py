@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import tensorflow as tf
-from runs import TINY_REAL_VOCAB, make_tiny_model, subprocess_env, write_text
+from runs import ROOT, TINY_REAL_VOCAB, make_tiny_model, subprocess_env, write_text
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "finetune.ipynb")
+NOTEBOOK = os.path.join(ROOT, "scripts", "finetune.ipynb")
 # The post's fields, by its names, and the Colab form each must be.
 FIELDS = {
     "use_google_drive": '{type:"boolean"}',

@@ -42,11 +42,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def enc(real_vocab_dir):
-    return get_encoder(real_vocab_dir)
-
-
-@pytest.fixture(scope="module")
 def reference(real_vocab_dir):
     """tiktoken built from the same local files, never from the network."""
     return local_tiktoken(real_vocab_dir)

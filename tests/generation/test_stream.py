@@ -1,6 +1,6 @@
 """Streaming and steering: pieces that join into generate's text, UTF-8 held back, stop strings, penalty."""
 import pytest
-from runs import make_tiny_model
+from serving import tiny_session
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
@@ -12,10 +12,7 @@ MIXED = "Émoji 😀🤖 and 漢字かな 한국어 — ok\n\nnext"
 
 @pytest.fixture(scope="module")
 def sess(tmp_path_factory, real_vocab_dir):
-    model_dir = make_tiny_model(tmp_path_factory.mktemp("stream"), real_vocab_dir, seed=5)
-    sess = gpt2.start_tf_sess()
-    gpt2.load_gpt2(sess, model_name="tiny", model_dir=model_dir)
-    return sess
+    return tiny_session(tmp_path_factory.mktemp("stream"), real_vocab_dir, seed=5)
 
 
 def test_pieces_never_split_a_character_and_join_into_the_text(real_vocab_dir):

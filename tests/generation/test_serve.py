@@ -8,8 +8,7 @@ import threading
 
 import httpx
 import pytest
-from runs import make_tiny_model
-from serving import running_server
+from serving import running_server, tiny_session
 
 import gpt2_simple as gpt2
 
@@ -21,11 +20,7 @@ MAX_QUEUE = 4
 
 @pytest.fixture(scope="module")
 def sess(tmp_path_factory, real_vocab_dir):
-    model_dir = make_tiny_model(tmp_path_factory.mktemp("serve"), real_vocab_dir, seed=7)
-    sess = gpt2.start_tf_sess()
-    gpt2.load_gpt2(sess, model_name="tiny", model_dir=model_dir)
-    sess.sampler.sample([[1]], 2, seed=0)  # compiled before the server starts
-    return sess
+    return tiny_session(tmp_path_factory.mktemp("serve"), real_vocab_dir, seed=7)
 
 
 @pytest.fixture(scope="module")

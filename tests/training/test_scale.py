@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import TINY
 from distributed_run import FINETUNE
-from runs import make_tiny_model, subprocess_env, write_text
+from runs import FAST, TESTS, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 from gpt2_simple.model.hparams import HParams
@@ -20,16 +20,7 @@ from gpt2_simple.model.model import GPT2
 from gpt2_simple.training.optimizer import Adafactor, Adam
 from gpt2_simple.training.step import LossScale, compile_train_step, lm_loss
 
-CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_run.py")
-FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, real_vocab_dir):
-    monkeypatch.chdir(tmp_path)
-    model_dir = make_tiny_model(tmp_path, real_vocab_dir)
-    write_text(tmp_path)
-    return tmp_path, model_dir
+CHILD = os.path.join(TESTS, "distributed_run.py")
 
 
 def _child_result(output):
@@ -47,7 +38,7 @@ def _losses(result):
 
 
 def test_mirrored_on_two_logical_cpus_equals_one_device(workdir):
-    root, _ = workdir
+    root, _, _ = workdir
     proc = subprocess.run([sys.executable, CHILD, str(root), "mirrored"], env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -78,7 +69,7 @@ def _free_ports(n):
 
 
 def test_multi_worker_processes_finish_with_identical_weights(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     ports = ",".join(map(str, _free_ports(2)))
     workers = [subprocess.Popen([sys.executable, CHILD, str(root), "worker", str(i), ports], env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -103,7 +94,7 @@ def test_multi_worker_processes_finish_with_identical_weights(workdir):
 
 
 def test_strategy_names_are_checked(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     with pytest.raises(ValueError, match=r"strategy='ring' is not supported"):
         gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=1, model_dir=model_dir, strategy="ring", **FAST)
 
@@ -137,7 +128,7 @@ def test_recompute_gives_the_same_loss_and_gradients(compiled):
 
 
 def test_memory_saving_gradients_train_like_ordinary_ones(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     runs = {}
     for flag in (False, True):
         sess = gpt2.start_tf_sess()
@@ -189,7 +180,7 @@ def test_adafactor_state_is_a_tiny_fraction_of_adams():
 
 
 def test_adafactor_fine_tunes_and_resumes_exactly(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     opts = dict(FAST, optimizer="adafactor", learning_rate=1e-2, seed=3, model_dir=model_dir)
     whole = gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=20, run_name="whole", **opts)
     losses = [whole.losses[s] for s in sorted(whole.losses)]
@@ -235,7 +226,7 @@ def test_float16_loss_scale_skips_overflowing_steps_and_grows_back():
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_fine_tunes_and_saves_float32(workdir, precision):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     opts = dict(FAST, learning_rate=3e-3, seed=4, model_dir=model_dir)
     full = gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=3, run_name="f32", **opts)
     mixed = gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=3, run_name="mixed", precision=precision, **opts)
@@ -264,7 +255,7 @@ def _events(run_dir):
 
 
 def test_validation_and_tensorboard_scalars(workdir, capsys):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     write_text(root, name="val.txt")
     result = gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=4, model_dir=model_dir, seed=0, learning_rate=2e-2,
                            val_dataset="val.txt", val_every=2, val_batch_count=3, **FAST)
@@ -284,7 +275,7 @@ def test_validation_and_tensorboard_scalars(workdir, capsys):
 
 
 def test_validation_defaults_to_every_save(workdir, capsys):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=4, model_dir=model_dir, seed=0, save_every=3,
                   val_dataset="data.txt", val_batch_count=1, **FAST)
     steps = re.findall(r"^\[(\d+) \| [\d.]+\] validation loss", capsys.readouterr().out, re.M)
@@ -292,6 +283,6 @@ def test_validation_defaults_to_every_save(workdir, capsys):
 
 
 def test_val_every_without_val_dataset_is_an_error(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     with pytest.raises(ValueError, match=r"^val_every=5 needs val_dataset="):
         gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=1, model_dir=model_dir, val_every=5, **FAST)

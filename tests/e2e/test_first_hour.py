@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from runs import make_tiny_model, subprocess_env, write_text
+from runs import ROOT, make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 from gpt2_simple import cli, quiet
 from gpt2_simple.formats import download
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # gpt-2-simple's progress line, a contract people parse: exactly this, nothing appended.
 PROGRESS = re.compile(r"^\[(\d+) \| \d+\.\d\d\] loss=\d+\.\d\d avg=\d+\.\d\d$")
 

@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
+from runs import ROOT
 
 import gpt2_simple as gpt2
 from gpt2_simple import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SESSION = object()
 
 

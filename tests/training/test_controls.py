@@ -13,7 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from runs import make_tiny_model, snapshot, subprocess_env, write_text
+import runs
+from runs import TESTS, snapshot, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 from gpt2_simple import cli
@@ -21,13 +22,7 @@ from gpt2_simple.training import train as train_module
 from gpt2_simple.training.optimizer import SGD, Adam, make_optimizer
 from gpt2_simple.training.schedule import Schedule
 
-FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=1, sample_every=0, print_every=1)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, real_vocab_dir):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path, make_tiny_model(tmp_path, real_vocab_dir)
+FAST = dict(runs.FAST, accumulate_gradients=1)
 
 
 def _events(run_dir):
@@ -173,9 +168,9 @@ def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes(ti
 
 
 def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
-    root, _ = workdir
+    root, _, _ = workdir
     write_text(root)
-    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_run.py")
+    child = os.path.join(TESTS, "distributed_run.py")
     proc = subprocess.run([sys.executable, child, str(root), "mirrored_controls"], env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -197,7 +192,7 @@ def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
 @pytest.mark.parametrize("optimizer, precision", [("adam", "float32"), ("sgd", "float32"), ("adafactor", "float32"),
                                                   ("adam", "mixed_float16"), ("adam", "mixed_bfloat16")])
 def test_decay_and_clipping_train_with_every_optimizer_and_precision(workdir, optimizer, precision):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     result = gpt2.finetune(gpt2.start_tf_sess(), write_text(root), steps=3, model_dir=model_dir, seed=0,
                            optimizer=optimizer, precision=precision, weight_decay=0.01, max_grad_norm=0.5,
                            learning_rate=1e-3, **FAST)
@@ -211,7 +206,7 @@ def test_decay_and_clipping_train_with_every_optimizer_and_precision(workdir, op
 
 
 def test_early_stopping_keeps_the_best_checkpoint(workdir, capsys):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     write_text(root, "alpha beta gamma delta\n" * 4, name="train.txt")
     write_text(root, "The quick brown fox jumps over the lazy dog.\n" * 4, name="val.txt")
     result = gpt2.finetune(gpt2.start_tf_sess(), "train.txt", steps=60, model_dir=model_dir, seed=0, learning_rate=5e-2,
@@ -240,7 +235,7 @@ def test_early_stopping_keeps_the_best_checkpoint(workdir, capsys):
 def test_gpt_2_simple_reads_a_documents_run_with_a_best_checkpoint(workdir):
     if importlib.util.find_spec("gpt_2_simple") is None:
         pytest.fail("gpt-2-simple is not installed: pip install --no-deps gpt-2-simple==0.8.1 toposort")
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     write_text(root, "red green blue\none two three\n" * 10, name="docs.txt")
     result = gpt2.finetune(gpt2.start_tf_sess(), "docs.txt", steps=4, model_dir=model_dir, seed=0, line_by_line=True,
                            val_dataset="docs.txt", val_every=2, keep_best=True, **FAST)
@@ -279,7 +274,7 @@ def _interrupt_after(monkeypatch, step):
 
 
 def test_resume_mid_run_reproduces_the_uninterrupted_run_with_every_option_on(workdir, monkeypatch):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     write_text(root, "".join(json.dumps({"text": t}) + "\n" for t in ["red green blue", "one two three four"] * 8),
                name="train.jsonl")
     write_text(root, json.dumps({"text": "one two red"}) + "\n" + json.dumps({"text": "blue green"}) + "\n",
@@ -331,7 +326,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_controls_are_one_line_and_change_nothing(workdir, case):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root, name="d.txt")
     options, fragment = BAD[case]
     before = snapshot(root)

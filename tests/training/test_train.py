@@ -8,23 +8,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from runs import make_tiny_model, subprocess_env, write_text
+import runs
+from runs import subprocess_env, write_text
 
 import gpt2_simple as gpt2
 
-FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1,
-            learning_rate=3e-3)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, real_vocab_dir):
-    monkeypatch.chdir(tmp_path)
-    model_dir = make_tiny_model(tmp_path, real_vocab_dir)
-    return tmp_path, model_dir
+FAST = dict(runs.FAST, learning_rate=3e-3)
 
 
 def test_loss_at_least_halves_on_repeated_text(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     sess = gpt2.start_tf_sess()
     result = gpt2.finetune(sess, write_text(root), steps=40, model_dir=model_dir, seed=0, **dict(FAST, learning_rate=2e-2))
     losses = [result.losses[s] for s in sorted(result.losses)]
@@ -33,7 +26,7 @@ def test_loss_at_least_halves_on_repeated_text(workdir):
 
 
 def test_run_folder_contents_and_printed_lines(workdir, capsys):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     sess = gpt2.start_tf_sess()
     opts = dict(FAST, sample_every=2, sample_length=8, sample_num=2, save_every=2, max_checkpoints=2)
     gpt2.finetune(sess, write_text(root), steps=4, model_dir=model_dir, seed=0, **opts)
@@ -64,7 +57,7 @@ def test_run_folder_contents_and_printed_lines(workdir, capsys):
 
 
 def test_resume_equals_uninterrupted(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     whole = gpt2.finetune(gpt2.start_tf_sess(), data, steps=6, model_dir=model_dir, run_name="whole", seed=5, **FAST)
     first = gpt2.finetune(gpt2.start_tf_sess(), data, steps=3, model_dir=model_dir, run_name="split", seed=5, **FAST)
@@ -81,7 +74,7 @@ def test_resume_equals_uninterrupted(workdir):
 
 
 def test_fresh_restarts_counter_and_fine_tuning_twice_in_one_process(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     sess = gpt2.start_tf_sess()
     gpt2.finetune(sess, data, steps=2, model_dir=model_dir, run_name="a", seed=1, **FAST)
@@ -97,7 +90,7 @@ def test_fresh_restarts_counter_and_fine_tuning_twice_in_one_process(workdir):
 
 
 def test_dataset_shorter_than_the_context_trains(workdir, capsys):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root, "Tiny dataset here.")
     result = gpt2.finetune(gpt2.start_tf_sess(), data, steps=3, model_dir=model_dir, seed=0, **FAST)
     assert sorted(result.losses) == [1, 2, 3]
@@ -106,7 +99,7 @@ def test_dataset_shorter_than_the_context_trains(workdir, capsys):
 
 
 def test_overwrite_keeps_only_the_restored_checkpoint(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     gpt2.finetune(gpt2.start_tf_sess(), data, steps=2, model_dir=model_dir, save_every=1, max_checkpoints=5,
                   seed=0, **FAST)
@@ -120,7 +113,7 @@ def test_overwrite_keeps_only_the_restored_checkpoint(workdir):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_the_run_and_returns(workdir, signum):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     script = textwrap.dedent(f"""
         import gpt2_simple as gpt2
@@ -158,7 +151,7 @@ def test_signal_saves_the_run_and_returns(workdir, signum):
     ],
 )
 def test_bad_options_are_one_line_errors(workdir, kwargs, message):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     options = dict(FAST, model_dir=model_dir, steps=1)
     options.update(kwargs)
     with pytest.raises((ValueError, FileNotFoundError)) as info:
@@ -168,7 +161,7 @@ def test_bad_options_are_one_line_errors(workdir, kwargs, message):
 
 
 def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     gpt2.finetune(gpt2.start_tf_sess(), data, steps=3, model_dir=model_dir, seed=0, **FAST)
     gpt2.finetune(gpt2.start_tf_sess(), data, steps=1, model_dir=model_dir, restore_from="fresh", **FAST)
@@ -179,7 +172,7 @@ def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints
 
 
 def test_training_samples_do_not_change_the_training_data(workdir):
-    root, model_dir = workdir
+    root, model_dir, _ = workdir
     data = write_text(root)
     plain = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_dir=model_dir, run_name="plain", seed=2, **FAST)
     sampled = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_dir=model_dir, run_name="sampled", seed=2,

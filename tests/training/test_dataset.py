@@ -7,18 +7,11 @@ import warnings
 import numpy as np
 import pytest
 
-import encoder
 from gpt2_simple.training import dataset, encoding, token_cache
 
 EOT = [27, 91, 437, 1659, 5239, 91, 29]  # the literal "<|endoftext|>" as ordinary BPE tokens
 SOT = [27, 91, 9688, 1659, 5239, 91, 29]  # the literal "<|startoftext|>"
 HELLO_WORLD = [15496, 995]  # "Hello world"
-
-
-@pytest.fixture(scope="module")
-def enc(real_vocab_dir):
-    """The real GPT-2 encoder, loaded once for this module."""
-    return encoder.get_encoder(real_vocab_dir)
 
 
 def write(path, data):
