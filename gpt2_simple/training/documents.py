@@ -16,11 +16,11 @@ includes the mode, and read back memory-mapped. `.npz` files (e.g. `encode_datas
 line_by_line=True)`) are read as such streams. Stream mode, gpt-2-simple's, is `dataset.py`'s.
 """
 import os
-import tempfile
 
 import numpy as np
 import tqdm
 
+from ..atomic import open_atomic
 from . import dataset as dataset_module
 from . import token_cache
 from .records import read_csv_column, read_jsonl, read_lines
@@ -100,21 +100,15 @@ def _large_file_documents(enc, path, cache_dir, digest):
 def _write_documents_entry(enc, path, entry):
     """Encode `path` one line at a time into a little-endian token file that appears atomically."""
     dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what token_cache.read_entry reads
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(entry), prefix=".tmp-", suffix=token_cache.CACHE_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, encoding="utf-8", errors="replace") as text:
-            block = []
-            for line in text:  # universal newlines, as read_text
-                if line.strip():
-                    block += [enc.eot_token] + enc.encode(line.rstrip("\n"))
-                if len(block) >= _BLOCK_TOKENS:
-                    out.write(np.asarray(block, dtype).tobytes())
-                    block = []
-            out.write(np.asarray(block, dtype).tobytes())
-        os.replace(tmp, entry)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open_atomic(entry, "wb") as out, open(path, encoding="utf-8", errors="replace") as text:
+        block = []
+        for line in text:  # universal newlines, as read_text
+            if line.strip():
+                block += [enc.eot_token] + enc.encode(line.rstrip("\n"))
+            if len(block) >= _BLOCK_TOKENS:
+                out.write(np.asarray(block, dtype).tobytes())
+                block = []
+        out.write(np.asarray(block, dtype).tobytes())
 
 
 # ---------------------------------------------------------------------------------------------
