@@ -9,7 +9,8 @@ from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
-from gpt2_simple.training import dataset, documents, encoding
+from gpt2_simple.training import dataset, documents, encoding, windows
+from gpt2_simple.training.windows import WindowSampler
 
 EOT = 50256
 TWEETS = ["Just landed in Paris!", "Coffee first, then code.", "Who else is watching the game tonight?",
@@ -71,7 +72,7 @@ def test_short_documents_round_trip_and_windows_start_at_a_document(tmp_path, en
     assert docs == [enc.encode(t) for t in TWEETS]  # each encoded on its own
     assert int((stream == EOT).sum()) == len(TWEETS)  # one separator per document, the literal text stays text
     assert enc.encode("<|endoftext|>") == docs[5][:7] and len(enc.encode("<|endoftext|>")) == 7
-    sampler = documents.DocumentSampler(chunks, EOT, seed=0)
+    sampler = WindowSampler(chunks, seed=0, eot=EOT)
     seen = _check_windows(sampler, docs, length=24)
     assert seen == set(range(len(TWEETS)))  # every document is a start, the last one too (the ring)
 
@@ -90,10 +91,10 @@ def test_csv_rows_and_a_mixed_folder(tmp_path, enc):
 def test_a_long_document_is_cut_into_pieces_not_dropped(enc):
     long_doc = list(range(100, 160))  # 60 tokens
     stream = np.array([EOT, 1, 2, 3, EOT] + long_doc, np.uint16)
-    starts = documents.window_starts(stream, EOT, 16).tolist()
+    starts = windows.window_starts(stream, EOT, 16).tolist()
     # Short document at 0; the long one at 4, then every 16 tokens through its 61 tokens.
     assert starts == [0, 4, 20, 36, 52]
-    sampler = documents.DocumentSampler([stream], EOT, seed=3)
+    sampler = WindowSampler([stream], seed=3, eot=EOT)
     covered = set()
     for _ in range(200):
         window = sampler.sample(16).tolist()

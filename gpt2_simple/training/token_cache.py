@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 import encoder as bpe
+from encoder.files import token_dtype
 
 from ..atomic import staged_path
 
@@ -67,7 +68,7 @@ def _encode_file(enc, path, out_path):
 
 def read_entry(enc, entry):
     """A cache entry's tokens as a read-only memmap (an empty array for an empty entry)."""
-    dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what encode_file writes
+    dtype = token_dtype(enc)  # what encode_file writes
     if os.path.getsize(entry) == 0:
         return np.zeros(0, dtype)
     return np.memmap(entry, dtype=dtype, mode="r")

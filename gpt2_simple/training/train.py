@@ -36,6 +36,7 @@ from .progress import (
 from .schedule import Schedule
 from .signals import StopOnSignal
 from .step import LossScale, compile_eval_step, compile_train_step
+from .windows import WindowSampler
 
 
 def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", combine=50000, batch_size=1,
@@ -214,7 +215,7 @@ class _Trainer:
     run: _Run
     opts: TrainOptions
     opt: object
-    data: dataset_module.Sampler
+    data: WindowSampler
     seed: int
     train_step: object
     eval_step: object
