@@ -14,11 +14,17 @@ import gpt2_simple as gpt2
 from encoder import get_encoder
 from gpt2_simple.formats import hf
 from gpt2_simple.formats.checkpoint import numpy_weights, save_checkpoint
-from gpt2_simple.formats.safetensors_file import read_safetensors
+from gpt2_simple.formats.safetensors_file import SafeTensors
 from gpt2_simple.model.hparams import save_hparams
 
 HF_FILES = ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
 TOKENS = np.array([[0, 5, 17, 42, 96, 3], [1, 2, 3, 4, 5, 6]])
+
+
+def read_safetensors(path):
+    """All tensors of safetensors file `path` as `{name: float32 array}`, through our reader."""
+    tensors = SafeTensors(path)
+    return {name: tensors.read(name) for name in tensors.shapes}
 
 
 @pytest.fixture

@@ -69,6 +69,9 @@ def test_each_stage_says_what_it_owns():
     for stage in STAGES:
         doc = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, stage, "__init__.py")).read()))
         assert doc and len(doc.split()) > 30, stage
+        modules = sorted(name for name in os.listdir(os.path.join(PACKAGE, stage))
+                         if name.endswith(".py") and name != "__init__.py")
+        assert [m for m in modules if f"`{m}`" not in doc] == [], f"{stage}/__init__.py does not name them"
 
 
 def test_readme_code_map_matches_the_tree():

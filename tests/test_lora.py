@@ -325,10 +325,10 @@ def test_bad_lora_options(workdir, kwargs, message):
 
 
 def test_options_without_effect_under_lora_warn_once():
-    from gpt2_simple.training.options import TrainOptions
+    from gpt2_simple.training.options import make_options
 
     with pytest.warns(UserWarning, match=r"only_train_transformer_layers=True has no effect with lora_rank > 0"):
-        opts = TrainOptions(lora_rank=4, only_train_transformer_layers=True, lora_targets="c_fc, c_attn")
+        opts = make_options(lora_rank=4, only_train_transformer_layers=True, lora_targets="c_fc, c_attn")
     assert opts.lora_targets == ("c_attn", "c_fc") and opts.lora_alpha == 4.0
 
 

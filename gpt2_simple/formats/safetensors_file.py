@@ -116,12 +116,6 @@ class SafeTensors:
         return values.astype(np.float32, copy=False).reshape(shape)
 
 
-def read_safetensors(path):
-    """All tensors of safetensors file `path` as `{name: float32 array}` (see `SafeTensors`)."""
-    tensors = SafeTensors(path)
-    return {name: tensors.read(name) for name in tensors.shapes}
-
-
 def write_safetensors(path, tensors, metadata=None):
     """Write `{name: array}` to `path` as float32 safetensors, atomically (temporary name, rename).
 

@@ -25,7 +25,7 @@ from . import documents, lora_run, resume
 from .distribute import describe, is_chief, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
-from .options import TrainOptions, TrainResult, as_int, warn_unimplemented
+from .options import TrainOptions, TrainResult, as_int, make_options, warn_unimplemented
 from .progress import (
     StepClock,
     generate_samples,
@@ -132,7 +132,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
     Returns:
         A `TrainResult`.
     """
-    opts = TrainOptions(
+    opts = make_options(
         steps=as_int("steps", steps), model_name=model_name, model_dir=model_dir, combine=combine,
         batch_size=batch_size, learning_rate=learning_rate, accumulate_gradients=accumulate_gradients,
         restore_from=restore_from, run_name=run_name, checkpoint_dir=checkpoint_dir, sample_every=sample_every,
@@ -166,7 +166,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
 
 
 @dataclasses.dataclass
-class _Run:
+class _RunSetup:
     """What a run trains: its folder, the weights it starts from, the encoded dataset."""
 
     run_dir: str
@@ -191,7 +191,7 @@ def _prepare_run(opts, dataset, strategy):
     saved_adapters = lora_run.check_resume(opts, run_dir, prefix, resuming)
     print("Loading checkpoint", prefix)
     with strategy.scope():
-        model = lora_run.load_model(opts, run_dir, source_dir, prefix, saved_adapters)
+        model = lora_run.model_to_train(opts, run_dir, source_dir, prefix, saved_adapters)
     enc = get_encoder(source_dir)
     chunks = documents.load_chunks(enc, dataset, opts)
     window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
@@ -205,14 +205,14 @@ def _prepare_run(opts, dataset, strategy):
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
-    return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
+    return _RunSetup(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
 @dataclasses.dataclass
 class _Trainer:
     """How a run trains: optimizer, data sampler, compiled steps and where the counter stands."""
 
-    run: _Run
+    run: _RunSetup
     opts: TrainOptions
     opt: object
     data: WindowSampler
