@@ -171,6 +171,7 @@ def documents_run(tmp_path_factory, real_vocab_dir):
     os.chdir(old)
 
 
+@pytest.mark.slow
 def test_run_folder_records_documents_and_stream_runs_do_not(documents_run):
     run = documents_run["root"] / "checkpoint" / "run1"
     assert json.loads((run / "documents.json").read_text()) == {"line_by_line": True, "separator": EOT}
@@ -184,6 +185,7 @@ def test_training_samples_start_at_a_document(documents_run):
     assert text.startswith("======== SAMPLE 1 ========\n<|endoftext|>"), text
 
 
+@pytest.mark.slow
 def test_samples_start_after_end_of_text_and_stop_at_the_next(documents_run, monkeypatch):
     sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="run1")
     sampler = sess.sampler
@@ -216,6 +218,7 @@ def test_samples_start_after_end_of_text_and_stop_at_the_next(documents_run, mon
     assert truncated == ["one two three"]
 
 
+@pytest.mark.slow
 def test_stream_runs_generate_as_before(documents_run, monkeypatch):
     sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="stream")
     seen = []
