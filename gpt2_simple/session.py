@@ -22,9 +22,7 @@ class Session:
         folder: the folder the model was loaded from.
     """
 
-    def __init__(self, threads=-1, server=None):
-        self.threads = threads
-        self.server = server
+    def __init__(self):
         self.model = None
         self.encoder = None
         self.folder = None
@@ -102,7 +100,7 @@ def start_tf_sess(threads=-1, server=None):
             "graph sessions; use tf.distribute for distributed training",
             stacklevel=2,
         )
-    return Session(threads=threads, server=server)
+    return Session()
 
 
 def reset_session(sess, threads=-1, server=None):

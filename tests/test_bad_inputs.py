@@ -11,6 +11,8 @@ from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
 
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
+
 FAST = dict(runs.FAST, batch_size=1, accumulate_gradients=1)
 
 

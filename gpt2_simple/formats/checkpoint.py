@@ -17,7 +17,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ..atomic import write_text
+from ..atomic import staged_path, write_text
 from ..model.hparams import load_hparams
 from ..model.lora import base_dtype, frozen_init, merged_weights
 from ..model.model import GPT2
@@ -195,19 +195,15 @@ def write_bundle(prefix, tensors):
     The bundle is written under a temporary prefix, then its data file and index are renamed
     (index last: a bundle is only seen as present once its index exists).
     """
-    folder, base = os.path.split(prefix)
-    tmp = os.path.join(folder, f".tmp-{base}-{os.getpid()}")
     names = list(tensors)
-    tf.raw_ops.SaveV2(
-        prefix=tmp,
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[tensors[n] for n in names],
-    )
-    for suffix in (DATA_SUFFIX, INDEX_SUFFIX):
-        _fsync(tmp + suffix)
-        os.replace(tmp + suffix, prefix + suffix)
-    _fsync_dir(folder)
+    with staged_path(prefix, suffixes=(DATA_SUFFIX, INDEX_SUFFIX)) as tmp:
+        tf.raw_ops.SaveV2(
+            prefix=tmp,
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tensors[n] for n in names],
+        )
+    _fsync_dir(os.path.dirname(prefix))
     return prefix
 
 
@@ -288,11 +284,6 @@ def companion_path(prefix, name):
     """The prefix of the `name` companion bundle of checkpoint `prefix` (`model-7` -> `optimizer-7`)."""
     folder, base = os.path.split(prefix)
     return os.path.join(folder, re.sub(r"^model", name, base))
-
-
-def _fsync(path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder):

@@ -45,15 +45,6 @@ def write_best(run_dir, step, val_loss):
     write_text(os.path.join(run_dir, BEST_FILE), json.dumps({"step": int(step), "val_loss": float(val_loss)}) + "\n")
 
 
-def read_best(folder):
-    """`{"step": N, "val_loss": x}` of the run's `model-best`, or None."""
-    path = os.path.join(folder, BEST_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 TRAINING_FILE = "training.json"
 
 

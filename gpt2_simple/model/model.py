@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import lora
+from .hparams import check_tokens
 
 LAYER_NORM_EPSILON = 1e-5
 _MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
@@ -200,6 +201,8 @@ class GPT2(tf.Module):
     Attributes:
         hparams: the `HParams` it was built with.
         weights: dict from OpenAI checkpoint name to `tf.Variable`, in checkpoint order.
+        checkpoint_path: the file or bundle prefix the weights were read from (`formats/`), or None.
+        lora_base: while LoRA trains, the (model folder, checkpoint) its base was read from, or None.
     """
 
     def __init__(self, hparams, *, init=None, seed=None):
@@ -212,6 +215,8 @@ class GPT2(tf.Module):
         self.wpe = root._weight("wpe", [hparams.n_ctx, hparams.n_embd])
         self.h = [Block(f"model/h{i}", self.weights, init, hparams) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm("model/ln_f", self.weights, init, hparams.n_embd)
+        self.checkpoint_path = None
+        self.lora_base = None
 
     def forward(self, tokens, past=None):
         """Run the model on `tokens`, continuing after the cached `past`.
@@ -329,22 +334,3 @@ class GPT2(tf.Module):
         if tf.executing_eagerly():
             check_tokens(tokens, self.hparams)
         return self.forward(tokens)[0]
-
-
-def check_tokens(tokens, hparams, name="tokens"):
-    """Raise a one-line ValueError unless `tokens` is int `[batch, seq]` within the model's range."""
-    array = np.asarray(tokens)
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name} must be int [batch, seq] with seq >= 1, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {array.dtype}")
-    if array.shape[1] > hparams.n_ctx:
-        raise ValueError(
-            f"{name} has {array.shape[1]} positions but the model's context is n_ctx={hparams.n_ctx}; "
-            "pass at most n_ctx tokens per sequence"
-        )
-    if array.size and (array.min() < 0 or array.max() >= hparams.n_vocab):
-        raise ValueError(
-            f"{name} holds ids in [{array.min()}, {array.max()}] but the vocabulary has "
-            f"n_vocab={hparams.n_vocab} ids; encode text with the model's own encoder"
-        )

@@ -40,7 +40,7 @@ def resolve_strategy(strategy=None, multi_gpu=False):
     if strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable on every machine "
-                             "(its cluster and this machine's task); see README 'Several GPUs or machines'")
+                             "(its cluster and this machine's task); see docs/big-models.md")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if strategy == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")

@@ -13,6 +13,8 @@ from serving import running_server
 
 import gpt2_simple as gpt2
 
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 RECORD = """
 const target = document.getElementById("output");

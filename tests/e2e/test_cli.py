@@ -255,6 +255,7 @@ def test_finetune_without_a_dataset_runs_the_bundled_demo(calls, capsys):
     assert [kw["steps"] for n, _, kw in calls if n == "finetune"] == [10, 3]
 
 
+@pytest.mark.slow
 def test_scripts_run(tmp_path):
     """Each script answers --help from outside the checkout (started together: each imports TF)."""
     scripts = {"finetune.py": "--sample_every", "generate.py": "--nfiles", "download_model.py": "--base_url",
@@ -271,6 +272,7 @@ def test_scripts_run(tmp_path):
         assert out.startswith("usage: gpt2_simple") and flag in out and "--model_dir" in out
 
 
+@pytest.mark.slow
 def test_finetune_then_generate_end_to_end(tmp_path, monkeypatch, real_vocab_dir, capsys):
     """The one test that runs the real library through the CLI, on a 2-layer, width-16 model."""
     from runs import make_tiny_model, write_text

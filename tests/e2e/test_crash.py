@@ -12,9 +12,12 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 from runs import make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
+
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
 
 KILLS = 4
 OPTIONS = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0, save_every=1,

@@ -89,6 +89,7 @@ def test_known_notices_are_filtered_and_everything_else_kept(line):
     assert quiet.keep(NOISE[1], 0)
 
 
+@pytest.mark.slow
 def test_command_line_console_is_quiet():
     """`gpt2_simple generate --help` starts TensorFlow: nothing but the help reaches the console."""
     env = {k: v for k, v in subprocess_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -187,6 +188,7 @@ def _finetune(world, capsys, run_name, steps, **kwargs):
     return result, capsys.readouterr().out.splitlines()
 
 
+@pytest.mark.slow
 def test_progress_says_what_is_happening_and_how_long_is_left(tiny_world, capsys):
     result, lines = _finetune(tiny_world, capsys, "feedback", 4)
     compiling = [i for i, line in enumerate(lines) if line.startswith("Compiling the training step")]
@@ -204,6 +206,7 @@ def _bundle_bytes(run_dir, name):
     return sum(os.path.getsize(os.path.join(run_dir, f)) for f in os.listdir(run_dir) if f.startswith(name + "."))
 
 
+@pytest.mark.slow
 def test_smaller_saves_and_what_each_resume_costs(tiny_world, capsys):
     """'bfloat16' halves the optimizer file and resumes almost exactly; 'none' is weights only."""
     straight, _ = _finetune(tiny_world, capsys, "straight", 6)
@@ -231,6 +234,7 @@ def test_bad_save_mode_is_one_line_before_anything_loads(tiny_world):
         gpt2.finetune(gpt2.start_tf_sess(), "missing.txt", save_optimizer="half")
 
 
+@pytest.mark.slow
 def test_stdout_holds_only_the_texts(tiny_world, capsys, monkeypatch):
     root, model_dir, data = tiny_world
     monkeypatch.chdir(root)

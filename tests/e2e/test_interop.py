@@ -16,6 +16,8 @@ from runs import TEXT, make_tiny_model, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _require_gpt_2_simple():

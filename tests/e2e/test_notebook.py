@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 from runs import ROOT, TINY_REAL_VOCAB, make_tiny_model, subprocess_env, write_text
 
@@ -89,6 +90,7 @@ SETTINGS = ("training_data = 'mytext.txt'\nnumber_of_steps = 4\nsample_every = 2
             "nsamples = 2\nlearning_rate = 1e-3\n")
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, real_vocab_dir):
     make_tiny_model(tmp_path, real_vocab_dir, name="124M", hparams=TINY_REAL_VOCAB)
     write_text(tmp_path, name="mytext.txt")
@@ -114,6 +116,7 @@ def _logged_losses(run_dir):
     return losses
 
 
+@pytest.mark.slow
 def test_work_on_drive_survives_a_disconnect(tmp_path, real_vocab_dir):
     """Killed during training after a save, re-run with 'Latest': it continues from the save, exactly."""
     drive = tmp_path / "drive"

@@ -24,6 +24,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(model_dir):
     """Also: GPT2_SIMPLE_API_KEY sets the key."""
     port = _free_port()
@@ -76,6 +77,7 @@ def test_the_core_import_does_not_load_the_server_stack():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=subprocess_env())
 
 
+@pytest.mark.slow
 def test_generate_stream_prints_the_text_of_generate(model_dir, capsys):
     args = ["generate", "--model_name", "tiny", "--model_dir", model_dir, "--length", "30", "--seed", "4",
             "--prefix", "Hi 😀", "--stop", "zz"]

@@ -82,6 +82,7 @@ def gguf_logits(w, tokens, n_head, eps):
 # Tensors
 
 
+@pytest.mark.slow
 def test_tensor_names_and_shapes_are_llama_cpps_gpt2_architecture(readers, model):
     reader = readers["f32"]
     names = [t.name for t in reader.tensors]
@@ -203,6 +204,7 @@ def test_a_session_exports_the_same_file_as_its_folder(folder, files, tmp_path):
         assert a.read() == b.read()
 
 
+@pytest.mark.slow
 def test_cli_export_gguf(folder, tmp_path, capsys):
     path = str(tmp_path / "new" / "cli.gguf")  # its folder is created
     assert main(["export_gguf", folder, path, "--dtype", "q8_0"]) == 0

@@ -14,11 +14,17 @@ import gpt2_simple as gpt2
 from encoder import get_encoder
 from gpt2_simple.formats import hf
 from gpt2_simple.formats.checkpoint import numpy_weights, save_checkpoint
-from gpt2_simple.formats.safetensors_file import read_safetensors
+from gpt2_simple.formats.safetensors_file import SafeTensors
 from gpt2_simple.model.hparams import save_hparams
 
 HF_FILES = ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
 TOKENS = np.array([[0, 5, 17, 42, 96, 3], [1, 2, 3, 4, 5, 6]])
+
+
+def read_safetensors(path):
+    """All tensors of safetensors file `path` as `{name: float32 array}`, through our reader."""
+    tensors = SafeTensors(path)
+    return {name: tensors.read(name) for name in tensors.shapes}
 
 
 @pytest.fixture
@@ -156,6 +162,7 @@ def test_we_read_what_the_safetensors_package_writes(tmp_path, model_folder, pre
 # transformers as the reference
 
 
+@pytest.mark.slow
 def test_transformers_loads_our_export_with_equal_logits_and_tokens(tmp_path, real_vocab_dir):
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -256,6 +263,7 @@ BAD_WEIGHTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutate, expected", [c[1:] for c in BAD_WEIGHTS], ids=[c[0] for c in BAD_WEIGHTS])
 def test_untrusted_weights_file(hf_folder, mutate, expected):
     path = os.path.join(hf_folder, "model.safetensors")
@@ -289,6 +297,7 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, expected", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
 def test_config_that_is_not_gpt2(hf_folder, change, expected):
     path = os.path.join(hf_folder, "config.json")
@@ -335,6 +344,7 @@ def test_bfloat16_and_float16_are_widened_exactly(tmp_path):
 # Fine-tuning from a Hugging Face base folder
 
 
+@pytest.mark.slow
 def test_finetune_from_a_hugging_face_base_model(tmp_path, monkeypatch, real_vocab_dir, capsys):
     monkeypatch.chdir(tmp_path)
     model_dir = make_tiny_model(tmp_path, real_vocab_dir)

@@ -22,6 +22,7 @@ def test_load_gpt2_prints_and_returns_the_session(tmp_path, real_vocab_dir, caps
     assert sess.model.hparams.n_ctx == 32
 
 
+@pytest.mark.slow
 def test_seeded_texts_are_reproducible_and_batched(sess):
     a = gpt2.generate(sess, nsamples=4, batch_size=2, length=12, seed=42, return_as_list=True)
     assert len(a) == 4 and all(isinstance(t, str) for t in a)

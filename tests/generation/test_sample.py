@@ -41,6 +41,7 @@ def _model(n_ctx=32):
     return GPT2(HParams(n_vocab=97, n_ctx=n_ctx, n_embd=16, n_head=2, n_layer=2), seed=0)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible_and_independent_of_chunking():
     sampler = Sampler(_model())
     context = np.array([[3, 1, 4], [1, 5, 9]])
@@ -51,6 +52,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_chunking():
     assert not np.array_equal(a, sampler.sample(context, 20, seed=8))
 
 
+@pytest.mark.slow
 def test_greedy_sampling_equals_argmax_of_full_forward():
     model = _model()
     sampler = Sampler(model)
@@ -63,6 +65,7 @@ def test_greedy_sampling_equals_argmax_of_full_forward():
     np.testing.assert_array_equal(out, expected[:, 3:])
 
 
+@pytest.mark.slow
 def test_no_retrace_for_new_lengths_batches_and_options():
     sampler = Sampler(_model())
     sampler.sample(np.array([[1]]), 3, seed=0)
@@ -73,6 +76,7 @@ def test_no_retrace_for_new_lengths_batches_and_options():
     assert sampler.tracing_count == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"top_k": 1}, {"top_k": 5, "temperature": 1.5}, {"top_k": 70},
                                      {"top_p": 0.9}, {"temperature": 0.3}])
 def test_xla_loop_draws_the_same_tokens_as_the_growing_loop(options):
@@ -85,6 +89,7 @@ def test_xla_loop_draws_the_same_tokens_as_the_growing_loop(options):
     assert not np.array_equal(xla.sample(context, 40, seed=12, **options), expected) or options.get("top_k") == 1
 
 
+@pytest.mark.slow
 def test_draws_follow_the_softmax_distribution():
     logits = tf.math.log(tf.constant([[0.5, 0.25, 0.15, 0.07, 0.03]]))
     draws = np.array([int(_draw(logits[:, None, :], i, 1.0, 0, 0.0, tf.constant([7, 0], tf.int64))[0, 0])
@@ -95,6 +100,7 @@ def test_draws_follow_the_softmax_distribution():
     assert chi2 < 18.5, (counts, chi2)  # p = 0.001 for 4 degrees of freedom
 
 
+@pytest.mark.slow
 def test_length_beyond_context_slides_the_window():
     model = _model(n_ctx=16)
     sampler = Sampler(model)
@@ -108,6 +114,7 @@ def test_length_beyond_context_slides_the_window():
     np.testing.assert_array_equal(out[:, :13], expected[:, 3:])
 
 
+@pytest.mark.slow
 def test_stop_ends_sampling_between_chunks():
     sampler = Sampler(_model())
     out = sampler.sample(np.array([[1]]), 30, seed=0, chunk=4, stop=lambda tokens: tokens.shape[1] >= 8)
@@ -144,6 +151,7 @@ def test_repetition_penalty_is_the_ctrl_rule_and_1_is_exact():
     np.testing.assert_array_equal(penalize(logits, seen, 1.0).numpy(), logits.numpy())
 
 
+@pytest.mark.slow
 def test_steering_never_retraces_and_both_loops_agree():
     model = _model(n_ctx=16)
     xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
@@ -159,6 +167,7 @@ def test_steering_never_retraces_and_both_loops_agree():
     assert xla.tracing_count == 2 and growing.tracing_count == 1
 
 
+@pytest.mark.slow
 def test_greedy_under_a_strong_penalty_never_repeats():
     sampler = Sampler(_model())
     context = np.array([[1, 2, 3]])
@@ -168,6 +177,7 @@ def test_greedy_under_a_strong_penalty_never_repeats():
     assert len(set(damped[0].tolist()) | {1, 2, 3}) == 23
 
 
+@pytest.mark.slow
 def test_stop_sequences_end_each_row_and_the_loop_once_all_rows_ended():
     sampler = Sampler(_model())
     context = np.array([[1, 2, 3], [4, 5, 6]])
@@ -200,6 +210,7 @@ def test_cache_windows_are_powers_of_two_from_128_up_to_the_context():
     assert [cache_window(p, 300) for p in (100, 200, 300)] == [128, 256, 300]
 
 
+@pytest.mark.slow
 def test_xla_loop_over_each_cache_window_draws_the_growing_loops_tokens():
     # n_ctx 512: windows of 128, 256 and 512 positions, a call that slides, and chunks (one window per call).
     model = GPT2(HParams(n_vocab=97, n_ctx=512, n_embd=16, n_head=2, n_layer=2), seed=0)

@@ -133,6 +133,7 @@ def greedy(model, prompt, length):
     return tokens[:, -length:].tolist()
 
 
+@pytest.mark.slow
 def test_signature_names_dtypes_and_shapes(served):
     _, _, out = served
     assert out["inputs"] == {
@@ -155,6 +156,7 @@ def test_top_k_1_is_greedy_whatever_the_seed(served, reference):
     assert out["top_p1_top_k1"] == expected  # top_p=1 is off, so top_k applies
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_samplers_tokens(served, reference):
     _, _, out = served
     assert out["seed7"] == out["seed7_again"] == reference.sample(PROMPT, LENGTH, temperature=1.0, seed=7).tolist()
@@ -222,6 +224,7 @@ def test_assets_hold_the_vocabulary_and_hparams(served, real_vocab_dir):
 # Writing the folder
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_and_replaces_only_with_overwrite(openai_folder, tmp_path):
     folder, _ = openai_folder
     out = tmp_path / "out" / "1"
@@ -264,6 +267,7 @@ def test_never_replaces_a_folder_that_is_not_an_export(openai_folder, tmp_path):
     assert not os.path.exists(tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_cli_export(openai_folder, tmp_path, capsys):
     folder, _ = openai_folder
     out = str(tmp_path / "exported" / "1")

@@ -71,6 +71,7 @@ class LongStream:
         self.context.__exit__(*exc)
 
 
+@pytest.mark.slow
 def test_the_openai_client_works_unchanged(server, sess):
     from openai import OpenAI
 
@@ -248,6 +249,7 @@ def _load_round(server, clients=16, requests=5):
     return statuses
 
 
+@pytest.mark.slow
 def test_load_every_request_gets_200_or_503_and_memory_stays_bounded(server, client):
     statuses = _load_round(server)  # the first round also compiles the batch sizes it meets
     rss = _rss_mib()

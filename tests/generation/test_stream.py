@@ -38,6 +38,7 @@ def test_stop_strings_are_held_back_then_cut(real_vocab_dir):
     assert stream.feed(enc.encode("more")) == "" and stream.finish() == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [
     {}, {"prefix": "Hello 世界 😀"}, {"prefix": "Hello", "include_prefix": False}, {"top_k": 40},
     {"repetition_penalty": 1.5}, {"stop": [" the", "\n"]}, {"truncate": "e", "prefix": "\nAn"},

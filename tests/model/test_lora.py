@@ -105,6 +105,7 @@ def test_merged_weights_equal_w_plus_scale_a_b_and_merge_keeps_the_logits():
 TODAYS_LOSSES = [11.465546607971191, 11.397066116333008, 11.317745208740234, 11.313797950744629]
 
 
+@pytest.mark.slow
 def test_lora_rank_zero_losses_equal_todays(workdir):
     root, model_dir, data = workdir
     options = dict(steps=4, model_name="tiny", model_dir=model_dir, sample_every=0, save_every=0, print_every=10,
@@ -123,6 +124,7 @@ def _held_out_loss(model, enc, text):
     return float(lm_loss(model, tf.constant(tokens, tf.int32)))
 
 
+@pytest.mark.slow
 def test_lora_lowers_the_held_out_loss(workdir, real_vocab_dir):
     root, model_dir, _ = workdir
     rng = np.random.default_rng(0)
@@ -145,6 +147,7 @@ def test_lora_lowers_the_held_out_loss(workdir, real_vocab_dir):
     assert after <= 0.75 * before, (before, after)  # at least 25% lower; measured 12.41 -> 8.18 (34%)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_saves_are_merged_openai_bundles(workdir):
     root, model_dir, data = workdir
     options = dict(LORA, model_dir=model_dir, base_precision="bfloat16", use_memory_saving_gradients=True)
@@ -162,6 +165,7 @@ def test_resume_equals_uninterrupted_and_saves_are_merged_openai_bundles(workdir
     np.testing.assert_allclose(merged(TOKENS).numpy(), sess.model(TOKENS).numpy(), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_generation_from_the_merged_run_equals_generation_on_the_fly(workdir):
     root, model_dir, data = workdir
     sess = gpt2.start_tf_sess()
@@ -174,6 +178,7 @@ def test_generation_from_the_merged_run_equals_generation_on_the_fly(workdir):
     assert gpt2.generate(merged, **kwargs) == on_the_fly
 
 
+@pytest.mark.slow
 def test_adapter_only_saves_are_small_and_load_onto_their_base(workdir):
     root, model_dir, data = workdir
     sess = gpt2.start_tf_sess()
@@ -212,6 +217,7 @@ def _torch_logits(model, tokens):
         return model(torch.tensor(tokens)).logits.numpy()
 
 
+@pytest.mark.slow
 def test_peft_reads_our_adapters_with_our_logits(workdir):
     root, model_dir, data = workdir
     sess = gpt2.start_tf_sess()
@@ -251,6 +257,7 @@ def test_we_load_a_peft_adapter_folder_with_its_logits(tmp_path):
 # Devices, precision, command line
 
 
+@pytest.mark.slow
 def test_mirrored_lora_on_two_logical_cpus_equals_one_device(workdir):
     root, model_dir, data = workdir
     child = textwrap.dedent(f"""
@@ -272,6 +279,7 @@ def test_mirrored_lora_on_two_logical_cpus_equals_one_device(workdir):
     np.testing.assert_allclose([two[k] for k in sorted(two)], [one[k] for k in sorted(one)], rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, base", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
 def test_lora_with_mixed_precision_and_adafactor_trains(workdir, precision, base):
     root, model_dir, data = workdir
@@ -282,6 +290,7 @@ def test_lora_with_mixed_precision_and_adafactor_trains(workdir, precision, base
     assert os.path.getsize(root / "samples" / "run1" / "samples-4") > 0  # sampled with the 16-bit base
 
 
+@pytest.mark.slow
 def test_cli_flags(workdir):
     root, model_dir, data = workdir
     code = cli.main(["finetune", data, "--model_dir", model_dir, "--model_name", "tiny", "--steps", "1",
@@ -296,6 +305,7 @@ def test_cli_flags(workdir):
 # Bad input: one line naming the argument and the fix; nothing on disk changes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lora_rank=-1), "lora_rank=-1 must be 0 (full fine-tuning) or a positive integer"),
     (dict(lora_rank=2.5), "lora_rank=2.5 must be 0"),
@@ -318,10 +328,10 @@ def test_bad_lora_options(workdir, kwargs, message):
 
 
 def test_options_without_effect_under_lora_warn_once():
-    from gpt2_simple.training.options import TrainOptions
+    from gpt2_simple.training.options import make_options
 
     with pytest.warns(UserWarning, match=r"only_train_transformer_layers=True has no effect with lora_rank > 0"):
-        opts = TrainOptions(lora_rank=4, only_train_transformer_layers=True, lora_targets="c_fc, c_attn")
+        opts = make_options(lora_rank=4, only_train_transformer_layers=True, lora_targets="c_fc, c_attn")
     assert opts.lora_targets == ("c_attn", "c_fc") and opts.lora_alpha == 4.0
 
 
@@ -338,6 +348,7 @@ def test_float16_base_on_a_device_without_float16_kernels(workdir, monkeypatch):
     assert lora_run.can_compute(tf.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then, message", [
     (dict(lora_rank=4), dict(lora_rank=8), "lora_rank=8, lora_alpha=8.0, lora_targets=['c_attn', 'attn/c_proj', "
                                            "'c_fc', 'mlp/c_proj'] differs from the lora_rank=4"),
@@ -355,6 +366,7 @@ def test_resuming_with_other_lora_settings_is_an_error(workdir, first, then, mes
     assert snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_adapter_only_run_without_its_base_or_with_another_base(workdir, real_vocab_dir):
     root, model_dir, data = workdir
     gpt2.finetune(gpt2.start_tf_sess(), data, steps=1, lora_save="adapters", **dict(LORA, model_dir=model_dir))

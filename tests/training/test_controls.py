@@ -117,6 +117,7 @@ def test_clipping_bounds_the_global_norm():
         assert float(opt.grad_norm.numpy()) == pytest.approx(norm, rel=1e-6)  # logged before clipping
 
 
+@pytest.mark.slow
 def test_clipping_in_the_compiled_step_uses_the_accumulated_gradient(real_vocab_dir, tmp_path, tiny_hparams):
     from gpt2_simple.model.hparams import HParams
     from gpt2_simple.model.model import GPT2
@@ -143,6 +144,7 @@ def _must_compile(concrete):
     return re.search(r'key: "_XlaMustCompile"\s+value \{\s+b: true', text) is not None
 
 
+@pytest.mark.slow
 def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes(tiny_hparams):
     from gpt2_simple.model.hparams import PRESETS, HParams
     from gpt2_simple.model.model import GPT2
@@ -167,6 +169,7 @@ def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes(ti
         np.testing.assert_allclose(results[True][1][name], results[False][1][name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
     root, _, _ = workdir
     write_text(root)
@@ -189,6 +192,7 @@ def test_decay_and_clipping_on_two_replicas_equal_one_device(workdir):
         np.testing.assert_allclose(b.weights[name].numpy(), a.weights[name].numpy(), atol=atol, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer, precision", [("adam", "float32"), ("sgd", "float32"), ("adafactor", "float32"),
                                                   ("adam", "mixed_float16"), ("adam", "mixed_bfloat16")])
 def test_decay_and_clipping_train_with_every_optimizer_and_precision(workdir, optimizer, precision):
@@ -205,6 +209,7 @@ def test_decay_and_clipping_train_with_every_optimizer_and_precision(workdir, op
 # Early stopping and the best checkpoint
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_checkpoint(workdir, capsys):
     root, model_dir, _ = workdir
     write_text(root, "alpha beta gamma delta\n" * 4, name="train.txt")
@@ -232,6 +237,7 @@ def test_early_stopping_keeps_the_best_checkpoint(workdir, capsys):
     assert "Loading checkpoint checkpoint/run1/model-best" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_gpt_2_simple_reads_a_documents_run_with_a_best_checkpoint(workdir):
     if importlib.util.find_spec("gpt_2_simple") is None:
         pytest.fail("gpt-2-simple is not installed: pip install --no-deps gpt-2-simple==0.8.1 toposort")
@@ -273,6 +279,7 @@ def _interrupt_after(monkeypatch, step):
     monkeypatch.setattr(train_module, "_step", step_then_signal)
 
 
+@pytest.mark.slow
 def test_resume_mid_run_reproduces_the_uninterrupted_run_with_every_option_on(workdir, monkeypatch):
     root, model_dir, _ = workdir
     write_text(root, "".join(json.dumps({"text": t}) + "\n" for t in ["red green blue", "one two three four"] * 8),
@@ -324,6 +331,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_controls_are_one_line_and_change_nothing(workdir, case):
     root, model_dir, _ = workdir

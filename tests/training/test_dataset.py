@@ -1,4 +1,4 @@
-"""Dataset loading and window sampling: exact token ids, joining rules, cache, Sampler."""
+"""Dataset loading and window sampling: exact token ids, joining rules, cache, WindowSampler."""
 import json
 import os
 import shutil
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpt2_simple.training import dataset, encoding, token_cache
+from gpt2_simple.training.windows import WindowSampler
 
 EOT = [27, 91, 437, 1659, 5239, 91, 29]  # the literal "<|endoftext|>" as ordinary BPE tokens
 SOT = [27, 91, 9688, 1659, 5239, 91, 29]  # the literal "<|startoftext|>"
@@ -259,14 +260,14 @@ def test_missing_path(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampler
+# WindowSampler, stream mode
 
 CHUNKS = [np.arange(0, 5), np.arange(100, 112), np.arange(1000, 1030)]  # distinct value ranges
 
 
 def test_sampler_windows_stay_inside_one_chunk():
-    sampler = dataset.Sampler(CHUNKS, seed=1)
-    assert sampler.total_size == 47 and sampler.longest == 30
+    sampler = WindowSampler(CHUNKS, seed=1)
+    assert sum(map(len, sampler.chunks)) == 47 and sampler.longest == 30
     for _ in range(500):
         window = sampler.sample(4)
         assert window.dtype == np.int32 and window.shape == (4,)
@@ -277,10 +278,10 @@ def test_sampler_windows_stay_inside_one_chunk():
 
 
 def test_sampler_same_seed_same_windows_and_exact_values():
-    a = dataset.Sampler(CHUNKS, seed=123).sample_batch(6, 3)
-    b = dataset.Sampler(CHUNKS, seed=123).sample_batch(6, 3)
+    a = WindowSampler(CHUNKS, seed=123).sample_batch(6, 3)
+    b = WindowSampler(CHUNKS, seed=123).sample_batch(6, 3)
     np.testing.assert_array_equal(a, b)
-    c = dataset.Sampler(CHUNKS, seed=124).sample_batch(6, 3)
+    c = WindowSampler(CHUNKS, seed=124).sample_batch(6, 3)
     assert not np.array_equal(a, c)
     # The draw is "index into the cumulative count of valid starts": reproduce it by hand.
     rng = np.random.Generator(np.random.PCG64(123))
@@ -290,11 +291,11 @@ def test_sampler_same_seed_same_windows_and_exact_values():
 
 
 def test_sampler_state_resumes_identically():
-    sampler = dataset.Sampler(CHUNKS, seed=7)
+    sampler = WindowSampler(CHUNKS, seed=7)
     sampler.sample_batch(5, 4)
     state = json.loads(json.dumps(sampler.get_state()))  # survives a JSON round trip
     expected = sampler.sample_batch(8, 4)
-    resumed = dataset.Sampler(CHUNKS, seed=None)
+    resumed = WindowSampler(CHUNKS, seed=None)
     resumed.set_state(state)
     np.testing.assert_array_equal(resumed.sample_batch(8, 4), expected)
     with pytest.raises(ValueError, match="get_state"):
@@ -302,7 +303,7 @@ def test_sampler_state_resumes_identically():
 
 
 def test_sampler_is_uniform_over_valid_positions():
-    sampler = dataset.Sampler(CHUNKS, seed=0)
+    sampler = WindowSampler(CHUNKS, seed=0)
     positions = [int(s) for c in CHUNKS for s in c[: len(c) - 3]]  # 2 + 9 + 27 = 38 starts
     draws = 38 * 400
     counts = dict.fromkeys(positions, 0)
@@ -318,11 +319,11 @@ def test_sampler_is_uniform_over_valid_positions():
 
 def test_sampler_dataset_shorter_than_context(enc, tmp_path):
     path = write(tmp_path / "tiny.txt", "one two three")  # 3 tokens + 7 separator tokens
-    sampler = dataset.Sampler(dataset.load_dataset(enc, path), seed=0)
-    assert sampler.longest == 10 and sampler.total_size == 10
+    sampler = WindowSampler(dataset.load_dataset(enc, path), seed=0)
+    assert sampler.longest == 10 and sum(map(len, sampler.chunks)) == 10
     window = min(1024, sampler.longest)
     assert sampler.sample(window).tolist() == [505, 734, 1115] + EOT
     with pytest.raises(ValueError, match=r"11 must be in \[1, 10\].*min\(n_ctx, sampler.longest\)"):
         sampler.sample(11)
     with pytest.raises(ValueError, match="no tokens"):
-        dataset.Sampler([np.zeros(0, np.int32)])
+        WindowSampler([np.zeros(0, np.int32)])

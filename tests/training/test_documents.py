@@ -9,7 +9,8 @@ from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
-from gpt2_simple.training import dataset, documents, encoding
+from gpt2_simple.training import dataset, documents, encoding, windows
+from gpt2_simple.training.windows import WindowSampler
 
 EOT = 50256
 TWEETS = ["Just landed in Paris!", "Coffee first, then code.", "Who else is watching the game tonight?",
@@ -66,7 +67,7 @@ def test_short_documents_round_trip_and_windows_start_at_a_document(tmp_path, en
     assert docs == [enc.encode(t) for t in TWEETS]  # each encoded on its own
     assert int((stream == EOT).sum()) == len(TWEETS)  # one separator per document, the literal text stays text
     assert enc.encode("<|endoftext|>") == docs[5][:7] and len(enc.encode("<|endoftext|>")) == 7
-    sampler = documents.DocumentSampler(chunks, EOT, seed=0)
+    sampler = WindowSampler(chunks, seed=0, eot=EOT)
     seen = _check_windows(sampler, docs, length=24)
     assert seen == set(range(len(TWEETS)))  # every document is a start, the last one too (the ring)
 
@@ -85,10 +86,10 @@ def test_csv_rows_and_a_mixed_folder(tmp_path, enc):
 def test_a_long_document_is_cut_into_pieces_not_dropped(enc):
     long_doc = list(range(100, 160))  # 60 tokens
     stream = np.array([EOT, 1, 2, 3, EOT] + long_doc, np.uint16)
-    starts = documents.window_starts(stream, EOT, 16).tolist()
+    starts = windows.window_starts(stream, EOT, 16).tolist()
     # Short document at 0; the long one at 4, then every 16 tokens through its 61 tokens.
     assert starts == [0, 4, 20, 36, 52]
-    sampler = documents.DocumentSampler([stream], EOT, seed=3)
+    sampler = WindowSampler([stream], seed=3, eot=EOT)
     covered = set()
     for _ in range(200):
         window = sampler.sample(16).tolist()
@@ -165,6 +166,7 @@ def documents_run(tmp_path_factory, real_vocab_dir):
     os.chdir(old)
 
 
+@pytest.mark.slow
 def test_run_folder_records_documents_and_stream_runs_do_not(documents_run):
     run = documents_run["root"] / "checkpoint" / "run1"
     assert json.loads((run / "documents.json").read_text()) == {"line_by_line": True, "separator": EOT}
@@ -178,6 +180,7 @@ def test_training_samples_start_at_a_document(documents_run):
     assert text.startswith("======== SAMPLE 1 ========\n<|endoftext|>"), text
 
 
+@pytest.mark.slow
 def test_samples_start_after_end_of_text_and_stop_at_the_next(documents_run, monkeypatch):
     sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="run1")
     sampler = sess.sampler
@@ -210,6 +213,7 @@ def test_samples_start_after_end_of_text_and_stop_at_the_next(documents_run, mon
     assert truncated == ["one two three"]
 
 
+@pytest.mark.slow
 def test_stream_runs_generate_as_before(documents_run, monkeypatch):
     sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="stream")
     seen = []

@@ -37,6 +37,7 @@ def _losses(result):
 # tf.distribute
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_equals_one_device(workdir):
     root, _, _ = workdir
     proc = subprocess.run([sys.executable, CHILD, str(root), "mirrored"], env=subprocess_env(),
@@ -68,6 +69,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_processes_finish_with_identical_weights(workdir):
     root, model_dir, _ = workdir
     ports = ",".join(map(str, _free_ports(2)))
@@ -127,6 +129,7 @@ def test_recompute_gives_the_same_loss_and_gradients(compiled):
                                    rtol=1e-4, atol=1e-7, err_msg=v.name)
 
 
+@pytest.mark.slow
 def test_memory_saving_gradients_train_like_ordinary_ones(workdir):
     root, model_dir, _ = workdir
     runs = {}
@@ -179,6 +182,7 @@ def test_adafactor_state_is_a_tiny_fraction_of_adams():
     assert size["adafactor"] < 0.01 * size["adam"], size
 
 
+@pytest.mark.slow
 def test_adafactor_fine_tunes_and_resumes_exactly(workdir):
     root, model_dir, _ = workdir
     opts = dict(FAST, optimizer="adafactor", learning_rate=1e-2, seed=3, model_dir=model_dir)
@@ -203,6 +207,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert all(v.dtype == tf.float32 for v in model.weights.values())
 
 
+@pytest.mark.slow
 def test_float16_loss_scale_skips_overflowing_steps_and_grows_back():
     model, tokens = _tiny_model_and_tokens()
     names = list(model.weights)
@@ -224,6 +229,7 @@ def test_float16_loss_scale_skips_overflowing_steps_and_grows_back():
     assert (float(scale.scale), int(scale.good_steps)) == (2048.0, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_fine_tunes_and_saves_float32(workdir, precision):
     root, model_dir, _ = workdir
@@ -254,6 +260,7 @@ def _events(run_dir):
     return values
 
 
+@pytest.mark.slow
 def test_validation_and_tensorboard_scalars(workdir, capsys):
     root, model_dir, _ = workdir
     write_text(root, name="val.txt")
@@ -274,6 +281,7 @@ def test_validation_and_tensorboard_scalars(workdir, capsys):
         assert events["val_perplexity"][int(step)] == pytest.approx(math.exp(val[int(step)]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_validation_defaults_to_every_save(workdir, capsys):
     root, model_dir, _ = workdir
     gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=4, model_dir=model_dir, seed=0, save_every=3,

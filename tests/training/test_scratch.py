@@ -124,6 +124,7 @@ def entropies(ids):
     return unigram, bigram
 
 
+@pytest.mark.slow
 def test_learn_create_finetune_from_scratch(tmp_path, capsys):
     start = time.time()
     text = sentences(random.Random(1), 8000)  # ~300 KB

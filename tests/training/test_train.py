@@ -16,6 +16,7 @@ import gpt2_simple as gpt2
 FAST = dict(runs.FAST, learning_rate=3e-3)
 
 
+@pytest.mark.slow
 def test_loss_at_least_halves_on_repeated_text(workdir):
     root, model_dir, _ = workdir
     sess = gpt2.start_tf_sess()
@@ -25,6 +26,7 @@ def test_loss_at_least_halves_on_repeated_text(workdir):
     assert np.mean(losses[-5:]) <= 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_run_folder_contents_and_printed_lines(workdir, capsys):
     root, model_dir, _ = workdir
     sess = gpt2.start_tf_sess()
@@ -56,6 +58,7 @@ def test_run_folder_contents_and_printed_lines(workdir, capsys):
     assert len(gpt2.generate(sess, length=5, return_as_list=True, seed=1)) == 1
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(workdir):
     root, model_dir, _ = workdir
     data = write_text(root)
@@ -73,6 +76,7 @@ def test_resume_equals_uninterrupted(workdir):
     np.testing.assert_allclose(a(tokens).numpy(), b(tokens).numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fresh_restarts_counter_and_fine_tuning_twice_in_one_process(workdir):
     root, model_dir, _ = workdir
     data = write_text(root)
@@ -98,6 +102,7 @@ def test_dataset_shorter_than_the_context_trains(workdir, capsys):
     assert "shorter than the context (32): training on 11-token windows" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_only_the_restored_checkpoint(workdir):
     root, model_dir, _ = workdir
     data = write_text(root)
@@ -111,6 +116,7 @@ def test_overwrite_keeps_only_the_restored_checkpoint(workdir):
         "model-2.index", "model-3.index", "optimizer-2.index", "optimizer-3.index"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_the_run_and_returns(workdir, signum):
     root, model_dir, _ = workdir
@@ -160,6 +166,7 @@ def test_bad_options_are_one_line_errors(workdir, kwargs, message):
     assert not (root / "checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints(workdir):
     root, model_dir, _ = workdir
     data = write_text(root)
@@ -171,6 +178,7 @@ def test_fresh_into_a_used_run_folder_never_deletes_the_earlier_runs_checkpoints
     assert os.path.basename(gpt2.load_model(str(run)).checkpoint_path) == "model-1"
 
 
+@pytest.mark.slow
 def test_training_samples_do_not_change_the_training_data(workdir):
     root, model_dir, _ = workdir
     data = write_text(root)
