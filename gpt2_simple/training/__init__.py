@@ -14,7 +14,9 @@ This stage owns, in the order a run uses them:
 - the run's history: where a run starts and what an exact-resume save holds (`resume.py`),
   validation, TensorBoard scalars, training samples and the time left (`progress.py`), early
   stopping and the best checkpoint (`early_stopping.py`), Ctrl-C and SIGTERM as a request to
-  save and stop (`signals.py`);
+  save and stop (`signals.py`), the note that the loss has levelled off (`plateau.py`);
+- after the run: held-out scores per checkpoint, `evaluate` (`evaluate.py`), and the run's
+  training tokens for the copy index (`copy_source.py`);
 - a random-weight model to train from scratch (`scratch.py`).
 
 The weight files themselves are `formats/`'s; training samples are drawn with `generation/`'s
