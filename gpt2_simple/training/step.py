@@ -8,6 +8,8 @@ float16, and the call into the optimizer. The Python loop around it (data, print
 """
 import tensorflow as tf
 
+from .. import xla_choice
+
 # precision= name -> compute dtype. Weights (and checkpoints) stay float32 in every case.
 PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
 
@@ -74,7 +76,8 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         recompute: recompute each block in the backward pass (less memory, more compute).
         loss_scale: a `LossScale` (float16), or None.
         xla: compile each minibatch's forward and backward pass with XLA (`jit_compile`); the
-            default, None, is `use_xla(model.hparams, recompute)`.
+            default, None, is `use_xla(model.hparams, recompute)` unless `GPT2_SIMPLE_XLA` says
+            otherwise, and in every case only where the device can compile (`xla_choice.decide`).
 
     Returns:
         A `tf.function` taking int32 `[accumulate, global_batch, seq]`. Every replica takes its
@@ -82,7 +85,7 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
     """
     variables = [opt.variables_by_name[n] for n in names]  # the weights, or LoRA's adapters
     dtype = PRECISIONS[precision]
-    xla = use_xla(model.hparams, recompute) if xla is None else xla
+    xla = xla_choice.decide(xla, default=use_xla(model.hparams, recompute))
 
     def replica_step(batches):
         ctx = tf.distribute.get_replica_context()
