@@ -9,13 +9,21 @@ float16, and the call into the optimizer. The Python loop around it (data, print
 import tensorflow as tf
 
 from .. import xla_choice
+from .vocab_chunks import chunked_lm_loss
 
 # precision= name -> compute dtype. Weights (and checkpoints) stay float32 in every case.
 PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
 
 
-def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False):
-    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next)."""
+def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False, chunked=None):
+    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next).
+
+    `chunked` (default: `recompute`) computes it a slice of the vocabulary at a time, so the
+    float32 logits and their gradient are never whole (`vocab_chunks.py`); the loss is the same.
+    """
+    if recompute if chunked is None else chunked:
+        features = model.train_features(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_embd]
+        return chunked_lm_loss(features, model.wte, tokens, wte_trainable=model.wte.trainable)
     logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
     return tf.reduce_mean(losses)
