@@ -19,10 +19,10 @@ INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default i
 FLOAT_WHEN_NONE = {"max_grad_norm"}
 # Help in shell terms where the docstring's speaks Python.
 SHELL_HELP = {
-    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
-                "listed in TF_CONFIG) or 'tpu'",
+    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs) or 'multi_worker' (machines "
+                "listed in TF_CONFIG); TPUs are not supported",
 }
-CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"],
+CHOICES = {"strategy": ["mirrored", "multi_worker"], "save_optimizer": ["full", "bfloat16", "none"],
            "learning_rate_schedule": ["constant", "linear", "cosine"]}
 
 
