@@ -14,8 +14,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# XLA's DynamicUpdateSlice (no public TF name): writes a step's keys into a fixed-size cache.
-from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice (no public TF name): caches of fixed size
 
 from . import lora
 
@@ -238,7 +237,7 @@ class GPT2(tf.Module):
             presents.append(present)
         return self._logits(x), tf.stack(presents, axis=1)
 
-    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False):
+    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
         """Logits for training: no cache, optional low-precision compute and recomputation.
 
         Args:
@@ -248,21 +247,17 @@ class GPT2(tf.Module):
             recompute: keep only each block's input for the backward pass and recompute the
                 block there (`tf.recompute_grad`): activation memory drops from all blocks'
                 intermediates to one block's, for about a third more compute.
+            features: return the final LayerNorm's output `[batch, seq, n_embd]` (the chunked loss's input).
 
         Returns:
             float32 `[batch, seq, n_vocab]`.
         """
-        return self._project(self.train_features(tokens, dtype=dtype, recompute=recompute))
-
-    def train_features(self, tokens, *, dtype=tf.float32, recompute=False):
-        """`train_logits` up to the final LayerNorm: `[batch, seq, n_embd]` in `dtype`, what the
-        output layer (tied to `wte`) reads. The chunked loss (`training/vocab_chunks.py`) starts here."""
         positions = tf.range(tf.shape(tokens)[1])
         x = tf.cast(self._embed(tokens, positions), dtype)  # [batch, seq, n_embd]
         for block in self.h:
             run = (lambda x, block=block: block.attend(x)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
-        return self.ln_f(x)
+        return self.ln_f(x) if features else self._logits(x)
 
     def forward_cached(self, tokens, keys, values):
         """`forward` for decoding loops: per-layer caches in, the grown caches out.
@@ -314,10 +309,7 @@ class GPT2(tf.Module):
 
     def _logits(self, x):
         """Final LayerNorm and the output projection tied to wte: [batch, seq, n_vocab]."""
-        return self._project(self.ln_f(x))
-
-    def _project(self, x):
-        """The output projection tied to wte: float32 [batch, seq, n_vocab]."""
+        x = self.ln_f(x)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), lora.cast_on_use(self.wte, x), transpose_b=True)
         return tf.cast(tf.reshape(logits, [batch, seq, self.hparams.n_vocab]), tf.float32)

@@ -22,7 +22,7 @@ def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False, chunked=None):
     float32 logits and their gradient are never whole (`vocab_chunks.py`); the loss is the same.
     """
     if recompute if chunked is None else chunked:
-        features = model.train_features(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_embd]
+        features = model.train_logits(tokens, dtype=dtype, recompute=recompute, features=True)  # [batch, seq, n_embd]
         return chunked_lm_loss(features, model.wte, tokens, wte_trainable=model.wte.trainable)
     logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
