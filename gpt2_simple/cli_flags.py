@@ -20,10 +20,10 @@ FLOAT_WHEN_NONE = {"max_grad_norm"}
 BOOL_WHEN_NONE = {"line_by_line"}  # evaluate's: None means "as the run was trained"
 # Help in shell terms where the docstring's speaks Python.
 SHELL_HELP = {
-    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
-                "listed in TF_CONFIG) or 'tpu'",
+    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs) or 'multi_worker' (machines "
+                "listed in TF_CONFIG); TPUs are not supported",
 }
-CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"],
+CHOICES = {"strategy": ["mirrored", "multi_worker"], "save_optimizer": ["full", "bfloat16", "none"],
            "learning_rate_schedule": ["constant", "linear", "cosine"]}
 
 

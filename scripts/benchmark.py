@@ -19,8 +19,10 @@ Sections:
   only batch 1, for the bigger models (`--model 774M`);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
   optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess, and of
-  LoRA (rank 8 on all four targets, Adam, bfloat16 frozen base); `--memory_configs lora_recompute`
-  runs only the named rows (adam, adam_recompute, adafactor, adafactor_recompute, lora, lora_recompute).
+  LoRA (rank 8 on all four targets, Adam, a bfloat16 frozen base loaded from a random-weight
+  checkpoint in OpenAI's layout), with a profile of where its memory is (`scripts/bench_memory.py`);
+  `--memory_configs lora_recompute` runs only the named rows (adam, adam_recompute, adafactor,
+  adafactor_recompute, lora, lora_recompute), `--memory_folder DIR` keeps the checkpoint for the next run.
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
   token, and the same workload in-process (`scripts/bench_serve.py`).
@@ -238,7 +240,7 @@ def _full_step(model, optimizer="adam", precision="float32", recompute=False):
                               recompute=recompute)
 
 
-def _lora_step(model_name, base_precision, recompute=False, init=None):
+def _lora_step(model_name, base_precision):
     """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`."""
     import tensorflow as tf
 
@@ -248,11 +250,10 @@ def _lora_step(model_name, base_precision, recompute=False, init=None):
     from gpt2_simple.training.optimizer import make_optimizer
     from gpt2_simple.training.step import compile_train_step
 
-    model = GPT2(PRESETS[model_name], init=frozen_init(init or normal_init(0), base_dtype(base_precision)))
+    model = GPT2(PRESETS[model_name], init=frozen_init(normal_init(0), base_dtype(base_precision)))
     model.enable_lora(8, seed=0)
     opt = make_optimizer("adam", model.lora_weights, 1e-4)
-    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy(),
-                              recompute=recompute)
+    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy())
 
 
 def bench_generate(args):
@@ -480,64 +481,6 @@ def bench_peer_transformers(args, ours):
     return result
 
 
-MEMORY_CONFIGS = (("adam", False), ("adam", True), ("adafactor", False), ("adafactor", True), ("lora", False),
-                  ("lora", True))  # lora: rank 8, all four targets, Adam, bfloat16 frozen base
-
-
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb():
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's peak at fork)."""
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmHWM:")[1].split()[0]) / 1024  # kB -> MiB
-
-
-def memory_child(model_name, optimizer, recompute, precision="float32"):
-    """One fine-tuning process: weights RSS, peak RSS and step time of two steps (prints JSON)."""
-    import tensorflow as tf
-
-    from gpt2_simple.model.hparams import PRESETS
-    from gpt2_simple.model.model import GPT2
-
-    constant = lambda name, shape: np.full(shape, 0.01, np.float32)  # noqa: E731
-    if optimizer == "lora":
-        step = _lora_step(model_name, "bfloat16", recompute == "True", init=constant)
-        weights_mb = _rss_mb()
-    else:
-        model = GPT2(PRESETS[model_name], init=constant)
-        weights_mb = _rss_mb()
-        step = _full_step(model, optimizer, precision, recompute == "True")
-    n_ctx = PRESETS[model_name].n_ctx
-    tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
-    step(tokens).numpy()
-    start = time.perf_counter()
-    step(tokens).numpy()
-    print("RESULT" + json.dumps({"weights_rss_mb": weights_mb, "step_s": time.perf_counter() - start,
-                                 "peak_rss_mb": _peak_rss_mb()}))
-
-
-def bench_memory(args):
-    """Peak RSS of fine-tuning, per optimizer and recomputation setting, each in a fresh process."""
-    import subprocess
-
-    result = {}
-    for optimizer, recompute in MEMORY_CONFIGS:
-        if args.memory_configs and f"{optimizer}{'_recompute' if recompute else ''}" not in args.memory_configs:
-            continue
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child", args.model, optimizer,
-                               str(recompute)], capture_output=True, text=True)
-        _check_child(proc)
-        values = json.loads(proc.stdout.split("RESULT", 1)[1])
-        name = f"{optimizer}{'_recompute' if recompute else ''}"
-        result[f"{name}_peak_rss_mb"] = values["peak_rss_mb"]
-        result[f"{name}_step_s"] = values["step_s"]
-        result["lora_weights_rss_mb" if optimizer == "lora" else "weights_rss_mb"] = values["weights_rss_mb"]
-    return result
-
-
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
 
 
@@ -563,10 +506,14 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--memory_configs", type=lambda text: text.split(","),
                         help="comma-separated memory rows to run (default: all), e.g. lora,lora_recompute")
+    parser.add_argument("--memory_folder", help="memory: write (or reuse) the LoRA rows' random-weight checkpoint "
+                                                "in DIR/<model>, not in a temporary folder")
     parser.add_argument("--memory_child", nargs=3, metavar=("MODEL", "OPTIMIZER", "RECOMPUTE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
-        memory_child(*args.memory_child)
+        from bench_memory import memory_child
+
+        memory_child(*args.memory_child, folder=args.memory_folder, full_step=_full_step)
         return 0
     sections = args.only or SECTIONS
     results = {"machine": {"cores": os.cpu_count()}}
@@ -588,7 +535,9 @@ def main(argv=None):
                                                     / bounds[f"batch{batch}_bound_tokens_per_s"])
             results["generate"].update(bounds)
     if "memory" in sections:
-        results["memory"] = bench_memory(args)
+        from bench_memory import bench_memory
+
+        results["memory"] = bench_memory(args, os.path.abspath(__file__), _check_child)
     if "serve" in sections:  # scripts/bench_serve.py
         from bench_serve import bench_serve
 

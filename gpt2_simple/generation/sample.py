@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from .. import xla_choice
 from .draws import _draw, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
@@ -44,9 +45,10 @@ class Sampler:
       same at every position.
     """
 
-    def __init__(self, model, *, xla_max_batch=XLA_MAX_BATCH):
+    def __init__(self, model, *, xla_max_batch=None):
         self.model = model
-        self.xla_max_batch = xla_max_batch
+        # None: XLA_MAX_BATCH, or 0 (never the XLA loop) where XLA is switched off or cannot compile.
+        self.xla_max_batch = (XLA_MAX_BATCH if xla_choice.decide() else 0) if xla_max_batch is None else xla_max_batch
         hp = model.hparams
         options = [
             tf.TensorSpec([], tf.int32),  # n: tokens to draw

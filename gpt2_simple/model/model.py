@@ -14,8 +14,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# XLA's DynamicUpdateSlice (no public TF name): writes a step's keys into a fixed-size cache.
-from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice (no public TF name): caches of fixed size
 
 from . import lora
 from .hparams import check_tokens
@@ -243,7 +242,7 @@ class GPT2(tf.Module):
             presents.append(present)
         return self._logits(x), tf.stack(presents, axis=1)
 
-    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False):
+    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
         """Logits for training: no cache, optional low-precision compute and recomputation.
 
         Args:
@@ -253,6 +252,7 @@ class GPT2(tf.Module):
             recompute: keep only each block's input for the backward pass and recompute the
                 block there (`tf.recompute_grad`): activation memory drops from all blocks'
                 intermediates to one block's, for about a third more compute.
+            features: return the final LayerNorm's output `[batch, seq, n_embd]` (the chunked loss's input).
 
         Returns:
             float32 `[batch, seq, n_vocab]`.
@@ -262,7 +262,7 @@ class GPT2(tf.Module):
         for block in self.h:
             run = (lambda x, block=block: block.attend(x)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
-        return self._logits(x)
+        return self.ln_f(x) if features else self._logits(x)
 
     def forward_cached(self, tokens, keys, values):
         """`forward` for decoding loops: per-layer caches in, the grown caches out.

@@ -93,8 +93,9 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         reuse: accepted for compatibility; it means nothing without a global graph.
         seed: makes data sampling and training samples reproducible.
         sample_dir: parent folder of the training samples (`sample_dir/run_name/samples-N`).
-        strategy: a `tf.distribute.Strategy`, or 'mirrored', 'multi_worker' (machines listed in
-            TF_CONFIG) or 'tpu'; checkpoints keep the single-device format.
+        strategy: a `tf.distribute.Strategy`, or 'mirrored' or 'multi_worker' (machines listed in
+            TF_CONFIG); checkpoints keep the single-device format. 'tpu' is refused: TPU runtimes
+            are not supported (docs/platforms.md).
         precision: 'float32', 'mixed_float16' (with dynamic loss scaling) or 'mixed_bfloat16':
             the compute dtype; weights, optimizer state and checkpoints stay float32.
         val_dataset: a held-out text (any `dataset` form) to report validation loss on.

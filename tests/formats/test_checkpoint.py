@@ -125,3 +125,16 @@ def test_truncated_data_file_is_a_clear_error(openai_folder):
     with open(data, "r+b") as f:
         f.truncate(size // 2)
     _one_line_error(ValueError, lambda: load_model(folder), "truncated or corrupt", "model.ckpt.data-00000-of-00001")
+
+
+def test_a_16_bit_base_loads_tensor_by_tensor_equal_to_a_plain_load(openai_folder):
+    """Each tensor is read alone and cast to the storage dtype: the same bits as casting a float32 load."""
+    folder, weights = openai_folder
+    plain = load_model(folder)
+    for name, var in plain.weights.items():
+        np.testing.assert_array_equal(var.numpy().reshape(weights[name].shape), weights[name])
+    for precision, dtype in (("bfloat16", tf.bfloat16), ("float16", tf.float16)):
+        model = load_model(folder, base_precision=precision)
+        for name, var in model.weights.items():
+            assert var.dtype == (tf.float32 if "/ln_" in name else dtype) and not var.trainable, name
+            np.testing.assert_array_equal(var.numpy(), tf.cast(plain.weights[name], var.dtype).numpy(), err_msg=name)

@@ -101,6 +101,17 @@ def test_strategy_names_are_checked(workdir):
         gpt2.finetune(gpt2.start_tf_sess(), "data.txt", steps=1, model_dir=model_dir, strategy="ring", **FAST)
 
 
+def test_tpu_is_refused_in_one_line_naming_the_supported_choices():
+    from gpt2_simple.training.distribute import resolve_strategy
+
+    with pytest.raises(ValueError) as refused:
+        resolve_strategy("tpu")
+    assert str(refused.value) == (
+        "strategy='tpu' is not supported: TPU runtimes are not (Colab's has no TensorFlow and TensorFlow 2.18-2.19 "
+        "sees no TPU there, tensorflow/tensorflow#96203); use strategy=None (one device), one of "
+        "('mirrored', 'multi_worker') or a tf.distribute.Strategy object")
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory: recomputation and Adafactor
 
