@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from runs import ROOT
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "3.12"  # a Python every TensorFlow from the pinned minimum (2.16) to 2.21 has wheels for
 
 # (name, pip --platform tag, marker environment, what the wheel's platform tag ends with)
