@@ -30,14 +30,7 @@ def record_documents(run_dir, separator):
 
 def read_documents(folder):
     """`{"line_by_line": True, "separator": id}` when `folder` was trained on documents, else None."""
-    path = os.path.join(folder, DOCUMENTS_FILE) if folder else ""
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            record = json.load(f)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} is not JSON; delete it if the run was not trained with line_by_line=True") from None
+    record = _read_json(folder, DOCUMENTS_FILE, "delete it if the run was not trained with line_by_line=True")
     return record if isinstance(record, dict) and record.get("line_by_line") else None
 
 
@@ -60,11 +53,16 @@ def record_training(run_dir, dataset, base_model, line_by_line):
 
 def read_training(folder):
     """The run's `{"dataset", "line_by_line", "base_model"}` record, or None (older runs, model folders)."""
-    path = os.path.join(folder, TRAINING_FILE) if folder else ""
+    return _read_json(folder, TRAINING_FILE, "delete it (it only records the run's dataset and base model)")
+
+
+def _read_json(folder, name, fix):
+    """The JSON in `folder/name`, or None when there is no such file; a ValueError naming `fix` if it is not JSON."""
+    path = os.path.join(folder, name) if folder else ""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError:
-            raise ValueError(f"{path} is not JSON; delete it (it only records the run's dataset and base model)") from None
+            raise ValueError(f"{path} is not JSON; {fix}") from None

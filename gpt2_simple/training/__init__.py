@@ -8,7 +8,8 @@ This stage owns, in the order a run uses them:
   documents (`records.py`), documents mode (`documents.py`), the encoded-file cache
   (`token_cache.py`), and pre-encoding, `encode_dataset`/`encode_csv` (`encoding.py`);
 - tokens to windows: the one window sampler of both modes (`windows.py`);
-- the step: the compiled step and loss (`step.py`), the update rules (`optimizer.py`), the
+- the step: the compiled step and loss (`step.py`), the loss a slice of the vocabulary at a time
+  (`vocab_chunks.py`), the update rules (`optimizer.py`), the
   learning-rate schedule (`schedule.py`), devices (`distribute.py`), LoRA's options, frozen base
   and saves (`lora_run.py`);
 - the run's history: where a run starts and what an exact-resume save holds (`resume.py`),

@@ -9,13 +9,12 @@ import os
 import httpx
 import pytest
 from runs import make_tiny_model
-from serving import running_server
+from serving import headless_chromium, running_server
 
 import gpt2_simple as gpt2
 
 pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 RECORD = """
 const target = document.getElementById("output");
 window.lengths = [];
@@ -37,20 +36,7 @@ def server(tmp_path_factory, real_vocab_dir):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(path):
-            pytest.fail(f"{path} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1000,760", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium"), window="1000,760")
     yield driver
     driver.quit()
 
