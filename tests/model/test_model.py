@@ -56,17 +56,17 @@ def test_causal_future_tokens_do_not_change_past_logits(tiny_hparams):
 def test_cached_decoding_equals_full_forward(tiny_hparams):
     model = GPT2(HParams(**tiny_hparams), seed=0)
     tokens = tf.constant(np.random.default_rng(2).integers(0, 97, size=(2, 24)), tf.int32)
-    full, present_full = model.forward(tokens)
-    # A prompt of 10 tokens, then one token at a time through the cache.
-    logits, past = model.forward(tokens[:, :10])
+    full, keys_full, values_full = model.forward(tokens)
+    # A prompt of 10 tokens, then one token at a time through the growing caches.
+    logits, keys, values = model.forward(tokens[:, :10])
     steps = [logits]
     for t in range(10, 24):
-        logits, present = model.forward(tokens[:, t:t + 1], past=past)
-        past = tf.concat([past, present], axis=-2)
+        logits, keys, values = model.forward(tokens[:, t:t + 1], keys, values)
         steps.append(logits)
     np.testing.assert_allclose(tf.concat(steps, axis=1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
-    assert past.shape == (2, 2, 2, 2, 24, 8)  # [batch, n_layer, 2, n_head, seq, head_dim]
-    np.testing.assert_allclose(past.numpy(), present_full.numpy(), rtol=1e-5, atol=1e-5)
+    assert keys[1].shape == values[0].shape == (2 * 2, 24, 8)  # [batch * n_head, seq, head_dim]
+    for ours, theirs in zip(keys + values, keys_full + values_full):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_accepts_numpy_and_tensors_of_any_int_dtype(tiny_hparams):
@@ -103,12 +103,20 @@ def test_hparams_validation():
         HParams.from_dict({"n_vocab": 1, "n_ctx": 1, "n_embd": 1, "n_head": 1})
 
 
-def test_forward_cached_equals_forward(tiny_hparams):
+def test_caches_of_a_fixed_window_written_in_place_equal_growing_ones(tiny_hparams):
     model = GPT2(HParams(**tiny_hparams), seed=0)
     tokens = tf.constant(np.random.default_rng(3).integers(0, 97, size=(2, 12)), tf.int32)
-    full, _ = model.forward(tokens)
-    empty = tf.zeros([2, 2, 0, 8])
-    logits, keys, values = model.forward_cached(tokens[:, :7], [empty] * 2, [empty] * 2)
-    rest, keys, values = model.forward_cached(tokens[:, 7:], keys, values)
-    np.testing.assert_allclose(tf.concat([logits, rest], 1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
-    assert keys[1].shape == values[0].shape == (2, 2, 12, 8)
+    full, keys_full, _ = model.forward(tokens)
+    logits, keys, values = model.forward(tokens[:, :7])
+    window = [tf.pad(c, [[0, 0], [0, 16 - 7], [0, 0]]) for c in keys], [tf.pad(c, [[0, 0], [0, 16 - 7], [0, 0]])
+                                                                         for c in values]
+    step = tf.function(model.forward, jit_compile=True)  # the in-place write is XLA's
+    steps = [logits]
+    keys, values = window
+    for t in range(7, 12):
+        logits, keys, values = step(tokens[:, t:t + 1], keys, values, tf.constant(t))
+        steps.append(logits)
+    np.testing.assert_allclose(tf.concat(steps, 1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    assert keys[1].shape == (2 * 2, 16, 8)
+    np.testing.assert_allclose(keys[1][:, :12].numpy(), keys_full[1].numpy(), rtol=1e-5, atol=1e-5)
+    assert not keys[1][:, 12:].numpy().any()  # positions after the last written stay zero
