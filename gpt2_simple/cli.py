@@ -200,16 +200,24 @@ def run_generate(args):
     from gpt2_simple.generation.generate import check_options
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
+    if args.stream and args.copy_threshold is not None:
+        raise ValueError(f"--copy_threshold {args.copy_threshold} cannot drop a streamed text (it is printed before "
+                         "it is checked); leave out --stream, or use --check_copies to print its mark")
     sess = gpt2.start_tf_sess()
     # With --stdout or --stream, standard output holds only the texts: status lines go to standard error.
     with contextlib.redirect_stdout(sys.stderr if args.stdout or args.stream else sys.stdout):
         gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
+        if args.check_copies or args.copy_threshold:  # the index's "Loading dataset" lines stay off the texts
+            sess.copy_index(args.training_data)
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
     if args.stream:
         for seed in seeds:  # one text per seed, printed piece by piece as it is made
+            piece = ""
             for piece in gpt2.generate_stream(sess, **dict(_call_kwargs(args, gpt2.generate_stream), seed=seed)):
                 print(piece, end="", flush=True)
             print()
+            if getattr(piece, "copy", None):  # --check_copies: the last piece carries the mark
+                print(f"[{piece.copy.mark()}]")
         return
     if args.stdout:
         kwargs = _call_kwargs(args, gpt2.generate, NOT_FLAGS["generate"])

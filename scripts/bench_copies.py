@@ -1,21 +1,19 @@
-"""Measure the copy index (generation/copies.py): build time, memory and per-sample check time.
-
-    python scripts/bench_copies.py --megabytes 10 100
+"""The `copies` section of benchmark.py: the copy index's build time, memory and per-sample check.
 
 Training tokens are drawn from a Zipf-like distribution over GPT-2's 50257 ids at 4.2 bytes of
 text a token (English under GPT-2's BPE), with 5% of the stream made of repeated passages, so
-the sort meets both distinct and duplicated spans. For comparison it also builds a suffix array
-over the same ids by prefix doubling (NumPy), the other structure the issue names.
+the sort meets both distinct and duplicated spans. At each size (`--copies_mb`) it measures the
+hashed-8-gram index (`generation/copies.py`), the `avoid_copies=16` guard index and one
+XLA-compiled `banned()` call (`generation/copy_guard.py`), and, up to `--suffix_array_up_to`
+megabytes, a suffix array over the same ids by prefix doubling (NumPy), the other structure the
+issue names. Timing goes through benchmark.py's `measured`, so it reads like every other section.
 """
-import argparse
-import time
 import tracemalloc
 
 import numpy as np
 
-from gpt2_simple.generation.copies import CopyIndex
-
 BYTES_PER_TOKEN = 4.2
+GUARD_N = 16
 
 
 def synthetic_tokens(n, seed=0):
@@ -45,63 +43,60 @@ def suffix_array(tokens):
         k *= 2
 
 
-def measure(build, tokens):
+def _built(build, tokens, measured):
+    """(what `build(tokens)` returns, its wall seconds, peak traced bytes while it ran): one build."""
+    box = {}
     tracemalloc.start()
-    start = time.perf_counter()
-    result = build(tokens)
-    seconds = time.perf_counter() - start
+    seconds, _ = measured(lambda: box.update(result=build(tokens)), repeat=1)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return result, seconds, peak
+    return box["result"], seconds, peak
 
 
-def measure_guard(tokens, n=16, batch=1, calls=200):
-    """avoid_copies=n: the guard index's build time and size, and one XLA-compiled banned() call."""
+def _guard(tokens, timed, batch=1, calls=200):
+    """avoid_copies=GUARD_N: the guard index's build time and size, and one XLA-compiled banned() call."""
     import tensorflow as tf
 
     from gpt2_simple.generation.copy_guard import GuardIndex, banned_function
 
-    start = time.perf_counter()
-    index = GuardIndex(tokens, n)
-    build = time.perf_counter() - start
-    banned = tf.function(banned_function(index, 50257), jit_compile=True,
-                         input_signature=[tf.TensorSpec([batch, n], tf.int32)])
-    recent = tf.constant(np.stack([tokens[i:i + n] for i in range(batch)]).astype(np.int32))
-    assert banned(recent).numpy().any()
-    times = []
-    for _ in range(calls):  # the fastest of many calls: the machine may be shared
-        start = time.perf_counter()
-        banned(recent).numpy()
-        times.append(time.perf_counter() - start)
-    return build, index.nbytes, min(times)
+    box = {}
+    build = timed(lambda: box.update(index=GuardIndex(tokens, GUARD_N)), repeat=1)
+    banned = tf.function(banned_function(box["index"], 50257), jit_compile=True,
+                         input_signature=[tf.TensorSpec([batch, GUARD_N], tf.int32)])
+    recent = tf.constant(np.stack([tokens[i:i + GUARD_N] for i in range(batch)]).astype(np.int32))
+    assert banned(recent).numpy().any()  # compiles, and the training data's own next token is banned
+    per_call = timed(lambda: banned(recent).numpy(), repeat=calls)  # the fastest of many: the machine is shared
+    return build, box["index"].nbytes, per_call
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--megabytes", type=float, nargs="+", default=[10, 100])
-    parser.add_argument("--suffix_array_up_to", type=float, default=10, help="megabytes (it is slow)")
-    args = parser.parse_args()
-    for mb in args.megabytes:
+def bench_copies(args, timed, measured):
+    """{name: value} for each size in `args.copies_mb`; prints one line per measurement as it goes."""
+    from gpt2_simple.generation.copies import CopyIndex
+
+    result = {}
+    for mb in args.copies_mb:
         tokens = synthetic_tokens(int(mb * 1e6 / BYTES_PER_TOKEN))
-        index, seconds, peak = measure(lambda t: CopyIndex(t), tokens)
+        index, seconds, peak = _built(CopyIndex, tokens, measured)
         rng = np.random.default_rng(1)
         samples = [np.concatenate([rng.integers(0, 50257, 100), tokens[o:o + 40], rng.integers(0, 50257, 60)])
                    for o in rng.integers(0, len(tokens) - 40, 200)]
-        start = time.perf_counter()
         found = [index.check(s).longest for s in samples]
-        per_sample = (time.perf_counter() - start) / len(samples)
-        assert min(found) >= 40, min(found)
+        assert min(found) >= 40, min(found)  # every planted 40-token span is found
+        per_sample = timed(lambda: [index.check(s) for s in samples], repeat=1) / len(samples)
         print(f"{mb:g} MB of text, {len(tokens):,} tokens: hashed 8-grams build {seconds:.1f} s, index "
               f"{index.nbytes / 1e6:.0f} MB, peak while building {peak / 1e6:.0f} MB; "
-              f"check of a 200-token sample {per_sample * 1e3:.2f} ms")
-        build, nbytes, per_call = measure_guard(tokens)
-        print(f"{mb:g} MB of text: avoid_copies=16 guard index build {build:.1f} s, {nbytes / 1e6:.0f} MB; "
-              f"banned() at batch 1, 50257 ids, XLA: {per_call * 1e3:.3f} ms a call")
+              f"check of a 200-token sample {per_sample * 1e3:.2f} ms", flush=True)
+        key = f"{mb:g}mb"
+        result.update({f"{key}_tokens": len(tokens), f"{key}_build_s": seconds, f"{key}_index_mb": index.nbytes / 1e6,
+                       f"{key}_build_peak_mb": peak / 1e6, f"{key}_check_ms": per_sample * 1e3})
+        build, nbytes, per_call = _guard(tokens, timed)
+        print(f"{mb:g} MB of text: avoid_copies={GUARD_N} guard index build {build:.1f} s, {nbytes / 1e6:.0f} MB; "
+              f"banned() at batch 1, 50257 ids, XLA: {per_call * 1e3:.3f} ms a call", flush=True)
+        result.update({f"{key}_guard_build_s": build, f"{key}_guard_index_mb": nbytes / 1e6,
+                       f"{key}_guard_call_ms": per_call * 1e3})
         if mb <= args.suffix_array_up_to:
-            sa, seconds, peak = measure(suffix_array, tokens)
+            sa, seconds, peak = _built(suffix_array, tokens, measured)
             print(f"{mb:g} MB of text: suffix array (prefix doubling) build {seconds:.1f} s, array "
-                  f"{sa.nbytes / 1e6:.0f} MB + tokens, peak while building {peak / 1e6:.0f} MB")
-
-
-if __name__ == "__main__":
-    main()
+                  f"{sa.nbytes / 1e6:.0f} MB + tokens, peak while building {peak / 1e6:.0f} MB", flush=True)
+            result.update({f"{key}_suffix_array_build_s": seconds, f"{key}_suffix_array_peak_mb": peak / 1e6})
+    return result

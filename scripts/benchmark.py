@@ -25,7 +25,13 @@ Sections:
   adafactor_recompute, lora, lora_recompute), `--memory_folder DIR` keeps the checkpoint for the next run.
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
-  token, and the same workload in-process (`scripts/bench_serve.py`).
+  token, and the same workload in-process (`scripts/bench_serve.py`);
+- copies: the copy index (`generation/copies.py`) on `--copies_mb` megabytes of synthetic text:
+  build time, memory, the check of a 200-token sample, the `avoid_copies=16` guard's index and
+  one compiled `banned()` call, and a suffix array for comparison (`scripts/bench_copies.py`);
+  not in the default run (`--only copies`);
+- logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
+  16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`).
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -482,6 +488,7 @@ def bench_peer_transformers(args, ours):
 
 
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
+EXTRA_SECTIONS = ("copies", "logprobs")  # run only when named with --only
 
 
 def _batches(text):
@@ -493,7 +500,7 @@ def _batches(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
+    parser.add_argument("--only", choices=SECTIONS + EXTRA_SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -504,6 +511,11 @@ def main(argv=None):
     parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--copies_mb", type=float, nargs="+", default=[10, 100],
+                        help="copies: megabytes of synthetic training text to index")
+    parser.add_argument("--suffix_array_up_to", type=float, default=10,
+                        help="copies: also build a suffix array up to this many megabytes (it is slow)")
+    parser.add_argument("--logprobs_batches", type=int, nargs="+", default=[1, 16], help="logprobs: batch sizes")
     parser.add_argument("--memory_configs", type=lambda text: text.split(","),
                         help="comma-separated memory rows to run (default: all), e.g. lora,lora_recompute")
     parser.add_argument("--memory_folder", help="memory: write (or reuse) the LoRA rows' random-weight checkpoint "
@@ -542,6 +554,14 @@ def main(argv=None):
         from bench_serve import bench_serve
 
         results["serve"] = bench_serve(args, _openai_folder)
+    if "copies" in sections:  # scripts/bench_copies.py
+        from bench_copies import bench_copies
+
+        results["copies"] = bench_copies(args, timed, measured)
+    if "logprobs" in sections:  # scripts/bench_logprobs.py
+        from bench_logprobs import bench_logprobs
+
+        results["logprobs"] = bench_logprobs(args, timed)
     if "gpt-2-simple" in (args.peer or []):
         results["peer_gpt_2_simple"] = bench_peer_gpt_2_simple(args, results)
     if "transformers" in (args.peer or []):

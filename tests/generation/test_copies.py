@@ -104,3 +104,33 @@ def test_generate_command_prints_the_mark(run_session, capsys):
     code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--length", "24",
                      "--seed", "0", "--copy_threshold", "4"])
     assert code == 2 and "--copy_threshold 4 must be a number of tokens >= 8" in capsys.readouterr().err
+
+
+def test_generate_stream_marks_its_last_piece(run_session):
+    import gpt2_simple as gpt2
+    from gpt2_simple.generation.copies import MarkedText
+
+    sess, data = run_session
+    kwargs = dict(length=24, seed=0, temperature=0.1, check_copies=True)
+    pieces = list(gpt2.generate_stream(sess, **kwargs))
+    whole = gpt2.generate(sess, return_as_list=True, **kwargs)[0]
+    assert "".join(pieces) == whole and len(pieces) > 1
+    assert isinstance(pieces[-1], MarkedText) and pieces[-1].copy == whole.copy and whole.copy.longest >= 12
+    assert not any(isinstance(p, MarkedText) for p in pieces[:-1])
+    plain = list(gpt2.generate_stream(sess, length=24, seed=0, temperature=0.1))
+    assert plain == pieces and not isinstance(plain[-1], MarkedText)
+
+
+def test_generate_command_streams_the_mark(run_session, capsys):
+    import gpt2_simple as gpt2
+    from gpt2_simple import cli
+
+    sess, data = run_session
+    flags = ["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--length", "24", "--seed", "0",
+             "--temperature", "0.1", "--stream"]
+    assert cli.main(flags + ["--check_copies"]) == 0
+    out = capsys.readouterr().out
+    whole = gpt2.generate(sess, return_as_list=True, length=24, seed=0, temperature=0.1, check_copies=True)[0]
+    assert out == f"{whole}\n[{whole.copy.mark()}]\n" and whole.copy.longest >= 12  # the text only, then its mark
+    assert cli.main(flags + ["--copy_threshold", "12"]) == 2
+    assert "--copy_threshold 12 cannot drop a streamed text" in capsys.readouterr().err
