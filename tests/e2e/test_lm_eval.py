@@ -57,7 +57,7 @@ def in_process(sess, doc):
     context, cont = enc.encode(doc["context"]), enc.encode(doc["context"] + doc["continuation"])
     cont = cont[len(context):]
     ids = context + cont
-    logits, _ = sess.model.forward(tf.constant([ids], tf.int32))
+    logits = sess.model.forward(tf.constant([ids], tf.int32))[0]
     logp = tf.nn.log_softmax(logits[0], axis=-1).numpy()
     picked = [logp[len(context) + i - 1] for i in range(len(cont))]
     return (sum(float(p[t]) for p, t in zip(picked, cont)),

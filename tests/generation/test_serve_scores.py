@@ -29,7 +29,7 @@ def client(sess):
 
 def reference(sess, ids):
     """log_softmax of the model's logits for `ids`: [len(ids), n_vocab] (row i predicts ids[i + 1])."""
-    logits, _ = sess.model.forward(tf.constant([ids], tf.int32))
+    logits = sess.model.forward(tf.constant([ids], tf.int32))[0]
     return tf.nn.log_softmax(logits[0], axis=-1).numpy()
 
 
