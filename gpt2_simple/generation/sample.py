@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from .draws import _draw, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
+from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
 # tokens/s (124M, 256 new tokens, `sample`'s second call); each batch size compiles its own XLA program, once.
@@ -59,6 +59,10 @@ class Sampler:
             tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32),  # stop sequences, left-padded with -1
             tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
             tf.TensorSpec([None], tf.bool),  # ended: rows that need no more tokens
+            tf.TensorSpec([None, hp.n_vocab], tf.float32),  # counts: each token's draws so far
+            (tf.TensorSpec([], tf.float32),) * 2  # presence_penalty, frequency_penalty (0: off)
+            + (tf.TensorSpec([hp.n_vocab], tf.float32),  # logit_bias (zeros: off)
+               tf.TensorSpec([], tf.float32)),  # min_p (0: off)
         ]
         growing = [tf.TensorSpec([None, hp.n_head, None, hp.head_dim], tf.float32)] * hp.n_layer
         self._decode = tf.function(
@@ -78,36 +82,37 @@ class Sampler:
         return self._decode.experimental_get_tracing_count() + self._decode_fixed.experimental_get_tracing_count()
 
     def decode_chunk(self, pending, keys, values, n, temperature, top_k, top_p, seed, penalty, seen, stops,
-                     recent, ended):
+                     recent, ended, counts, extra):
         """Feed `pending`, then draw up to `n` tokens one at a time, fewer once every row has ended.
 
         Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it is the
         caller's next `pending`.
         """
         cache_shape = tf.TensorShape([None, self.model.hparams.n_head, None, self.model.hparams.head_dim])
-        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
+        steer = _Steering(self.model.hparams.n_vocab, penalty, stops, extra)
 
         # One loop from the prompt on (fed at i = 0, then one token a step), so the model is traced
         # once: tracing is most of a first call's wait. n >= 1 and some row is live on entry.
-        def body(i, fed, keys, values, drawn, seen, recent, ended):
+        def body(i, fed, keys, values, drawn, seen, recent, counts, ended):
             logits, keys, values = self.model.forward_cached(fed, keys, values)
-            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed)
-            seen, recent, ended = steer.update(token, seen, recent, ended)
-            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), seen, recent, ended
+            token = _draw(steer.logits(logits, seen, counts), i, temperature, top_k, top_p, seed, min_p=steer.min_p)
+            seen, recent, counts, ended = steer.update(token, seen, recent, counts, ended)
+            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), seen, recent, counts, ended
 
         layers = len(keys)
         drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
-        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
+        count, _, keys, values, drawn, _, _, _, _ = tf.while_loop(
             lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]),
             body,
-            (tf.constant(0), pending, keys, values, drawn, seen, recent, ended),
+            (tf.constant(0), pending, keys, values, drawn, seen, recent, counts, ended),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), [cache_shape] * layers,
-                              [cache_shape] * layers, tf.TensorShape(None), seen.shape, recent.shape, ended.shape),
+                              [cache_shape] * layers, tf.TensorShape(None), seen.shape, recent.shape, counts.shape,
+                              ended.shape),
         )
         return tf.transpose(drawn.gather(tf.range(count))), keys, values
 
     def decode_fixed(self, token, keys, values, start, n, temperature, top_k, top_p, seed, penalty, seen, stops,
-                     recent, ended):
+                     recent, ended, counts, extra):
         """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= window - start).
 
         Args:
@@ -121,22 +126,24 @@ class Sampler:
         """
         batch = tf.shape(token)[0]
         drawn = tf.zeros([batch, self.model.hparams.n_ctx], tf.int32)  # XLA wants fixed shapes
-        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
+        steer = _Steering(self.model.hparams.n_vocab, penalty, stops, extra)
 
-        def body(i, token, keys, values, drawn, seen, recent, ended):
+        def body(i, token, keys, values, drawn, seen, recent, counts, ended):
             logits, keys, values = self.model.forward_fixed(token, keys, values, start + i)
-            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed, sort=True)
-            seen, recent, ended = steer.update(token, seen, recent, ended)
+            token = _draw(steer.logits(logits, seen, counts), i, temperature, top_k, top_p, seed, sort=True,
+                          min_p=steer.min_p)
+            seen, recent, counts, ended = steer.update(token, seen, recent, counts, ended)
             drawn = xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
-            return i + 1, token, keys, values, drawn, seen, recent, ended
+            return i + 1, token, keys, values, drawn, seen, recent, counts, ended
 
-        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
+        count, _, keys, values, drawn, _, _, _, _ = tf.while_loop(
             lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]), body,
-            (tf.constant(0), token, keys, values, drawn, seen, recent, ended))
+            (tf.constant(0), token, keys, values, drawn, seen, recent, counts, ended))
         return drawn, count, keys, values
 
     def sample(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None,
-               chunk=None, stop=None, repetition_penalty=1.0, stop_tokens=()):
+               chunk=None, stop=None, repetition_penalty=1.0, stop_tokens=(), presence_penalty=0.0,
+               frequency_penalty=0.0, logit_bias=None, min_p=0.0):
         """Draw `length` tokens after `context` for every row.
 
         Args:
@@ -150,16 +157,22 @@ class Sampler:
             repetition_penalty: see `draws.penalize`; 1.0 is off (and draws exactly as without it).
             stop_tokens: up to MAX_STOPS token sequences; a row ends once it has drawn one of them
                 (only their last MAX_STOP_TOKENS tokens are compared).
+            presence_penalty, frequency_penalty: OpenAI's, subtracted from the logit of each token
+                drawn so far in this call: presence once, frequency once per draw (0.0: off).
+            logit_bias: {token id: bias} added to those logits (None or {}: off).
+            min_p: see `filter_logits` (0.0: off).
 
         Returns:
             int32 numpy `[batch, <= length]`: the new tokens only.
         """
         return np.concatenate(list(self.chunks(  # length >= 1: at least one chunk
             context, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk=chunk, stop=stop,
-            repetition_penalty=repetition_penalty, stop_tokens=stop_tokens)), axis=1)
+            repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, logit_bias=logit_bias, min_p=min_p)), axis=1)
 
     def chunks(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None, chunk=None, stop=None,
-               repetition_penalty=1.0, stop_tokens=()):
+               repetition_penalty=1.0, stop_tokens=(), presence_penalty=0.0, frequency_penalty=0.0, logit_bias=None,
+               min_p=0.0):
         """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
 
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
@@ -173,7 +186,9 @@ class Sampler:
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
                           out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
                           length=length)
-        steering = (tf.constant(repetition_penalty, tf.float32), tf.constant(stops))
+        extra = (tf.constant(presence_penalty, tf.float32), tf.constant(frequency_penalty, tf.float32),
+                 tf.constant(bias_vector(logit_bias, self.model.hparams.n_vocab)), tf.constant(min_p, tf.float32))
+        steering = (tf.constant(repetition_penalty, tf.float32), tf.constant(stops), extra)
         while state.drawn < length and not state.ended.all():
             room = self._room(state)
             if room < 1:
@@ -203,9 +218,10 @@ class Sampler:
         """Draw up to `n` tokens with the loop that fits: numpy int32 `[batch, <= n]`."""
         keys, values = state.caches
         fixed = len(state.pending) <= self.xla_max_batch
-        penalty, stops = steering
-        steering = (penalty, tf.constant(state.seen(self.model.hparams.n_vocab)), stops,
-                    tf.constant(state.recent()), tf.constant(state.ended))
+        penalty, stops, extra = steering
+        n_vocab = self.model.hparams.n_vocab
+        steering = (penalty, tf.constant(state.seen(n_vocab)), stops, tf.constant(state.recent()),
+                    tf.constant(state.ended), tf.constant(state.counts(n_vocab)), extra)
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
             tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), *options,
@@ -260,6 +276,16 @@ def stop_table(stop_tokens):
     return table
 
 
+def bias_vector(logit_bias, n_vocab):
+    """{token id: bias} (or None) -> float32 `[n_vocab]`; raises ValueError naming an id out of range."""
+    vector = np.zeros(n_vocab, np.float32)
+    for token, bias in (logit_bias or {}).items():
+        if not (isinstance(token, (int, np.integer)) and 0 <= token < n_vocab):
+            raise ValueError(f"logit_bias has token id {token!r}; ids must be integers in [0, {n_vocab})")
+        vector[token] = bias
+    return vector
+
+
 def _has_stop_sequence(out, stops):
     """bool `[batch]`: the rows of `out` that contain one of the sequences of a stop table."""
     ended = np.zeros(len(out), bool)
@@ -272,23 +298,26 @@ def _has_stop_sequence(out, stops):
 
 
 class _Steering:
-    """The repetition penalty and stop sequences inside a compiled loop (a plain helper, traced)."""
+    """Penalties, logit bias and stop sequences inside a compiled loop (a plain helper, traced)."""
 
-    def __init__(self, n_vocab, penalty, stops):
-        self.n_vocab, self.penalty, self.stops = n_vocab, penalty, stops
+    def __init__(self, n_vocab, penalty, stops, extra):
+        self.n_vocab, self.stops = n_vocab, stops
+        presence, frequency, bias, self.min_p = extra
+        self.adjust = (penalty, presence, frequency, bias)
 
-    def logits(self, logits, seen):
-        """The last position's logits `[batch, 1, n_vocab]`, penalised where `seen`."""
-        return penalize(logits[:, -1:, :], seen[:, None, :], self.penalty)
+    def logits(self, logits, seen, counts):
+        """The last position's logits `[batch, 1, n_vocab]`, with `draws.adjust_logits`' changes."""
+        return adjust_logits(logits[:, -1, :], seen, counts, self.adjust)[:, None, :]
 
-    def update(self, token, seen, recent, ended):
-        """After drawing `token` [batch, 1]: (seen, recent, ended) including it."""
+    def update(self, token, seen, recent, counts, ended):
+        """After drawing `token` [batch, 1]: (seen, recent, counts, ended) including it."""
         seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
+        counts = counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=counts.dtype)
         recent = tf.concat([recent[:, 1:], token], axis=1)
         padded = tf.equal(self.stops, _NO_TOKEN)  # [MAX_STOPS, MAX_STOP_TOKENS]
         matches = tf.reduce_all(tf.equal(recent[:, None, :], self.stops[None]) | padded[None], axis=-1)
         used = ~tf.reduce_all(padded, axis=-1)  # an all-padding row is no stop sequence
-        return seen, recent, ended | tf.reduce_any(matches & used[None], axis=-1)
+        return seen, recent, counts, ended | tf.reduce_any(matches & used[None], axis=-1)
 
 
 @dataclasses.dataclass
@@ -317,6 +346,13 @@ class _Decoding:
         seen = np.zeros([len(self.history), n_vocab], bool)
         np.put_along_axis(seen, self.history.astype(np.int64), True, axis=1)
         return seen
+
+    def counts(self, n_vocab):
+        """float32 `[batch, n_vocab]`: how often each row has drawn each token (the additive penalties')."""
+        counts = np.zeros([len(self.out), n_vocab], np.float32)
+        for row, tokens in zip(counts, self.out):
+            np.add.at(row, tokens, 1.0)
+        return counts
 
     def recent(self):
         """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with -1."""

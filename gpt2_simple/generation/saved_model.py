@@ -92,7 +92,8 @@ class ServingModule(tf.Module):
         seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
         batch = tf.shape(tokens)[0]
         steering = (repetition_penalty, seen_tokens(tokens, hp.n_vocab), stop_tokens,
-                    tf.fill([batch, MAX_STOP_TOKENS], -1), tf.zeros([batch], tf.bool))
+                    tf.fill([batch, MAX_STOP_TOKENS], -1), tf.zeros([batch], tf.bool),
+                    tf.zeros([batch, hp.n_vocab], tf.float32), neutral_extra(hp.n_vocab))
         new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, temperature, top_k, top_p, seed,
                                                *steering)
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
@@ -114,6 +115,11 @@ class ServingModule(tf.Module):
             tf.debugging.assert_less(tokens, hp.n_vocab, message=f"tokens must be ids < n_vocab = {hp.n_vocab}"),
             tf.debugging.assert_positive(temperature, message="temperature must be > 0"),
         ]
+
+
+def neutral_extra(n_vocab):
+    """The loops' (presence_penalty, frequency_penalty, logit_bias, min_p), all off (not in the export's signature)."""
+    return tf.constant(0.0), tf.constant(0.0), tf.zeros([n_vocab], tf.float32), tf.constant(0.0)
 
 
 def seen_tokens(tokens, n_vocab):
