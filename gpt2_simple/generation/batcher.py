@@ -38,6 +38,10 @@ class Options:
     top_p: float = 0.0
     repetition_penalty: float = 1.0
     stop: tuple = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple = ()  # ((token id, bias), ...): a tuple, so equal options hash equal
+    min_p: float = 0.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -200,7 +204,9 @@ class Batcher:
         yield from self.sampler.chunks(
             context, options.max_tokens, temperature=options.temperature, top_k=options.top_k,
             top_p=options.top_p, seed=seed, chunk=CHUNK, stop=ended,
-            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(self.encoder))
+            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(self.encoder),
+            presence_penalty=options.presence_penalty, frequency_penalty=options.frequency_penalty,
+            logit_bias=dict(options.logit_bias), min_p=options.min_p)
 
     def _score(self, rows, scored, texts, drawn):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""
