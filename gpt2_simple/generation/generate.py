@@ -24,7 +24,7 @@ from encoder import get_encoder
 from ..formats.folders import load_model
 from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
-from .sample import MAX_STOPS, bias_vector
+from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .steering import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
@@ -119,16 +119,16 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     if eot is not None and len(stop_tokens) < MAX_STOPS:
         stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
 
+    options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
+                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, **adjust)
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
     try:
         for b in range(nsamples // batch_size):
             batch_seed = None if seed is None else int(seed) * 1_000_003 + b
             tokens = sampler.sample(
-                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
-                temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
-                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended,
-                repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, **adjust,
+                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed,
+                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended, options=options,
             )
             for row in tokens:
                 text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)

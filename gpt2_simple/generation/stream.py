@@ -12,6 +12,7 @@ import codecs
 import numpy as np
 
 from .generate import _check_penalty, check_adjustments, check_options
+from .options import SamplingOptions
 from .steering import StopStrings
 
 # Tokens per compiled call while streaming (the first call draws one token after the prompt).
@@ -107,9 +108,9 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     text = TextStream(enc, context, prefix, stops=stops, truncate=truncate, include_prefix=include_prefix)
     batch_seed = None if seed is None else int(seed) * 1_000_003  # generate's seed for its first batch
     chunks = sampler.chunks(
-        np.asarray([context], np.int32), length, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=batch_seed, chunk=STREAM_CHUNK, stop=lambda _: text.ended,
-        repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc), **adjust)
+        np.asarray([context], np.int32), length, seed=batch_seed, chunk=STREAM_CHUNK, stop=lambda _: text.ended,
+        options=SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
+                                     repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc), **adjust))
     for tokens in chunks:
         piece = text.feed(tokens[0])
         if piece:
