@@ -2,7 +2,8 @@
 
 The metadata is static: TensorFlow comes from an extra, chosen by the user, never by probing
 what is installed when this file runs (that broke under build isolation and froze into wheels).
-    pip install -e ".[cpu]"    # tensorflow-cpu: a CPU-only machine (no CUDA download)
+    pip install -e ".[cpu]"    # tensorflow-cpu: a CPU-only machine (no CUDA download); on macOS
+                               # `tensorflow`, whose macOS wheels are CPU builds (tensorflow-cpu has none)
     pip install -e ".[gpu]"    # tensorflow with CUDA
 A TensorFlow installed some other way (tensorflow-macos, a nightly) works with a plain
 `pip install -e .`; without any, `import gpt2_simple` names the command that installs one.
@@ -32,7 +33,8 @@ setup(
     ],
     entry_points={"console_scripts": ["gpt2_simple=gpt2_simple.cli:main"]},
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.16"],
+        # tensorflow-cpu has no macOS wheel for Apple silicon; there the main package is the CPU build.
+        "cpu": ["tensorflow-cpu>=2.16; sys_platform != 'darwin'", "tensorflow>=2.16; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn; /metrics in Prometheus'
         # format; chat templates in Jinja (as Hugging Face tokenizers write them).
@@ -65,6 +67,7 @@ setup(
             # [api] adds the HTTP clients it needs. It uses the torch pinned above.
             "lm_eval[api]",
             "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
+            "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/test_notebook.py
         ],
     },
 )

@@ -32,6 +32,7 @@ _EXPORTS = {
     "download_gpt2": "formats.download",
     "encode_csv": "training.encoding",
     "encode_dataset": "training.encoding",
+    "evaluate": "training.evaluate",
     "export_gguf": "formats.gguf",
     "export_hf": "formats.folders",
     "export_saved_model": "generation.saved_model",

@@ -1,13 +1,14 @@
 """Atomic file writes: a file is either its old self or completely new, never half-written.
 
-This module owns the one way the library replaces small files: write a temporary name in the
-same folder, flush and fsync it, then `os.replace` it over the target. `write_text` is for short
-text files (the checkpoint state file, `counter`, `hparams.json`); `open_atomic` is the same
-thing as a context manager for writers that need a file object (`np.savez_compressed`, CSV
-export), and `staged_folder` replaces a whole folder (exports); `size_text` is how saves and
-copies report the bytes they wrote. It does not know what it writes, and it imports nothing from `gpt2_simple`, so every
-module can use it without an import cycle. Large token files (the dataset cache, checkpoint
-bundles) keep their own temporary-name handling where they are written.
+This module owns the one way the library replaces files: write a temporary name in the same
+folder (`.tmp-...`, which `formats.checkpoint.remove_temporaries` clears after a crash), fsync
+it, then `os.replace` it over the target. `staged_path` is that for writers that take a file
+name (TF bundles, GGUF, the token cache); `open_atomic` is the same as a context manager for
+writers that need a file object (`np.savez_compressed`, safetensors, samples); `write_text` is
+for short text files (the checkpoint state file, `counter`, `hparams.json`); `copy_file` copies
+one file in; `staged_folder` replaces a whole folder (exports); `size_text` is how saves and
+copies report the bytes they wrote. It does not know what it writes, and it imports nothing
+from `gpt2_simple`, so every module can use it without an import cycle.
 """
 import contextlib
 import os
@@ -15,14 +16,32 @@ import secrets
 import shutil
 
 
-def write_text(path, text):
-    """Replace the small text file `path` atomically and durably (temporary name, fsync, rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def staged_path(path, suffixes=("",)):
+    """A temporary name beside `path` for a writer that takes a file name; renamed to `path` on success.
+
+    Args:
+        path: the file to replace, or with `suffixes` the prefix of the files to replace.
+        suffixes: the files the writer makes from the name it is given; each `tmp + suffix`
+            becomes `path + suffix`, in this order (a TF bundle's data file, then its index, so
+            the bundle is seen only once it is complete).
+
+    Yields:
+        The temporary name. When the block ends normally each file is fsynced and renamed;
+        whatever the block left under the temporary name is removed either way.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
+    try:
+        yield tmp
+        for suffix in suffixes:
+            with open(tmp + suffix, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp + suffix, path + suffix)
+    finally:
+        for suffix in suffixes:
+            if os.path.exists(tmp + suffix):
+                os.remove(tmp + suffix)
 
 
 @contextlib.contextmanager
@@ -34,20 +53,24 @@ def open_atomic(path, mode, **kwargs):
         mode, kwargs: as for `open` (a writing mode: `"w"`, `"wb"`).
 
     Yields:
-        The open temporary file. It is flushed, fsynced and renamed to `path` when the block
-        ends normally, and removed when the block raises.
+        The open temporary file. It is fsynced and renamed to `path` when the block ends
+        normally, and removed when the block raises.
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    try:
+    with staged_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+
+def write_text(path, text):
+    """Replace the small text file `path` atomically and durably (temporary name, fsync, rename)."""
+    with open_atomic(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def copy_file(source, target):
+    """Copy the file `source` to `target` atomically: `target` is its old self or a whole copy."""
+    with staged_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
     gpt2_simple generate --run_name run1 --nsamples 5 --length 200 --nfiles 2 --folder gen
     gpt2_simple generate --model_name 124M --prefix "Hello" --stdout
+    gpt2_simple evaluate heldout.txt --run_name run1 --json
     gpt2_simple download 355M
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
@@ -40,13 +41,15 @@ FINETUNE_EXAMPLE = ("example, one tweet per line or .jsonl record, one tweet per
                     "tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine --warmup_steps 100 "
                     "--val_dataset heldout.jsonl --val_every 100 --keep_best --early_stopping_patience 5")
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
-# or that the subcommand sets itself (generate's output goes to --folder or --stdout).
+# or that the subcommand sets itself (generate's output goes to --folder or --stdout); logit_bias
+# is a dict of token ids, for Python and the server.
 NOT_FLAGS = {
     "finetune": {"sess", "dataset", "reuse"},
     "load_gpt2": {"sess", "reuse"},
-    "generate": {"sess", "sample_dir", "return_as_list", "destination_path"},
+    "generate": {"sess", "sample_dir", "return_as_list", "destination_path", "logit_bias"},
     "download_gpt2": {"model_name"},
     "encode_dataset": {"file_path"},
+    "evaluate": {"sess", "dataset", "print_table"},
 }
 
 
@@ -61,7 +64,7 @@ def build_parser():
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,download,encode,export_saved_model,export_hf,export_gguf,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,evaluate,download,encode,export_saved_model,export_hf,export_gguf,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune), epilog=FINETUNE_EXAMPLE)
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -85,6 +88,12 @@ def build_parser():
                           help="folder for the files; created if missing, never emptied (default: %(default)r)")
     generate.add_argument("--stdout", action="store_true", help="print the texts instead of writing files")
     generate.add_argument("--stream", action="store_true", help="print one text as it is generated")
+
+    evaluate = commands.add_parser("evaluate", help="score held-out text with each checkpoint of a run and its "
+                                   "base model", description=_summary(gpt2.evaluate))
+    evaluate.add_argument("dataset", help=argument_docs(gpt2.evaluate).get("dataset"))
+    add_flags(evaluate, gpt2.evaluate, NOT_FLAGS["evaluate"])
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object per model instead of the table")
 
     download = commands.add_parser("download", help="download a released GPT-2 model",
                                    description=_summary(gpt2.download_gpt2))
@@ -192,16 +201,24 @@ def run_generate(args):
     from gpt2_simple.generation.generate import check_options
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
+    if args.stream and args.copy_threshold is not None:
+        raise ValueError(f"--copy_threshold {args.copy_threshold} cannot drop a streamed text (it is printed before "
+                         "it is checked); leave out --stream, or use --check_copies to print its mark")
     sess = gpt2.start_tf_sess()
     # With --stdout or --stream, standard output holds only the texts: status lines go to standard error.
     with contextlib.redirect_stdout(sys.stderr if args.stdout or args.stream else sys.stdout):
         gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
+        if args.check_copies or args.copy_threshold:  # the index's "Loading dataset" lines stay off the texts
+            sess.copy_index(args.training_data)
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
     if args.stream:
         for seed in seeds:  # one text per seed, printed piece by piece as it is made
+            piece = ""
             for piece in gpt2.generate_stream(sess, **dict(_call_kwargs(args, gpt2.generate_stream), seed=seed)):
                 print(piece, end="", flush=True)
             print()
+            if getattr(piece, "copy", None):  # --check_copies: the last piece carries the mark
+                print(f"[{piece.copy.mark()}]")
         return
     if args.stdout:
         kwargs = _call_kwargs(args, gpt2.generate, NOT_FLAGS["generate"])
@@ -215,6 +232,20 @@ def run_generate(args):
         path = _free_path(args.folder, stamp, i)
         gpt2.generate_to_file(sess, **dict(kwargs, seed=seed, destination_path=path))
         print(f"Wrote {path}")
+
+
+def run_evaluate(args):
+    """Print the held-out table, or with --json one JSON line per model (status lines go to standard error)."""
+    import json
+
+    import gpt2_simple as gpt2
+
+    kwargs = _call_kwargs(args, gpt2.evaluate, NOT_FLAGS["evaluate"])
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        rows = gpt2.evaluate(gpt2.start_tf_sess(), args.dataset, print_table=not args.json, **kwargs)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
 
 
 def run_download(args):
@@ -256,7 +287,7 @@ def run_export_hf(args):
     print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
 
 
-COMMANDS = {"finetune": run_finetune, "generate": run_generate, "download": run_download, "encode": run_encode,
+COMMANDS = {"finetune": run_finetune, "generate": run_generate, "evaluate": run_evaluate, "download": run_download, "encode": run_encode,
             "export_saved_model": run_export, "export_hf": run_export_hf, "export_gguf": run_export_gguf,
             "serve": run_serve}
 

@@ -15,14 +15,15 @@ import sys
 PROG = "gpt2_simple"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
-INT_WHEN_NONE = {"seed", "early_stopping_patience"}  # arguments whose default is None but whose values are integers
+INT_WHEN_NONE = {"seed", "early_stopping_patience", "copy_threshold"}  # arguments whose default is None but whose values are integers
 FLOAT_WHEN_NONE = {"max_grad_norm"}
+BOOL_WHEN_NONE = {"line_by_line"}  # evaluate's: None means "as the run was trained"
 # Help in shell terms where the docstring's speaks Python.
 SHELL_HELP = {
-    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs), 'multi_worker' (machines "
-                "listed in TF_CONFIG) or 'tpu'",
+    "strategy": "data parallelism across devices: 'mirrored' (all local GPUs) or 'multi_worker' (machines "
+                "listed in TF_CONFIG); TPUs are not supported",
 }
-CHOICES = {"strategy": ["mirrored", "multi_worker", "tpu"], "save_optimizer": ["full", "bfloat16", "none"],
+CHOICES = {"strategy": ["mirrored", "multi_worker"], "save_optimizer": ["full", "bfloat16", "none"],
            "learning_rate_schedule": ["constant", "linear", "cosine"]}
 
 
@@ -116,7 +117,7 @@ def add_flags(parser, function, skip=(), choices=None):
         text = SHELL_HELP.get(name) or docs.get(name, "")
         help_text = (text.replace("%", "%%") + " (default: %(default)r)").strip()
         options = dict(default=default, help=help_text, choices=(choices or {}).get(name) or CHOICES.get(name))
-        if isinstance(default, bool):
+        if isinstance(default, bool) or (default is None and name in BOOL_WHEN_NONE):
             options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif default is None:
             options.update(type=int if name in INT_WHEN_NONE else float if name in FLOAT_WHEN_NONE else str)

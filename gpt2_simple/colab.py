@@ -17,7 +17,7 @@ import re
 import shutil
 import tarfile
 
-from .atomic import size_text
+from .atomic import copy_file, open_atomic, size_text
 from .model.names import check_name
 
 COLAB_MOUNT_POINT = "/content/drive"
@@ -87,14 +87,8 @@ def copy_checkpoint_to_gdrive(run_name="run1", copy_folder=False, *, checkpoint_
         shutil.copytree(folder, target, dirs_exist_ok=True)
         return _report(folder, target)
     target = os.path.join(drive, get_tarfile_name(stored))
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        with tarfile.open(tmp, "w") as tar:
-            tar.add(folder, arcname=stored.replace(os.sep, "/"))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)  # our own half-written tar, never user data
+    with open_atomic(target, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        tar.add(folder, arcname=stored.replace(os.sep, "/"))
     return _report(folder, target)
 
 
@@ -195,13 +189,7 @@ def _relative_on_drive(file_path):
 
 def _copy_atomically(source, target):
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    copy_file(source, target)
 
 
 def _extract_run(tar, run_name, checkpoint_dir):

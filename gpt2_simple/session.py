@@ -22,13 +22,12 @@ class Session:
         folder: the folder the model was loaded from.
     """
 
-    def __init__(self, threads=-1, server=None):
-        self.threads = threads
-        self.server = server
+    def __init__(self):
         self.model = None
         self.encoder = None
         self.folder = None
         self._sampler = None
+        self._copies = None  # (folder, CopyIndex): the copy index of the run's training text
 
     def set_model(self, model, encoder, folder):
         """Make `model` the session's model; the sampler is compiled again only for a new model."""
@@ -48,9 +47,26 @@ class Session:
             self._sampler = Sampler(self.model)
         return self._sampler
 
+    def copy_index(self, training_data=None):
+        """The copy index (`generation/copies.py`) of the loaded run's training text, built once.
+
+        Args:
+            training_data: the text the run was trained on; default, the dataset its training.json names.
+        """
+        from .generation.copies import CopyIndex, newline_counts
+        from .training.copy_source import training_tokens
+
+        if self.model is None:
+            raise ValueError("no model is loaded in this session; call gpt2.load_gpt2(sess, run_name='run1') first")
+        key = (self.folder, training_data)
+        if self._copies is None or self._copies[0] != key:
+            tokens, separator = training_tokens(self.folder, self.encoder, training_data)
+            self._copies = (key, CopyIndex(tokens, newlines=newline_counts(self.encoder), separator=separator))
+        return self._copies[1]
+
     def close(self):
         """Drop the model and compiled functions so their memory can be freed."""
-        self.model = self.encoder = self.folder = self._sampler = None
+        self.model = self.encoder = self.folder = self._sampler = self._copies = None
 
     def __enter__(self):
         return self
@@ -84,7 +100,7 @@ def start_tf_sess(threads=-1, server=None):
             "graph sessions; use tf.distribute for distributed training",
             stacklevel=2,
         )
-    return Session(threads=threads, server=server)
+    return Session()
 
 
 def reset_session(sess, threads=-1, server=None):

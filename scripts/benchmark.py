@@ -19,11 +19,19 @@ Sections:
   only batch 1, for the bigger models (`--model 774M`);
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
   optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess, and of
-  LoRA (rank 8 on all four targets, Adam, bfloat16 frozen base); `--memory_configs lora_recompute`
-  runs only the named rows (adam, adam_recompute, adafactor, adafactor_recompute, lora, lora_recompute).
+  LoRA (rank 8 on all four targets, Adam, a bfloat16 frozen base loaded from a random-weight
+  checkpoint in OpenAI's layout), with a profile of where its memory is (`scripts/bench_memory.py`);
+  `--memory_configs lora_recompute` runs only the named rows (adam, adam_recompute, adafactor,
+  adafactor_recompute, lora, lora_recompute), `--memory_folder DIR` keeps the checkpoint for the next run.
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
-  token, and the same workload in-process (`scripts/bench_serve.py`).
+  token, and the same workload in-process (`scripts/bench_serve.py`);
+- copies: the copy index (`generation/copies.py`) on `--copies_mb` megabytes of synthetic text:
+  build time, memory, the check of a 200-token sample, the `avoid_copies=16` guard's index and
+  one compiled `banned()` call, and a suffix array for comparison (`scripts/bench_copies.py`);
+  not in the default run (`--only copies`);
+- logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
+  16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`).
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -52,11 +60,21 @@ import numpy as np  # noqa: E402
 
 def timed(fn, repeat=3):
     """Best wall time of `repeat` calls, seconds."""
-    best = float("inf")
+    return measured(fn, repeat)[0]
+
+
+def measured(fn, repeat=3):
+    """(best wall time of `repeat` calls in seconds, cores busy during that call).
+
+    Cores busy is the process's CPU time (all its threads) over the wall time: 2.0 on a 2-core
+    machine means both cores worked the whole call.
+    """
+    best = (float("inf"), 0.0)
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        best = min(best, (wall, (time.process_time() - cpu) / wall))
     return best
 
 
@@ -196,8 +214,9 @@ def bench_train(args, limits=None):
     n_ctx = model.hparams.n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
     first = timed(lambda: step(tokens).numpy(), repeat=1)
-    seconds = timed(lambda: step(tokens).numpy(), repeat=3)
-    result = {"first_step_s": first, "step_s": seconds, "tokens_per_s": n_ctx / seconds}
+    seconds, cores = measured(lambda: step(tokens).numpy(), repeat=3)
+    result = {"first_step_s": first, "step_s": seconds, "tokens_per_s": n_ctx / seconds, "step_cores_busy": cores,
+              "first_step_vs_steady": first / seconds}
     # gpt-2-simple's (and finetune's) default: 5 minibatches accumulated per optimizer step.
     five = tf.tile(tokens, [5, 1, 1])
     result["accumulate5_tokens_per_s"] = 5 * n_ctx / timed(lambda: step(five).numpy(), repeat=2)
@@ -227,7 +246,7 @@ def _full_step(model, optimizer="adam", precision="float32", recompute=False):
                               recompute=recompute)
 
 
-def _lora_step(model_name, base_precision, recompute=False, init=None):
+def _lora_step(model_name, base_precision):
     """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`."""
     import tensorflow as tf
 
@@ -237,11 +256,10 @@ def _lora_step(model_name, base_precision, recompute=False, init=None):
     from gpt2_simple.training.optimizer import make_optimizer
     from gpt2_simple.training.step import compile_train_step
 
-    model = GPT2(PRESETS[model_name], init=frozen_init(init or normal_init(0), base_dtype(base_precision)))
+    model = GPT2(PRESETS[model_name], init=frozen_init(normal_init(0), base_dtype(base_precision)))
     model.enable_lora(8, seed=0)
     opt = make_optimizer("adam", model.lora_weights, 1e-4)
-    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy(),
-                              recompute=recompute)
+    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy())
 
 
 def bench_generate(args):
@@ -261,9 +279,10 @@ def generate_rates(sampler, batches, new_tokens, label=""):
     for batch in batches:
         prompt = np.random.default_rng(batch).integers(0, sampler.model.hparams.n_vocab, size=(batch, 32))
         first = timed(lambda: sampler.sample(prompt, new_tokens, seed=0), repeat=1)
-        later = timed(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
+        later, cores = measured(lambda: sampler.sample(prompt, new_tokens, seed=1), repeat=2)
         result[f"{label}batch{batch}_first_call_tokens_per_s"] = batch * new_tokens / first
         result[f"{label}batch{batch}_tokens_per_s"] = batch * new_tokens / later
+        result[f"{label}batch{batch}_cores_busy"] = cores
     return result
 
 
@@ -468,65 +487,8 @@ def bench_peer_transformers(args, ours):
     return result
 
 
-MEMORY_CONFIGS = (("adam", False), ("adam", True), ("adafactor", False), ("adafactor", True), ("lora", False),
-                  ("lora", True))  # lora: rank 8, all four targets, Adam, bfloat16 frozen base
-
-
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb():
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's peak at fork)."""
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmHWM:")[1].split()[0]) / 1024  # kB -> MiB
-
-
-def memory_child(model_name, optimizer, recompute, precision="float32"):
-    """One fine-tuning process: weights RSS, peak RSS and step time of two steps (prints JSON)."""
-    import tensorflow as tf
-
-    from gpt2_simple.model.hparams import PRESETS
-    from gpt2_simple.model.model import GPT2
-
-    constant = lambda name, shape: np.full(shape, 0.01, np.float32)  # noqa: E731
-    if optimizer == "lora":
-        step = _lora_step(model_name, "bfloat16", recompute == "True", init=constant)
-        weights_mb = _rss_mb()
-    else:
-        model = GPT2(PRESETS[model_name], init=constant)
-        weights_mb = _rss_mb()
-        step = _full_step(model, optimizer, precision, recompute == "True")
-    n_ctx = PRESETS[model_name].n_ctx
-    tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
-    step(tokens).numpy()
-    start = time.perf_counter()
-    step(tokens).numpy()
-    print("RESULT" + json.dumps({"weights_rss_mb": weights_mb, "step_s": time.perf_counter() - start,
-                                 "peak_rss_mb": _peak_rss_mb()}))
-
-
-def bench_memory(args):
-    """Peak RSS of fine-tuning, per optimizer and recomputation setting, each in a fresh process."""
-    import subprocess
-
-    result = {}
-    for optimizer, recompute in MEMORY_CONFIGS:
-        if args.memory_configs and f"{optimizer}{'_recompute' if recompute else ''}" not in args.memory_configs:
-            continue
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child", args.model, optimizer,
-                               str(recompute)], capture_output=True, text=True)
-        _check_child(proc)
-        values = json.loads(proc.stdout.split("RESULT", 1)[1])
-        name = f"{optimizer}{'_recompute' if recompute else ''}"
-        result[f"{name}_peak_rss_mb"] = values["peak_rss_mb"]
-        result[f"{name}_step_s"] = values["step_s"]
-        result["lora_weights_rss_mb" if optimizer == "lora" else "weights_rss_mb"] = values["weights_rss_mb"]
-    return result
-
-
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
+EXTRA_SECTIONS = ("copies", "logprobs")  # run only when named with --only
 
 
 def _batches(text):
@@ -538,7 +500,7 @@ def _batches(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
+    parser.add_argument("--only", choices=SECTIONS + EXTRA_SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--model", default="124M", help="model size for train/generate (124M, 355M, ...)")
     parser.add_argument("--encoder_mb", type=float, default=5.0, help="MB of text for the encoder section")
     parser.add_argument("--new_tokens", type=int, default=256)
@@ -549,12 +511,21 @@ def main(argv=None):
     parser.add_argument("--peer", choices=["gpt-2-simple", "transformers", "llama.cpp", "keras-hub"], action="append",
                         help="also run the train and generate workloads through this peer, in a subprocess")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--copies_mb", type=float, nargs="+", default=[10, 100],
+                        help="copies: megabytes of synthetic training text to index")
+    parser.add_argument("--suffix_array_up_to", type=float, default=10,
+                        help="copies: also build a suffix array up to this many megabytes (it is slow)")
+    parser.add_argument("--logprobs_batches", type=int, nargs="+", default=[1, 16], help="logprobs: batch sizes")
     parser.add_argument("--memory_configs", type=lambda text: text.split(","),
                         help="comma-separated memory rows to run (default: all), e.g. lora,lora_recompute")
+    parser.add_argument("--memory_folder", help="memory: write (or reuse) the LoRA rows' random-weight checkpoint "
+                                                "in DIR/<model>, not in a temporary folder")
     parser.add_argument("--memory_child", nargs=3, metavar=("MODEL", "OPTIMIZER", "RECOMPUTE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
-        memory_child(*args.memory_child)
+        from bench_memory import memory_child
+
+        memory_child(*args.memory_child, folder=args.memory_folder, full_step=_full_step)
         return 0
     sections = args.only or SECTIONS
     results = {"machine": {"cores": os.cpu_count()}}
@@ -576,11 +547,21 @@ def main(argv=None):
                                                     / bounds[f"batch{batch}_bound_tokens_per_s"])
             results["generate"].update(bounds)
     if "memory" in sections:
-        results["memory"] = bench_memory(args)
+        from bench_memory import bench_memory
+
+        results["memory"] = bench_memory(args, os.path.abspath(__file__), _check_child)
     if "serve" in sections:  # scripts/bench_serve.py
         from bench_serve import bench_serve
 
         results["serve"] = bench_serve(args, _openai_folder)
+    if "copies" in sections:  # scripts/bench_copies.py
+        from bench_copies import bench_copies
+
+        results["copies"] = bench_copies(args, timed, measured)
+    if "logprobs" in sections:  # scripts/bench_logprobs.py
+        from bench_logprobs import bench_logprobs
+
+        results["logprobs"] = bench_logprobs(args, timed)
     if "gpt-2-simple" in (args.peer or []):
         results["peer_gpt_2_simple"] = bench_peer_gpt_2_simple(args, results)
     if "transformers" in (args.peer or []):

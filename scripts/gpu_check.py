@@ -1,4 +1,4 @@
-"""The GPU figures the README reports, in one process: `bash scripts/gpu_check.sh` runs it after the tests.
+"""The GPU figures docs/performance.md reports, in one process: `bash scripts/gpu_check.sh` runs it after the tests.
 
     python scripts/gpu_check.py --json gpu.json            # on a machine with a GPU
     python scripts/gpu_check.py --smoke --json smoke.json  # tiny sizes, to try it on a CPU

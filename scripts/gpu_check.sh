@@ -20,7 +20,7 @@ if [ -z "${SMOKE:-}" ] && ! python -c "import tensorflow as tf, sys; sys.exit(no
     exit 2
 fi
 status=0
-tests=(tests/test_model.py tests/test_generate.py tests/test_scale.py tests/test_lora.py tests/test_train.py)
+tests=(tests/model/test_model.py tests/generation/test_generate.py tests/training/test_scale.py tests/model/test_lora.py tests/training/test_train.py)
 python -m pytest -q -x "${tests[@]}" 2>&1 | tee "$out/tests.log" || status=1
 python scripts/gpu_check.py ${SMOKE:+--smoke} --json "$out/gpu.json" 2>&1 | tee "$out/figures.log" || status=1
 exit $status

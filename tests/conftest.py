@@ -42,3 +42,39 @@ def real_vocab_dir(tmp_path_factory):
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copy(os.path.join(data, name), folder / name)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def memorized_run(tmp_path_factory, real_vocab_dir):
+    """A tiny run fine-tuned 60 steps on `runs.TEXT` (checkpoints model-30 and model-60), which it
+    memorizes; yields (root, model_dir, checkpoint_dir, dataset path). Shared by the quality tools' tests."""
+    import gpt2_simple as gpt2
+    from runs import make_tiny_model, write_text
+
+    root = tmp_path_factory.mktemp("memorized")
+    model_dir = make_tiny_model(root, real_vocab_dir)
+    data = write_text(root)
+    checkpoint_dir = str(root / "checkpoint")
+    gpt2.finetune(gpt2.start_tf_sess(), data, steps=60, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
+                  sample_dir=str(root / "samples"), seed=0, model_name="tiny", batch_size=2, accumulate_gradients=1,
+                  sample_every=30, sample_length=24, print_every=100, learning_rate=2e-2, save_every=30,
+                  max_checkpoints=3)
+    return root, model_dir, checkpoint_dir, data
+
+
+@pytest.fixture(scope="session")
+def enc(real_vocab_dir):
+    """The real GPT-2 encoder, loaded once."""
+    from encoder import get_encoder
+
+    return get_encoder(real_vocab_dir)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, real_vocab_dir):
+    """(root, model_dir, data): the test's folder as the working directory, a tiny model with the real
+    vocabulary under `root/models/tiny` and a short text file `root/data.txt`."""
+    from runs import make_tiny_model, write_text
+
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, make_tiny_model(tmp_path, real_vocab_dir), write_text(tmp_path)

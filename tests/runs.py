@@ -4,6 +4,12 @@ import os
 
 from openai_layout import make_openai_folder
 
+TESTS = os.path.dirname(os.path.abspath(__file__))  # the tests folder: shared helpers and child scripts
+ROOT = os.path.dirname(TESTS)  # the checkout
+
+# finetune() arguments for a tiny run that is quick and quiet; a module adds its own (FAST = dict(runs.FAST, ...)).
+FAST = dict(model_name="tiny", batch_size=2, accumulate_gradients=2, sample_every=0, print_every=1)
+
 TINY_REAL_VOCAB = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}
 
 TEXT = (
@@ -29,8 +35,7 @@ def write_text(root, text=TEXT, name="data.txt"):
 
 def subprocess_env(**extra):
     """The environment for a child Python that must import this checkout's packages."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2", **extra)
 
 

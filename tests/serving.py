@@ -1,5 +1,6 @@
 """A server for the tests: the app on 127.0.0.1, a free port, Uvicorn in a thread; stopped on exit."""
 import contextlib
+import os
 import socket
 import threading
 
@@ -36,3 +37,29 @@ def tiny_session(root, vocab_dir, seed=7):
     gpt2.load_gpt2(sess, model_name="tiny", model_dir=model_dir)
     sess.sampler.sample([[1]], 2, seed=0)  # compiled before a server starts
     return sess
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def headless_chromium(profile_dir, window="1000,760"):
+    """A selenium driver for Debian's headless Chromium (no network of its own; the caller quits it).
+
+    Chromium and its driver come from `apt-get install chromium chromium-driver` (`.ci/run`);
+    without them the test fails, it does not skip.
+    """
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            pytest.fail(f"{path} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager must not reach for the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={window}", f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

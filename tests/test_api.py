@@ -81,6 +81,7 @@ def test_all_names_exist():
         assert hasattr(gpt2, name), name
 
 
+@pytest.mark.slow
 def test_import_has_no_side_effects():
     code = (
         "import tensorflow as tf\n"

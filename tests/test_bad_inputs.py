@@ -6,11 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
+import runs
 from runs import make_tiny_model, snapshot, write_text
 
 import gpt2_simple as gpt2
 
-FAST = dict(model_name="tiny", batch_size=1, accumulate_gradients=1, sample_every=0)
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
+
+FAST = dict(runs.FAST, batch_size=1, accumulate_gradients=1)
 
 
 @pytest.fixture(scope="module")

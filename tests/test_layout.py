@@ -1,4 +1,5 @@
-"""The package's layout: stages that import each other in one direction, short modules, a true code map."""
+"""The package's layout: stages that import each other in one direction, short modules, a true code map,
+and documentation links that resolve."""
 import ast
 import os
 import re
@@ -68,6 +69,9 @@ def test_each_stage_says_what_it_owns():
     for stage in STAGES:
         doc = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, stage, "__init__.py")).read()))
         assert doc and len(doc.split()) > 30, stage
+        modules = sorted(name for name in os.listdir(os.path.join(PACKAGE, stage))
+                         if name.endswith(".py") and name != "__init__.py")
+        assert [m for m in modules if f"`{m}`" not in doc] == [], f"{stage}/__init__.py does not name them"
 
 
 def test_readme_code_map_matches_the_tree():
@@ -76,3 +80,28 @@ def test_readme_code_map_matches_the_tree():
     named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", section)) - {"__init__.py"}
     files = {relpath for relpath, _ in _modules() if not relpath.endswith("__init__.py")}
     assert named == files, (sorted(files - named), sorted(named - files))
+
+
+def _anchors(path):
+    """GitHub's anchors for the headings of a markdown file: lower case, punctuation dropped, spaces to -."""
+    headings = re.findall(r"^#+ (.+)$", open(path, encoding="utf-8").read(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_and_docs_links_resolve():
+    pages = [os.path.join(ROOT, "README.md")] + [
+        os.path.join(ROOT, "docs", name) for name in sorted(os.listdir(os.path.join(ROOT, "docs")))
+        if name.endswith(".md")]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", open(page, encoding="utf-8").read()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), file)) if file else page
+            if not os.path.exists(path) or (anchor and anchor not in _anchors(path)):
+                broken.append((os.path.relpath(page, ROOT), target))
+    assert broken == []
+    readme = open(pages[0], encoding="utf-8").read()
+    unlinked = [os.path.relpath(p, ROOT) for p in pages[1:] if os.path.relpath(p, ROOT) not in readme]
+    assert unlinked == [], "docs pages the README does not link"

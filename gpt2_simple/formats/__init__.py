@@ -1,8 +1,11 @@
-"""Files in and out: OpenAI checkpoints, Hugging Face folders, safetensors, and downloads.
+"""Files in and out: OpenAI checkpoints, Hugging Face folders, safetensors, GGUF, adapters and downloads.
 
 This stage owns the bytes on disk: the one table of OpenAI checkpoint names and the TF bundle
 format (`checkpoint.py`), Hugging Face's layout (`hf.py`) and the safetensors file format
 (`safetensors_file.py`), telling layouts apart, loading any of them and converting between them
-(`folders.py`), and fetching OpenAI's released models (`download.py`). It builds `GPT2` objects
-from `model/` but knows nothing of training or sampling.
+(`folders.py`), llama.cpp's GGUF file (`gguf.py`), LoRA adapters and their settings in run
+folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), a run's
+`documents.json` and `best.json` (`run_record.py`), and fetching OpenAI's released models
+(`download.py`). It builds `GPT2` objects from `model/` but knows nothing of training or
+sampling.
 """

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ..atomic import write_text
+from ..atomic import staged_path, write_text
 from ..model.hparams import load_hparams
 from ..model.lora import base_dtype, frozen_init, merged_weights
 from ..model.model import GPT2
@@ -151,6 +151,22 @@ def read_tensor(reader, prefix, name):
         ) from None
 
 
+def restore_tensor(prefix, name, shape, dtype=tf.float32):
+    """One tensor of the bundle at `prefix` as a TensorFlow tensor of `shape`, read by itself.
+
+    Unlike `read_tensor` it makes no NumPy copy: a loader that casts it to 16 bits holds one
+    float32 tensor at a time, never the checkpoint. Errors as `read_tensor`'s.
+    """
+    try:
+        (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""], dtypes=[dtype])
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
+            f"{_first_line(e)}); download the model again or restore an earlier checkpoint"
+        ) from None
+    return tf.reshape(value, shape)
+
+
 def _first_line(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -173,10 +189,10 @@ def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):
     """
     prefix = find_checkpoint(folder, checkpoint)
     hparams = load_hparams(folder)
-    reader = checked_reader(prefix, hparams)
+    dtypes = checked_reader(prefix, hparams).get_variable_to_dtype_map()
 
-    def init(name, shape):
-        return read_tensor(reader, prefix, name).reshape(shape)
+    def init(name, shape):  # one tensor at a time, straight into its variable (cast first for a 16-bit base)
+        return restore_tensor(prefix, name, shape, dtypes[name])
 
     if base_precision is not None:
         init = frozen_init(init, base_dtype(base_precision))
@@ -195,19 +211,15 @@ def write_bundle(prefix, tensors):
     The bundle is written under a temporary prefix, then its data file and index are renamed
     (index last: a bundle is only seen as present once its index exists).
     """
-    folder, base = os.path.split(prefix)
-    tmp = os.path.join(folder, f".tmp-{base}-{os.getpid()}")
     names = list(tensors)
-    tf.raw_ops.SaveV2(
-        prefix=tmp,
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[tensors[n] for n in names],
-    )
-    for suffix in (DATA_SUFFIX, INDEX_SUFFIX):
-        _fsync(tmp + suffix)
-        os.replace(tmp + suffix, prefix + suffix)
-    _fsync_dir(folder)
+    with staged_path(prefix, suffixes=(DATA_SUFFIX, INDEX_SUFFIX)) as tmp:
+        tf.raw_ops.SaveV2(
+            prefix=tmp,
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tensors[n] for n in names],
+        )
+    _fsync_dir(os.path.dirname(prefix))
     return prefix
 
 
@@ -288,11 +300,6 @@ def companion_path(prefix, name):
     """The prefix of the `name` companion bundle of checkpoint `prefix` (`model-7` -> `optimizer-7`)."""
     folder, base = os.path.split(prefix)
     return os.path.join(folder, re.sub(r"^model", name, base))
-
-
-def _fsync(path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder):

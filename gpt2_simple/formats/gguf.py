@@ -19,13 +19,13 @@ llama.cpp's converter keeps them; a `q8_0` matrix whose rows are not whole 32-va
 stored as f16, as that converter does. Reading GGUF back is not this library's job.
 """
 import os
-import secrets
 
 import numpy as np
 
 from encoder.bpe import ENDOFTEXT
 from encoder.vocab import read_vocab
 
+from ..atomic import staged_path
 from ..model.model import GPT2, LAYER_NORM_EPSILON
 from .checkpoint import numpy_weights
 from .folders import load_model
@@ -172,46 +172,35 @@ def _write(gguf, path, model, tokenizer, dtype, name):
     """Fill a temporary file beside `path` with the header, metadata and tensors; rename it on success."""
     hp = model.hparams
     tokens, types, merges, eot = tokenizer
-    folder, base = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{base}.tmp-{secrets.token_hex(6)}")
-    writer = gguf.GGUFWriter(tmp, ARCH)
-    try:
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name)
-        writer.add_context_length(hp.n_ctx)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(4 * hp.n_embd)
-        writer.add_block_count(hp.n_layer)
-        writer.add_head_count(hp.n_head)
-        writer.add_layer_norm_eps(LAYER_NORM_EPSILON)
-        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
-        writer.add_file_type(int(file_type))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_tokenizer_model(TOKENIZER_MODEL)
-        writer.add_tokenizer_pre(PRE_TOKENIZER)
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        if eot is not None:  # without <|endoftext|>, llama.cpp keeps its defaults
-            writer.add_bos_token_id(eot)
-            writer.add_eos_token_id(eot)
-        for tensor_name, array in gguf_arrays(model).items():
-            kind = getattr(gguf.GGMLQuantizationType, storage_type(tensor_name, array, dtype).upper())
-            writer.add_tensor(tensor_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        writer.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _fsync(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with staged_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, ARCH)
+        try:
+            writer.add_type(gguf.GGUFType.MODEL)
+            writer.add_name(name)
+            writer.add_context_length(hp.n_ctx)
+            writer.add_embedding_length(hp.n_embd)
+            writer.add_feed_forward_length(4 * hp.n_embd)
+            writer.add_block_count(hp.n_layer)
+            writer.add_head_count(hp.n_head)
+            writer.add_layer_norm_eps(LAYER_NORM_EPSILON)
+            file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+            writer.add_file_type(int(file_type))
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_tokenizer_model(TOKENIZER_MODEL)
+            writer.add_tokenizer_pre(PRE_TOKENIZER)
+            writer.add_token_list(tokens)
+            writer.add_token_types(types)
+            writer.add_token_merges(merges)
+            if eot is not None:  # without <|endoftext|>, llama.cpp keeps its defaults
+                writer.add_bos_token_id(eot)
+                writer.add_eos_token_id(eot)
+            for tensor_name, array in gguf_arrays(model).items():
+                kind = getattr(gguf.GGMLQuantizationType, storage_type(tensor_name, array, dtype).upper())
+                writer.add_tensor(tensor_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()

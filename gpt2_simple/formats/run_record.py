@@ -1,10 +1,11 @@
-"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json` and `best.json`.
+"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json`, `best.json`, `training.json`.
 
 This module owns two small JSON files beside `hparams.json`, which gpt-2-simple and TF1 code
 ignore: `documents.json`, written when the run was trained on documents (`line_by_line=True`),
 so that `generate` starts every sample at end-of-text and stops at the next one; and
 `best.json`, the step and validation loss of the `model-best` checkpoint (`keep_best=True`),
-which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest.
+which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest; and
+`training.json`, the dataset path and base model folder (read by `evaluate` and the copy index).
 Writing the weights is `checkpoint.py`'s.
 """
 import json
@@ -29,14 +30,7 @@ def record_documents(run_dir, separator):
 
 def read_documents(folder):
     """`{"line_by_line": True, "separator": id}` when `folder` was trained on documents, else None."""
-    path = os.path.join(folder, DOCUMENTS_FILE) if folder else ""
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            record = json.load(f)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} is not JSON; delete it if the run was not trained with line_by_line=True") from None
+    record = _read_json(folder, DOCUMENTS_FILE, "delete it if the run was not trained with line_by_line=True")
     return record if isinstance(record, dict) and record.get("line_by_line") else None
 
 
@@ -44,10 +38,31 @@ def write_best(run_dir, step, val_loss):
     write_text(os.path.join(run_dir, BEST_FILE), json.dumps({"step": int(step), "val_loss": float(val_loss)}) + "\n")
 
 
-def read_best(folder):
-    """`{"step": N, "val_loss": x}` of the run's `model-best`, or None."""
-    path = os.path.join(folder, BEST_FILE)
+TRAINING_FILE = "training.json"
+
+
+def record_training(run_dir, dataset, base_model, line_by_line):
+    """Record what the run trains on (`dataset`'s absolute path) and the base model folder it
+    started from, so `evaluate` can compare with that base and the copy index can find the text.
+    A resumed run keeps the base model its first call recorded."""
+    earlier = read_training(run_dir) or {}
+    record = {"dataset": os.path.abspath(os.fspath(dataset)), "line_by_line": bool(line_by_line),
+              "base_model": earlier.get("base_model") or (os.path.abspath(base_model) if base_model else None)}
+    write_text(os.path.join(run_dir, TRAINING_FILE), json.dumps(record) + "\n")
+
+
+def read_training(folder):
+    """The run's `{"dataset", "line_by_line", "base_model"}` record, or None (older runs, model folders)."""
+    return _read_json(folder, TRAINING_FILE, "delete it (it only records the run's dataset and base model)")
+
+
+def _read_json(folder, name, fix):
+    """The JSON in `folder/name`, or None when there is no such file; a ValueError naming `fix` if it is not JSON."""
+    path = os.path.join(folder, name) if folder else ""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not JSON; {fix}") from None

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from ..atomic import open_atomic
+
 MAX_HEADER_BYTES = 100 * 2**20
 # Bytes per element of safetensors' dtypes: any may appear (a bool attention mask, say), but
 # only the float ones that GPT-2's weights come in are read; `FLOATS` says how, in NumPy (BF16
@@ -114,12 +116,6 @@ class SafeTensors:
         return values.astype(np.float32, copy=False).reshape(shape)
 
 
-def read_safetensors(path):
-    """All tensors of safetensors file `path` as `{name: float32 array}` (see `SafeTensors`)."""
-    tensors = SafeTensors(path)
-    return {name: tensors.read(name) for name in tensors.shapes}
-
-
 def write_safetensors(path, tensors, metadata=None):
     """Write `{name: array}` to `path` as float32 safetensors, atomically (temporary name, rename).
 
@@ -133,14 +129,10 @@ def write_safetensors(path, tensors, metadata=None):
         offset += array.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    with open_atomic(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for array in arrays.values():
             f.write(array.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -7,7 +7,8 @@ This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequ
 text as it is drawn (`stream.py`), scores of token sequences (`scores.py`), an OpenAI-compatible
 HTTP server (`serve.py`, with its model thread in `batcher.py`, its JSON contracts in
 `openai_api.py`, `openai_chat.py` and `tokenizer_api.py`, a request's events in `answers.py`,
-its metrics in `metrics.py` and its page in `web/`), and a
-SavedModel whose signature is that same loop (`saved_model.py`). It loads weights through
+its metrics in `metrics.py`, its page in `web/` and a run's gallery in `gallery.py`), what a
+sample shares with the training text (`copies.py`, and the in-loop guard's graph function in
+`copy_guard.py`), and a SavedModel whose signature is that same loop (`saved_model.py`). It loads weights through
 `formats/` and never trains.
 """

@@ -2,8 +2,9 @@
 
 This module owns turning a checked request (`openai_api.Completion`) into `batcher.Job`s, carrying
 their events from the worker thread to the event loop, gathering a whole answer (texts, finish
-reasons, token counts, scores) or streaming it as Server-Sent Events (completions' and chat's
-shapes), and cancelling the jobs of a client that has gone. Routes are `serve.py`'s.
+reasons, token counts, scores, copy marks) or streaming it as Server-Sent Events (completions' and
+chat's shapes), and cancelling the jobs of a client that has gone. Routes are `serve.py`'s; the
+copy index is `copies.py`'s.
 """
 import asyncio
 import json
@@ -22,10 +23,12 @@ async def disconnected(receive):
 class Run:
     """One request's jobs in the batcher, and the events they send back to the event loop."""
 
-    def __init__(self, batcher, req, loop, enc, metrics):
+    def __init__(self, batcher, req, loop, enc, metrics, copies=None):
+        """`copies`: the run's `copies.CopyIndex` when the request asked for `check_copies`, else None."""
         self.batcher, self.n, self.events, self.req, self.enc = batcher, req.n, asyncio.Queue(), req, enc
-        self.metrics, self.start, self.first = metrics, time.perf_counter(), True
+        self.metrics, self.start, self.first, self.copies = metrics, time.perf_counter(), True, copies
         self.rows = len(req.prompts) * req.n
+        self.texts = [""] * self.rows  # each choice's completion (no echo), for its copy mark
         self.counts = [0] * self.rows
         self.scores = [None] * self.rows
         self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p),
@@ -65,6 +68,8 @@ class Run:
             if self.first:
                 self.first = False
                 self.metrics.first_token.observe(time.perf_counter() - self.start)
+            if event[0] == "text":
+                self.texts[index] += event[2]
             if event[0] == "done":
                 left -= 1
                 self.counts[index], self.scores[index] = event[3], event[4]
@@ -83,6 +88,24 @@ class Run:
         prompt = len(self.req.prompts[index // self.n])
         return api.logprobs_object(self.enc, scores, self.req.logprobs, prompt, self.req.echo)
 
+    def copy(self, index):
+        """The `copy_mark` of a finished choice (`copies.Copy.to_dict()` of its completion), or None."""
+        return None if self.copies is None else self.copies.check(self.enc.encode(self.texts[index])).to_dict()
+
+    def marked(self, answer):
+        """A whole answer with each choice's `copy_mark`; choices at `copy_threshold` or over are dropped.
+
+        The kept choices keep their `index`, and `copies_dropped` counts the others.
+        """
+        if self.copies is None:
+            return answer
+        threshold, kept = self.req.copy_threshold, []
+        for choice in answer["choices"]:
+            choice["copy_mark"] = self.copy(choice["index"])
+            if threshold is None or choice["copy_mark"]["longest"] < threshold:
+                kept.append(choice)
+        return dict(answer, choices=kept, copies_dropped=len(answer["choices"]) - len(kept))
+
     async def collect(self):
         texts, reasons = [self.echoed(i) for i in range(self.rows)], [None] * self.rows
         async for index, kind, value in self.next_events():
@@ -99,7 +122,8 @@ def completion_events(run, cid, name):
         if kind == "echo":
             return api.chunk(cid, name, index, value)
         text, reason = (value, None) if kind == "text" else ("", value)
-        return api.chunk(cid, name, index, text, reason, run.logprobs(index) if kind == "done" else None)
+        return _last(run, index, kind, api.chunk(cid, name, index, text, reason,
+                                                 run.logprobs(index) if kind == "done" else None))
 
     return _stream(run, shape, "echo" if run.req.echo else None)
 
@@ -110,9 +134,16 @@ def chat_events(run, cid, name):
         if kind == "role":
             return chat_api.chat_chunk(cid, name, index, {"role": "assistant", "content": ""})
         delta, reason = ({"content": value}, None) if kind == "text" else ({}, value)
-        return chat_api.chat_chunk(cid, name, index, delta, reason)
+        return _last(run, index, kind, chat_api.chat_chunk(cid, name, index, delta, reason))
 
     return _stream(run, shape, "role")
+
+
+def _last(run, index, kind, chunk):
+    """A streamed choice's last chunk (the one with its `finish_reason`) carries its `copy_mark`."""
+    if kind == "done" and run.copies is not None:
+        chunk["choices"][0]["copy_mark"] = run.copy(index)
+    return chunk
 
 
 async def _stream(run, shape, opening):

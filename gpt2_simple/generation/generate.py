@@ -16,6 +16,7 @@ Differences from gpt-2-simple 0.8.1, each one of its reported failures:
   at the next end-of-text (or after `length` tokens).
 """
 import re
+import sys
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from encoder import get_encoder
 from ..formats.folders import load_model
 from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
+from .copies import SampleMarks
 from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .steering import StopStrings
 
@@ -59,7 +61,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
              sample_dir="samples", return_as_list=False, truncate=None, destination_path=None,
              sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
              temperature=0.7, top_k=0, top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0,
-             presence_penalty=0.0, frequency_penalty=0.0, logit_bias=None, min_p=0.0):
+             check_copies=False, copy_threshold=None, training_data=None, presence_penalty=0.0,
+             frequency_penalty=0.0, logit_bias=None, min_p=0.0):
     """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
 
     Args:
@@ -121,6 +124,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
 
     options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
                                    repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, **adjust)
+    marks = SampleMarks(sess.copy_index(training_data), enc, copy_threshold) if check_copies or copy_threshold else None
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
     try:
@@ -132,30 +136,37 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             )
             for row in tokens:
                 text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)
+                if marks and (text := marks.mark(text, prefix)) is None:
+                    continue  # a copy, dropped
+                shown = f"{text}\n[{text.copy.mark()}]" if check_copies else text
                 if out_file:
-                    out_file.write(f"{text}\n{sample_delim}")
+                    out_file.write(f"{shown}\n{sample_delim}")
                 elif not return_as_list:
-                    print(f"{text}\n{sample_delim}", end="")
+                    print(f"{shown}\n{sample_delim}", end="")
                 texts.append(text)
     finally:
         if out_file:
             out_file.close()
+    if marks and marks.report():
+        print(marks.report(), file=sys.stderr)
     return texts if return_as_list else None
 
 
 def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models",
                      truncate=None, destination_path="gpt_2_gen_texts.txt", sample_delim=DEFAULT_DELIM,
                      prefix=None, seed=None, nsamples=1, batch_size=1, length=1023, temperature=0.7, top_k=0,
-                     top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0, presence_penalty=0.0,
-                     frequency_penalty=0.0, logit_bias=None, min_p=0.0):
+                     top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0, check_copies=False,
+                     copy_threshold=None, training_data=None, presence_penalty=0.0, frequency_penalty=0.0,
+                     logit_bias=None, min_p=0.0):
     """`generate(...)` writing to `destination_path` (gpt-2-simple's signature and defaults)."""
     return generate(
         sess, run_name=run_name, checkpoint_dir=checkpoint_dir, model_name=model_name, model_dir=model_dir,
         return_as_list=False, truncate=truncate, destination_path=destination_path, sample_delim=sample_delim,
         prefix=prefix, seed=seed, nsamples=nsamples, batch_size=batch_size, length=length,
         temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix, stop=stop,
-        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty, logit_bias=logit_bias, min_p=min_p,
+        repetition_penalty=repetition_penalty, check_copies=check_copies, copy_threshold=copy_threshold,
+        training_data=training_data, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+        logit_bias=logit_bias, min_p=min_p,
     )
 
 

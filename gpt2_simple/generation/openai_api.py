@@ -14,6 +14,7 @@ import time
 import uuid
 
 from .batcher import Options
+from .copies import SPAN
 from .scores import MAX_TOP
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -46,6 +47,8 @@ class Completion:
     stream: bool
     logprobs: int = None  # alternatives per token, or None: no scores
     echo: bool = False  # the prompt comes back before the completion, scored when `logprobs` is set
+    check_copies: bool = False  # each choice gets its `copy` mark from the run's copy index
+    copy_threshold: int = None  # choices sharing this many tokens or more with the training data are dropped
 
 
 def _number(body, name, default, low, high, *, integer=False, low_open=False):
@@ -147,13 +150,20 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     seed = _number(body, "seed", None, 0, MAX_SEED, integer=True)
     stream = _flag(body, "stream")
+    copy_threshold = _number(body, "copy_threshold", None, SPAN, 1 << 20, integer=True)
+    if copy_threshold is not None and stream:
+        raise APIError(400, "copy_threshold cannot drop a streamed choice (its text is sent before it is "
+                            "checked); leave out stream, or send check_copies: true to get each choice's mark",
+                       "copy_threshold")
     if temperature == 0:  # OpenAI's greedy decoding
         temperature, top_k, top_p = 1.0, 1, 1.0
     options = Options(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
                       top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
                       stop=_stop(body), presence_penalty=float(presence), frequency_penalty=float(frequency),
                       logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p))
-    return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo)
+    return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo,
+                      check_copies=_flag(body, "check_copies") or copy_threshold is not None,
+                      copy_threshold=copy_threshold)
 
 
 def _logit_bias(body, n_vocab):

@@ -18,8 +18,9 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice: TF 2.21 has no public op for it (not in tf.raw_ops)
 
+from .. import xla_choice
 from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_table  # noqa: F401
 from .options import NO_TOKEN as _NO_TOKEN
@@ -43,9 +44,10 @@ class Sampler:
       same at every position.
     """
 
-    def __init__(self, model, *, xla_max_batch=XLA_MAX_BATCH):
+    def __init__(self, model, *, xla_max_batch=None):
         self.model = model
-        self.xla_max_batch = xla_max_batch
+        # None: XLA_MAX_BATCH, or 0 (never the XLA loop) where XLA is switched off or cannot compile.
+        self.xla_max_batch = (XLA_MAX_BATCH if xla_choice.decide() else 0) if xla_max_batch is None else xla_max_batch
         hp = model.hparams
         inputs = [
             tf.TensorSpec([], tf.int32),  # n: tokens to draw
@@ -56,16 +58,15 @@ class Sampler:
              tf.TensorSpec([None, hp.n_vocab], tf.float32),  # counts: each token's draws so far
              tf.TensorSpec([None], tf.bool)),  # ended: rows that need no more tokens
         ]
-        growing = [tf.TensorSpec([None, hp.n_head, None, hp.head_dim], tf.float32)] * hp.n_layer
+        caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
         self._decode = tf.function(
             self.decode_chunk,
-            input_signature=[tf.TensorSpec([None, None], tf.int32), growing, growing] + inputs,
+            input_signature=[tf.TensorSpec([None, None], tf.int32), caches, caches] + inputs,
             autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
         )
-        fixed = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, window, ...]
         self._decode_fixed = tf.function(
             self.decode_fixed,
-            input_signature=[tf.TensorSpec([None, 1], tf.int32), fixed, fixed, tf.TensorSpec([], tf.int32)] + inputs,
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), caches, caches, tf.TensorSpec([], tf.int32)] + inputs,
             jit_compile=True, autograph=False,
         )
 
@@ -80,13 +81,13 @@ class Sampler:
         ended). Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it
         is the caller's next `pending`.
         """
-        cache_shape = tf.TensorShape([None, self.model.hparams.n_head, None, self.model.hparams.head_dim])
+        cache_shape = tf.TensorShape([None, None, self.model.hparams.head_dim])
         steer = _Steering(self.model.hparams.n_vocab, knobs)
 
         # One loop from the prompt on (fed at i = 0, then one token a step), so the model is traced
         # once: tracing is most of a first call's wait. n >= 1 and some row is live on entry.
         def body(i, fed, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward_cached(fed, keys, values)
+            logits, keys, values = self.model.forward(fed, keys, values)
             token = steer.draw(logits, steering, i, seed)
             return i + 1, token, keys, values, drawn.write(i, token[:, 0]), steer.update(token, steering)
 
@@ -119,7 +120,7 @@ class Sampler:
         steer = _Steering(self.model.hparams.n_vocab, knobs)
 
         def body(i, token, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward_fixed(token, keys, values, start + i)
+            logits, keys, values = self.model.forward(token, keys, values, start + i)
             token = steer.draw(logits, steering, i, seed, sort=True)
             drawn = xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
             return i + 1, token, keys, values, drawn, steer.update(token, steering)
@@ -185,7 +186,7 @@ class Sampler:
 
     def _room(self, state):
         """How many tokens the next call may draw: feeding `pending` and n - 1 drawn tokens must fit."""
-        cached = state.start if state.start is not None else state.caches[0][0].shape[-2]
+        cached = state.start if state.start is not None else state.caches[0][0].shape[1]
         return self.model.hparams.n_ctx - cached - state.pending.shape[1] + 1
 
     def _slide(self, state):
@@ -205,7 +206,7 @@ class Sampler:
             tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), seed, knobs,
                                                 steering)
             if fixed:  # from here on, the XLA loop over caches of a fixed window
-                state.start = keys[0].shape[-2]
+                state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
             tokens, count, keys, values = self._decode_fixed(
@@ -217,19 +218,17 @@ class Sampler:
 
     def _empty_cache(self, batch):
         hp = self.model.hparams
-        empty = tf.zeros([batch, hp.n_head, 0, hp.head_dim], tf.float32)
+        empty = tf.zeros([batch * hp.n_head, 0, hp.head_dim], tf.float32)
         return [empty] * hp.n_layer, [empty] * hp.n_layer
 
     def _fit(self, caches, state):
-        """Growing caches -> the XLA loop's `[batch * n_head, window, head_dim]`, zeros after the filled positions.
+        """The prompt's caches padded with zeros to the XLA loop's window of positions (one layout for both loops).
 
         The window holds every position the rest of the call writes (`cache_window`): each later
         step draws at most the tokens left (`n <= length - drawn`) until the call ends or slides.
         """
-        hp = self.model.hparams
-        window = cache_window(state.start + state.length - state.drawn, hp.n_ctx)
-        return [tf.pad(tf.reshape(c, [-1, c.shape[-2], hp.head_dim]), [[0, 0], [0, window - c.shape[-2]], [0, 0]])
-                for c in caches]
+        window = cache_window(state.start + state.length - state.drawn, self.model.hparams.n_ctx)
+        return [tf.pad(c, [[0, 0], [0, window - c.shape[1]], [0, 0]]) for c in caches]
 
 
 def cache_window(positions, n_ctx):

@@ -88,7 +88,7 @@ class ServingModule(tf.Module):
             tokens = tf.identity(tokens)
         top_p = tf.where(top_p >= 1.0, 0.0, top_p)
         seed = tf.where(seed < 0, tf.random.uniform([], 0, 2**62, dtype=tf.int64), seed)
-        empty = tf.zeros([tf.shape(tokens)[0], hp.n_head, 0, hp.head_dim], tf.float32)
+        empty = tf.zeros([tf.shape(tokens)[0] * hp.n_head, 0, hp.head_dim], tf.float32)
         cache = [empty] * hp.n_layer
         seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
         batch = tf.shape(tokens)[0]

@@ -47,7 +47,7 @@ class Scorer:
 
     def score_batch(self, tokens):
         """int32 `[batch, seq]` -> (logprob of each next token `[batch, seq - 1]`, top values and ids `[batch, seq - 1, MAX_TOP]`)."""
-        logits, _ = self.model.forward(tokens)
+        logits = self.model.forward(tokens)[0]
         logp = tf.nn.log_softmax(logits[:, :-1, :], axis=-1)  # [batch, seq - 1, n_vocab]: predicts tokens[:, 1:]
         chosen = tf.gather(logp, tokens[:, 1:], batch_dims=2)  # [batch, seq - 1]
         top = tf.math.top_k(logp, k=min(MAX_TOP, self.model.hparams.n_vocab))

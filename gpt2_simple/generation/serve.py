@@ -28,7 +28,7 @@ from .scores import Scorer
 
 INSTALL = 'pip install "gpt2_simple[serve]"  (from a checkout: pip install -e ".[serve]")'
 API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
-PUBLIC = ("/health", "/")  # no key needed: the health check, and the static page (it asks for the key)
+PUBLIC = ("/health", "/", "/gallery")  # no key needed: the health check, and the static pages (they ask for the key)
 LOG = logging.getLogger("gpt2_simple.serve")
 # The routes /metrics counts by name (any other path counts as "other").
 ENDPOINTS = ("/", "/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
@@ -49,7 +49,7 @@ def _stack():
 
 
 def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16, max_body=1 << 20,
-              model_name=None, chat_template=None):
+              model_name=None, chat_template=None, training_data=None):
     """The ASGI app serving the model in `sess` (see `serve` for the arguments; `chat_template` is the text)."""
     starlette, _ = _stack()
     from starlette.responses import (
@@ -64,6 +64,16 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=Scorer(sess.model))
     template = chat_api.ChatTemplate(chat_template, eos_token=enc.decode([enc.eot_token]))
     metrics = Metrics(batcher, ENDPOINTS, INSTALL)
+    building = asyncio.Lock()  # one build of the copy index, off the event loop
+
+    async def copy_index():
+        """The run's copy index for `check_copies` (built on first use, then kept by the session)."""
+        async with building:
+            try:
+                return await asyncio.to_thread(sess.copy_index, training_data)
+            except (FileNotFoundError, ValueError) as e:
+                raise api.APIError(400, f"check_copies needs the served run's training text, but {e} (when serving: "
+                                        "gpt2_simple serve --training_data FILE)", "check_copies") from None
 
     def error(e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -110,7 +120,8 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
         try:
             req = parse(await _read_json(request, max_body))
-            run = Run(batcher, req, asyncio.get_running_loop(), enc, metrics)
+            copies = await copy_index() if req.check_copies else None
+            run = Run(batcher, req, asyncio.get_running_loop(), enc, metrics, copies)
         except api.APIError as e:
             return error(e)
         prompt_tokens = sum(len(t) for t in req.prompts)
@@ -130,7 +141,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
             choices = collect.result()
         except api.APIError as e:
             return error(e)
-        return JSONResponse(whole(cid, name, choices, prompt_tokens, sum(run.counts)))
+        return JSONResponse(run.marked(whole(cid, name, choices, prompt_tokens, sum(run.counts))))
 
     async def on_error(request, exc):
         status = getattr(exc, "status_code", 500)
@@ -151,6 +162,9 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         starlette.routing.Route("/tokenizer_info", tokenizer_info),
         starlette.routing.Route("/metrics", metrics_page),
     ]
+    if sess.folder:  # the run's gallery (gallery.py): samples by step, curves, fresh samples, stars
+        from . import gallery
+        routes += gallery.routes(sess, lambda request: _read_json(request, max_body))
 
     async def lifespan(app):
         batcher.start()
@@ -210,7 +224,7 @@ def _no_constant(name):
 
 def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models", *,
           host="127.0.0.1", port=8000, api_key=None, max_tokens=1024, max_queue=64, max_batch=16,
-          max_body=1 << 20, chat_template=None):
+          max_body=1 << 20, chat_template=None, training_data=None):
     """Serve a model over HTTP until SIGTERM or Ctrl-C: OpenAI's API (docs/serving.md) and a web page at `/`.
 
     Args:
@@ -229,6 +243,8 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
         max_body: the largest request body in bytes (413 beyond).
         chat_template: a file holding a Jinja chat template (as Hugging Face tokenizers use) for
             `/v1/chat/completions`; None: one `role: content` line a message, then `assistant:`.
+        training_data: the text the run was trained on, for requests with `check_copies` (default:
+            the dataset its training.json names).
 
     Raises:
         ModuleNotFoundError: Starlette, Uvicorn or prometheus-client is missing (the message says
@@ -245,7 +261,8 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
                          model_name=model_name, model_dir=model_dir)
     sess.sampler.sample([[sess.encoder.eot_token]], 2, seed=0)  # compile before the first request
     app = build_app(sess, api_key=api_key or os.environ.get(API_KEY_ENV) or None, max_tokens=max_tokens,
-                    max_queue=max_queue, max_batch=max_batch, max_body=max_body, chat_template=template)
+                    max_queue=max_queue, max_batch=max_batch, max_body=max_body, chat_template=template,
+                    training_data=training_data)
     server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher)
     print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
     server.run_quietly()

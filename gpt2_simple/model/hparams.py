@@ -1,12 +1,15 @@
 """GPT-2 hyper-parameters: the five `hparams.json` keys as a frozen dataclass.
 
 This module owns the shape of a GPT-2 model: reading and writing `hparams.json`, checking the
-values, and the named sizes (the four OpenAI releases and tiny presets for tests). It does not
-know about weights or files other than `hparams.json`.
+values, the named sizes (the four OpenAI releases and tiny presets for tests), and whether token
+ids fit a model of that shape (`check_tokens`). It does not know about weights or files other
+than `hparams.json`.
 """
 import dataclasses
 import json
 import os
+
+import numpy as np
 
 from ..atomic import write_text
 
@@ -110,3 +113,22 @@ def save_hparams(hparams, folder):
     path = os.path.join(folder, HPARAMS_FILE)
     write_text(path, json.dumps(hparams.to_dict()))
     return path
+
+
+def check_tokens(tokens, hparams, name="tokens"):
+    """Raise a one-line ValueError unless `tokens` is int `[batch, seq]` within the model's range."""
+    array = np.asarray(tokens)
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be int [batch, seq] with seq >= 1, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {array.dtype}")
+    if array.shape[1] > hparams.n_ctx:
+        raise ValueError(
+            f"{name} has {array.shape[1]} positions but the model's context is n_ctx={hparams.n_ctx}; "
+            "pass at most n_ctx tokens per sequence"
+        )
+    if array.size and (array.min() < 0 or array.max() >= hparams.n_vocab):
+        raise ValueError(
+            f"{name} holds ids in [{array.min()}, {array.max()}] but the vocabulary has "
+            f"n_vocab={hparams.n_vocab} ids; encode text with the model's own encoder"
+        )

@@ -13,11 +13,10 @@ import math
 
 import numpy as np
 import tensorflow as tf
-
-# XLA's DynamicUpdateSlice (no public TF name): writes a step's keys into a fixed-size cache.
-from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice: TF 2.21 has no public op for it (not in tf.raw_ops)
 
 from . import lora
+from .hparams import check_tokens
 
 LAYER_NORM_EPSILON = 1e-5
 _MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
@@ -97,60 +96,48 @@ class Attention(_Layer):
         self.c_attn = Conv1D(f"{scope}/c_attn", registry, init, hparams.n_embd, 3 * hparams.n_embd)
         self.c_proj = Conv1D(f"{scope}/c_proj", registry, init, hparams.n_embd, hparams.n_embd)
 
-    def _split_heads(self, x):
+    def _heads(self, x):
+        """[batch, seq, n_embd] -> [batch * n_head, seq, head_dim]: the layout of the caches."""
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         x = tf.reshape(x, [batch, seq, self.n_head, x.shape[-1] // self.n_head])
-        return tf.transpose(x, [0, 2, 1, 3])  # [batch, n_head, seq, head_dim]
+        return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [batch * self.n_head, seq, x.shape[-1]])
 
-    def _merge_heads(self, x):
-        batch, seq = tf.shape(x)[0], tf.shape(x)[2]
-        x = tf.transpose(x, [0, 2, 1, 3])  # [batch, seq, n_head, head_dim]
+    def _merge_heads(self, x, batch):
+        """[batch * n_head, seq, head_dim] -> [batch, seq, n_embd]."""
+        seq = tf.shape(x)[1]
+        x = tf.transpose(tf.reshape(x, [batch, self.n_head, seq, x.shape[-1]]), [0, 2, 1, 3])
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
-    def __call__(self, x, past=None):
-        """(output, present): `present` holds the keys and values of `x`'s positions only."""
-        past_k, past_v = (None, None) if past is None else tf.unstack(past, axis=1)
-        out, k, v = self.attend(x, past_k, past_v)
-        seq = tf.shape(x)[1]
-        return out, tf.stack([k[:, :, -seq:], v[:, :, -seq:]], axis=1)  # [batch, 2, n_head, seq, head_dim]
-
-    def attend(self, x, past_k=None, past_v=None):
-        """(output, keys, values), the keys and values covering the past and `x`: [batch, n_head, past+seq, head_dim]."""
-        q, k, v = tf.split(self.c_attn(x), 3, axis=-1)  # 3 x [batch, seq, n_embd]
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        if past_k is not None:
-            k = tf.concat([past_k, k], axis=-2)  # [batch, n_head, past+seq, head_dim]
-            v = tf.concat([past_v, v], axis=-2)
-        # Query i (at absolute position past+i) sees keys 0..past+i: the mask is aligned to
-        # the lower right so that cached keys stay visible.
-        n_q, n_k = tf.shape(q)[-2], tf.shape(k)[-2]
-        visible = tf.range(n_q)[:, None] + (n_k - n_q) >= tf.range(n_k)[None, :]  # [seq, past+seq]
-        return self._attention(q, k, v, visible), k, v
-
-    def attend_fixed(self, x, k_cache, v_cache, start):
-        """`attend` with caches of a fixed length (a window) written in place at `start` (for XLA).
+    def __call__(self, x, keys=None, values=None, start=None):
+        """Self-attention of `x` over the cached positions and its own: (output, keys, values).
 
         Args:
-            x: `[batch, seq, n_embd]` at positions start..start+seq-1.
-            k_cache, v_cache: `[batch * n_head, window, head_dim]`; positions >= start are ignored.
-            start: int32 scalar.
-        """
-        q, k, v = (tf.reshape(self._split_heads(t), [-1, tf.shape(t)[1], t.shape[-1] // self.n_head])
-                   for t in tf.split(self.c_attn(x), 3, axis=-1))  # 3 x [batch * n_head, seq, head_dim]
-        at = tf.stack([0, start, 0])
-        # In place in an XLA loop because the write and the matmuls see one 3-D shape (4-D: copied every step).
-        k_cache = xla.dynamic_update_slice(k_cache, k, at)
-        v_cache = xla.dynamic_update_slice(v_cache, v, at)
-        visible = (start + tf.range(tf.shape(q)[-2]))[:, None] >= tf.range(tf.shape(k_cache)[-2])[None, :]
-        return self._attention(q, k_cache, v_cache, visible, tf.shape(x)[0]), k_cache, v_cache
+            x: `[batch, seq, n_embd]`.
+            keys, values: the caches, `[batch * n_head, cached, head_dim]`, or None (no past).
+            start: None to append `x`'s keys and values to the caches (they grow, and `x` starts
+                at position `cached`); or an int32 scalar to write them in place at positions
+                start..start+seq-1 of caches of a fixed window, whose later positions are ignored
+                (XLA's decoding loop: one shape for the whole loop, written without a copy).
 
-    def _attention(self, q, k, v, visible, batch=None):
-        """Masked softmax attention, merged and projected: [batch, seq, n_embd] (q, k, v 4-D, or 3-D with `batch`)."""
+        Returns:
+            (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
+        """
+        q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x), 3, axis=-1))  # [batch * n_head, seq, head_dim]
+        n_q = tf.shape(q)[1]
+        if start is None:
+            if keys is not None:
+                k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
+            start = tf.shape(k)[1] - n_q
+        else:
+            at = tf.stack([0, start, 0])
+            k = xla.dynamic_update_slice(keys, k, at)
+            v = xla.dynamic_update_slice(values, v, at)
+        # Query i (at absolute position start+i) sees keys 0..start+i.
+        visible = (start + tf.range(n_q))[:, None] >= tf.range(tf.shape(k)[1])[None, :]  # [seq, cached+seq]
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
         scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)  # softmax in float32
-        a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # q's shape
-        a = a if batch is None else tf.reshape(a, [batch, self.n_head, tf.shape(a)[-2], a.shape[-1]])
-        return self.c_proj(self._merge_heads(a))
+        a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # [batch * n_head, seq, head_dim]
+        return self.c_proj(self._merge_heads(a, tf.shape(x)[0])), k, v
 
 
 class MLP(_Layer):
@@ -171,21 +158,11 @@ class Block(_Layer):
         self.ln_2 = LayerNorm(f"{scope}/ln_2", registry, init, hparams.n_embd)
         self.mlp = MLP(f"{scope}/mlp", registry, init, hparams.n_embd)
 
-    def __call__(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past)
-        return self._finish(x, a), present
-
-    def attend(self, x, keys=None, values=None):
-        a, keys, values = self.attn.attend(self.ln_1(x), keys, values)
-        return self._finish(x, a), keys, values
-
-    def attend_fixed(self, x, keys, values, start):
-        a, keys, values = self.attn.attend_fixed(self.ln_1(x), keys, values, start)
-        return self._finish(x, a), keys, values
-
-    def _finish(self, x, a):
+    def __call__(self, x, keys=None, values=None, start=None):
+        """(output, keys, values): see `Attention.__call__`."""
+        a, keys, values = self.attn(self.ln_1(x), keys, values, start)
         x = x + a
-        return x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x)), keys, values
 
 
 class GPT2(tf.Module):
@@ -200,6 +177,8 @@ class GPT2(tf.Module):
     Attributes:
         hparams: the `HParams` it was built with.
         weights: dict from OpenAI checkpoint name to `tf.Variable`, in checkpoint order.
+        checkpoint_path: the file or bundle prefix the weights were read from (`formats/`), or None.
+        lora_base: while LoRA trains, the (model folder, checkpoint) its base was read from, or None.
     """
 
     def __init__(self, hparams, *, init=None, seed=None):
@@ -212,33 +191,36 @@ class GPT2(tf.Module):
         self.wpe = root._weight("wpe", [hparams.n_ctx, hparams.n_embd])
         self.h = [Block(f"model/h{i}", self.weights, init, hparams) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm("model/ln_f", self.weights, init, hparams.n_embd)
+        self.checkpoint_path = None
+        self.lora_base = None
 
-    def forward(self, tokens, past=None):
-        """Run the model on `tokens`, continuing after the cached `past`.
+    def forward(self, tokens, keys=None, values=None, start=None):
+        """Logits for `tokens`, continuing after the cached positions: the one cached forward pass.
 
         Args:
             tokens: int `[batch, seq]`.
-            past: float32 `[batch, n_layer, 2, n_head, past_len, head_dim]`, the `present` of
-                the earlier tokens, or None when `tokens` start at position 0.
+            keys, values: lists of n_layer float32 caches `[batch * n_head, cached, head_dim]`, or
+                None when `tokens` start at position 0.
+            start: None to grow the caches by `tokens`' positions (they follow the cached ones);
+                or an int32 scalar, the position of `tokens[:, 0]`, to write them in place into
+                caches of a fixed window (XLA's decoding loop; see `Attention.__call__`).
 
         Returns:
-            (logits, present): float32 `[batch, seq, n_vocab]` and the keys and values of
-            `tokens`, `[batch, n_layer, 2, n_head, seq, head_dim]`, to concatenate onto `past`
-            (axis -2) for the next call.
+            (logits float32 `[batch, seq, n_vocab]`, keys, values), the caches now holding `tokens`.
         """
         tokens = tf.convert_to_tensor(tokens)
         tokens = tf.cast(tokens, tf.int32) if tokens.dtype != tf.int32 else tokens
-        past_len = 0 if past is None else tf.shape(past)[-2]
-        positions = past_len + tf.range(tf.shape(tokens)[1])
-        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
-        pasts = [None] * len(self.h) if past is None else tf.unstack(past, len(self.h), axis=1)
-        presents = []
-        for block, layer_past in zip(self.h, pasts):
-            x, present = block(x, layer_past)
-            presents.append(present)
-        return self._logits(x), tf.stack(presents, axis=1)
+        keys, values = keys or [None] * len(self.h), values or [None] * len(self.h)
+        first = start if start is not None else (0 if keys[0] is None else tf.shape(keys[0])[1])
+        x = self._embed(tokens, first + tf.range(tf.shape(tokens)[1]))  # [batch, seq, n_embd]
+        new_keys, new_values = [], []
+        for block, k, v in zip(self.h, keys, values):
+            x, k, v = block(x, k, v, start)
+            new_keys.append(k)
+            new_values.append(v)
+        return self._logits(x), new_keys, new_values
 
-    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False):
+    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
         """Logits for training: no cache, optional low-precision compute and recomputation.
 
         Args:
@@ -248,6 +230,7 @@ class GPT2(tf.Module):
             recompute: keep only each block's input for the backward pass and recompute the
                 block there (`tf.recompute_grad`): activation memory drops from all blocks'
                 intermediates to one block's, for about a third more compute.
+            features: return the final LayerNorm's output `[batch, seq, n_embd]` (the chunked loss's input).
 
         Returns:
             float32 `[batch, seq, n_vocab]`.
@@ -255,53 +238,9 @@ class GPT2(tf.Module):
         positions = tf.range(tf.shape(tokens)[1])
         x = tf.cast(self._embed(tokens, positions), dtype)  # [batch, seq, n_embd]
         for block in self.h:
-            run = (lambda x, block=block: block.attend(x)[0])
+            run = (lambda x, block=block: block(x)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
-        return self._logits(x)
-
-    def forward_cached(self, tokens, keys, values):
-        """`forward` for decoding loops: per-layer caches in, the grown caches out.
-
-        Args:
-            tokens: int32 `[batch, seq]`, following the cached positions.
-            keys, values: lists of n_layer float32 `[batch, n_head, past_len, head_dim]`.
-
-        Returns:
-            (logits `[batch, seq, n_vocab]`, keys, values), the caches now covering `tokens`
-            too. Unlike `forward`, the caches are not stacked and unstacked on every call.
-        """
-        positions = tf.shape(keys[0])[-2] + tf.range(tf.shape(tokens)[1])
-        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
-        new_keys, new_values = [], []
-        for block, k, v in zip(self.h, keys, values):
-            x, k, v = block.attend(x, k, v)
-            new_keys.append(k)
-            new_values.append(v)
-        return self._logits(x), new_keys, new_values
-
-    def forward_fixed(self, tokens, keys, values, start):
-        """`forward_cached` with preallocated caches, for decoding loops compiled by XLA.
-
-        The caches keep one shape (a window of positions, up to n_ctx) for the whole loop and each
-        step writes its keys and values in place, so a step costs the same at every position and
-        XLA compiles the loop once per batch size and window. The ops used need XLA (`jit_compile=True`).
-
-        Args:
-            tokens: int32 `[batch, seq]` at positions start..start+seq-1.
-            keys, values: lists of n_layer float32 `[batch * n_head, window, head_dim]`.
-            start: int32 scalar, the position of `tokens[:, 0]`.
-
-        Returns:
-            (logits `[batch, seq, n_vocab]`, keys, values) with `tokens`' positions written.
-        """
-        positions = start + tf.range(tf.shape(tokens)[1])
-        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
-        new_keys, new_values = [], []
-        for block, k, v in zip(self.h, keys, values):
-            x, k, v = block.attend_fixed(x, k, v, start)
-            new_keys.append(k)
-            new_values.append(v)
-        return self._logits(x), new_keys, new_values
+        return self.ln_f(x) if features else self._logits(x)
 
     def _embed(self, tokens, positions):
         """Token plus position embeddings in float32 (also when the tables are stored in 16 bits)."""
@@ -329,22 +268,3 @@ class GPT2(tf.Module):
         if tf.executing_eagerly():
             check_tokens(tokens, self.hparams)
         return self.forward(tokens)[0]
-
-
-def check_tokens(tokens, hparams, name="tokens"):
-    """Raise a one-line ValueError unless `tokens` is int `[batch, seq]` within the model's range."""
-    array = np.asarray(tokens)
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name} must be int [batch, seq] with seq >= 1, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {array.dtype}")
-    if array.shape[1] > hparams.n_ctx:
-        raise ValueError(
-            f"{name} has {array.shape[1]} positions but the model's context is n_ctx={hparams.n_ctx}; "
-            "pass at most n_ctx tokens per sequence"
-        )
-    if array.size and (array.min() < 0 or array.max() >= hparams.n_vocab):
-        raise ValueError(
-            f"{name} holds ids in [{array.min()}, {array.max()}] but the vocabulary has "
-            f"n_vocab={hparams.n_vocab} ids; encode text with the model's own encoder"
-        )

@@ -1,11 +1,10 @@
-"""Datasets: turn a dataset path into token chunks, and draw training windows from them.
+"""Datasets: turn a dataset path into token chunks (gpt-2-simple's stream mode).
 
 This module owns the step between text on disk and token ids in memory: resolving a dataset
 path (a file, a directory or a glob), reading `.txt` / `.csv` / `.jsonl` / `.npz` files with
 gpt-2-simple's rules (`load_dataset`), deciding which text files are large enough to go through
-the token cache, and the seeded `Sampler` that draws training windows from inside one chunk.
-It does not own decoding a file or splitting it into records (`records.py`), documents mode
-(`documents.py`), BPE itself (the `encoder` package), the token cache's files (`token_cache.py`),
+the token cache. It does not own drawing training windows from the chunks (`windows.py`),
+decoding a file or splitting it into records (`records.py`), documents mode (`documents.py`), BPE itself (the `encoder` package), the token cache's files (`token_cache.py`),
 the pre-encoding commands `encode_dataset` / `encode_csv` (`encoding.py`), batching into
 tensors, or the training loop.
 
@@ -26,6 +25,8 @@ import os
 
 import numpy as np
 import tqdm
+
+from encoder.files import token_dtype
 
 from . import token_cache
 from .records import (  # noqa: F401
@@ -184,7 +185,7 @@ def load_dataset(enc, path, combine=50000, *, cache_dir=None, text_field="text")
         ValueError: for a binary file, a malformed `.npz`, `.csv` or `.jsonl`, or a dataset with no text.
     """
     n_vocab = len(enc.encoder)
-    dtype = np.uint16 if n_vocab <= 65536 else np.int32
+    dtype = token_dtype(enc)
     chunks, buffer, digest = [], "", None
     print("Loading dataset...")
     for file in tqdm.tqdm(resolve_paths(path)):
@@ -215,75 +216,3 @@ def load_dataset(enc, path, combine=50000, *, cache_dir=None, text_field="text")
         raise ValueError(f"dataset {os.fspath(path)!r} has no tokens; pass files that contain text")
     print(f"dataset has {total} tokens")
     return chunks
-
-
-# ---------------------------------------------------------------------------------------------
-# Token chunks -> training windows
-
-
-class Sampler:
-    """Draws training windows uniformly from inside token chunks, reproducibly.
-
-    Every window lies inside one chunk, and every valid (chunk, start) position is equally
-    likely: the start is drawn as an index into the cumulative count of valid starts (upstream
-    used rejection sampling and refused datasets whose average chunk was shorter than the
-    context). The random stream is a PCG64 generator whose state can be saved and restored.
-
-    Attributes:
-        chunks: the token chunks (1-D integer arrays).
-        total_size: the number of tokens in all chunks.
-        longest: the longest chunk's length; the trainer's window is `min(n_ctx, longest)`.
-    """
-
-    def __init__(self, chunks, seed=None):
-        """Args: chunks: 1-D integer arrays of token ids; seed: int seed, or None for entropy."""
-        self.chunks = [chunk for chunk in chunks if len(chunk)]
-        if not self.chunks:
-            raise ValueError("Sampler got no tokens; pass non-empty chunks from load_dataset")
-        self._lengths = np.array([len(chunk) for chunk in self.chunks], dtype=np.int64)
-        self.total_size = int(self._lengths.sum())
-        self.longest = int(self._lengths.max())
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._cumulative = (None, None)  # (length, cumulative count of valid starts per chunk)
-
-    def sample(self, length):
-        """One window: `length` consecutive tokens from one chunk, as an int32 array [length].
-
-        Raises:
-            ValueError: when `length` is not in [1, longest].
-        """
-        length = int(length)
-        if not 1 <= length <= self.longest:
-            raise ValueError(
-                f"sample length {length} must be in [1, {self.longest}] (the longest chunk); "
-                "use a window of min(n_ctx, sampler.longest) tokens"
-            )
-        if self._cumulative[0] != length:
-            starts = np.maximum(self._lengths - length + 1, 0)  # valid starts per chunk
-            self._cumulative = (length, np.cumsum(starts))
-        cumulative = self._cumulative[1]
-        index = int(self._rng.integers(cumulative[-1]))
-        chunk = int(np.searchsorted(cumulative, index, side="right"))
-        start = index - (int(cumulative[chunk - 1]) if chunk else 0)
-        return np.asarray(self.chunks[chunk][start : start + length], dtype=np.int32)
-
-    def sample_batch(self, batch_size, length):
-        """`batch_size` windows (successive `sample` draws) as an int32 array [batch, length]."""
-        return np.stack([self.sample(length) for _ in range(int(batch_size))])
-
-    def get_state(self):
-        """The random generator's state as a JSON-serialisable dict (for resuming a run)."""
-        return json.loads(json.dumps(self._rng.bit_generator.state))
-
-    def set_state(self, state):
-        """Restore a state from `get_state`, so the same windows follow as in the saved run.
-
-        Raises:
-            ValueError: when `state` is not a PCG64 state dict.
-        """
-        if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
-            raise ValueError(
-                f"sampler state must be a dict from Sampler.get_state() (a PCG64 state), "
-                f"got {str(state)[:80]!r}"
-            )
-        self._rng.bit_generator.state = state

@@ -8,8 +8,10 @@ chief) when several machines train together. The data-parallel step itself is `s
 - `multi_gpu=True` or `strategy='mirrored'`: `MirroredStrategy` over all local GPUs;
 - `strategy='multi_worker'`: `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG`
   environment variable of each machine;
-- `strategy='tpu'`: `TPUStrategy` on the attached TPU;
 - any `tf.distribute.Strategy` object.
+`strategy='tpu'` is refused with the reason: TPU runtimes are not supported. Colab's TPU runtime
+no longer comes with TensorFlow, and on its v2-8 runtime TensorFlow 2.18-2.19 with
+tensorflow-tpu sees no TPU (tensorflow/tensorflow#96203); no TPU was at hand to test one.
 """
 import json
 import os
@@ -17,7 +19,7 @@ import warnings
 
 import tensorflow as tf
 
-STRATEGIES = ("mirrored", "multi_worker", "tpu")
+STRATEGIES = ("mirrored", "multi_worker")
 
 
 def resolve_strategy(strategy=None, multi_gpu=False):
@@ -40,13 +42,12 @@ def resolve_strategy(strategy=None, multi_gpu=False):
     if strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable on every machine "
-                             "(its cluster and this machine's task); see README 'Several GPUs or machines'")
+                             "(its cluster and this machine's task); see docs/big-models.md")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        raise ValueError("strategy='tpu' is not supported: TPU runtimes are not (Colab's has no TensorFlow and "
+                         "TensorFlow 2.18-2.19 sees no TPU there, tensorflow/tensorflow#96203); use strategy=None "
+                         f"(one device), one of {STRATEGIES} or a tf.distribute.Strategy object")
     raise ValueError(f"strategy={strategy!r} is not supported; pass one of {STRATEGIES} "
                      "or a tf.distribute.Strategy object")
 

@@ -8,22 +8,25 @@ single end-of-text id (50256 for GPT-2) in front of each:
     [eot] doc 1 [eot] doc 2 ... [eot] doc n        # one chunk; read as a ring, doc n -> [eot] doc 1
 
 so every separator is one token, and a literal `<|endoftext|>` inside a document stays ordinary
-text. `DocumentSampler` draws windows that begin at a separator, so the model learns to start a
-document after end-of-text and to end one with it; a document longer than the window is cut
-into window-sized pieces, each of which is a start, so nothing is dropped. A text file larger
+text. Its windows (`windows.WindowSampler` with `eot=`) begin at a separator, so the model learns to
+start a document after end-of-text and to end one with it; a document longer than the window is
+cut into window-sized pieces, each of which is a start, so nothing is dropped. A text file larger
 than `dataset.LARGE_FILE_BYTES` is encoded line by line into the token cache under a key that
 includes the mode, and read back memory-mapped. `.npz` files (e.g. `encode_dataset(...,
 line_by_line=True)`) are read as such streams. Stream mode, gpt-2-simple's, is `dataset.py`'s.
 """
 import os
-import tempfile
 
 import numpy as np
 import tqdm
 
+from encoder.files import token_dtype
+
+from ..atomic import open_atomic
 from . import dataset as dataset_module
 from . import token_cache
 from .records import read_csv_column, read_jsonl, read_lines
+from .windows import WindowSampler, separator_positions
 
 _MODE_KEY = "line_by_line"  # added to the token-cache key, so the two modes never share an entry
 _BLOCK_TOKENS = 1 << 20  # large files are written this many tokens at a time
@@ -49,7 +52,7 @@ def load_documents(enc, path, *, text_field="text", cache_dir=None):
             message names the file, and the line for `.jsonl`).
     """
     n_vocab = len(enc.encoder)
-    dtype = np.uint16 if n_vocab <= 65536 else np.int32
+    dtype = token_dtype(enc)
     pieces, chunks, digest = [], [], None
     print("Loading dataset (one document per line)...")
     for file in tqdm.tqdm(dataset_module.resolve_paths(path)):
@@ -99,83 +102,26 @@ def _large_file_documents(enc, path, cache_dir, digest):
 
 def _write_documents_entry(enc, path, entry):
     """Encode `path` one line at a time into a little-endian token file that appears atomically."""
-    dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what token_cache.read_entry reads
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(entry), prefix=".tmp-", suffix=token_cache.CACHE_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, encoding="utf-8", errors="replace") as text:
-            block = []
-            for line in text:  # universal newlines, as read_text
-                if line.strip():
-                    block += [enc.eot_token] + enc.encode(line.rstrip("\n"))
-                if len(block) >= _BLOCK_TOKENS:
-                    out.write(np.asarray(block, dtype).tobytes())
-                    block = []
-            out.write(np.asarray(block, dtype).tobytes())
-        os.replace(tmp, entry)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    dtype = token_dtype(enc)  # what token_cache.read_entry reads
+    with open_atomic(entry, "wb") as out, open(path, encoding="utf-8", errors="replace") as text:
+        block = []
+        for line in text:  # universal newlines, as read_text
+            if line.strip():
+                block += [enc.eot_token] + enc.encode(line.rstrip("\n"))
+            if len(block) >= _BLOCK_TOKENS:
+                out.write(np.asarray(block, dtype).tobytes())
+                block = []
+        out.write(np.asarray(block, dtype).tobytes())
 
 
 # ---------------------------------------------------------------------------------------------
-# Where documents start
-
-
-def separator_positions(chunk, eot, block=1 << 24):
-    """Positions of `eot` in `chunk`, read `block` tokens at a time (memory stays bounded for memmaps)."""
-    found = [np.flatnonzero(np.asarray(chunk[i:i + block]) == eot) + i for i in range(0, len(chunk), block)]
-    return np.concatenate(found) if found else np.zeros(0, np.int64)
+# Counting documents
 
 
 def count_documents(chunk, eot):
+    """The documents in a stream: its separators, plus one when it does not begin with a separator."""
     positions = separator_positions(chunk, eot)
     return len(positions) + int(len(chunk) > 0 and chunk[0] != eot)
-
-
-def window_starts(chunk, eot, length):
-    """Where windows of `length` tokens may start: each document's separator, and every `length`
-    tokens inside a document longer than that (its later pieces)."""
-    doc_starts = separator_positions(chunk, eot).astype(np.int64)
-    if len(chunk) and chunk[0] != eot:
-        doc_starts = np.concatenate([[0], doc_starts])  # a stream that does not begin with a separator
-    ends = np.append(doc_starts[1:], len(chunk))
-    pieces = -(-(ends - doc_starts) // length)  # ceil: pieces of each document
-    offsets = np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    return np.repeat(doc_starts, pieces) + offsets * length
-
-
-class DocumentSampler(dataset_module.Sampler):
-    """`dataset.Sampler` whose windows start where a document (or a piece of a long one) starts.
-
-    Every start is equally likely. A window runs on through the following documents and, past
-    the end of its chunk, continues at the chunk's beginning (the stream is a ring: the last
-    document is followed by the first one's separator), so the last documents are drawn as often
-    as the first. Same random stream and state as `dataset.Sampler`.
-    """
-
-    def __init__(self, chunks, eot, seed=None):
-        super().__init__(chunks, seed=seed)
-        self.eot = int(eot)
-        self._starts = (None, None)  # (length, (cumulative count of starts per chunk, starts per chunk))
-
-    def sample(self, length):
-        length = int(length)
-        if not 1 <= length <= self.longest:
-            raise ValueError(f"sample length {length} must be in [1, {self.longest}] (the longest chunk); "
-                             "use a window of min(n_ctx, sampler.longest) tokens")
-        if self._starts[0] != length:
-            starts = [window_starts(chunk, self.eot, length) for chunk in self.chunks]
-            self._starts = (length, (np.cumsum([len(s) for s in starts]), starts))
-        cumulative, starts = self._starts[1]
-        index = int(self._rng.integers(cumulative[-1]))
-        chunk = int(np.searchsorted(cumulative, index, side="right"))
-        start = int(starts[chunk][index - (int(cumulative[chunk - 1]) if chunk else 0)])
-        tokens = self.chunks[chunk]
-        end = min(start + length, len(tokens))
-        window = np.asarray(tokens[start:end], dtype=np.int32)
-        if end - start < length:  # past the end of the ring: continue from its beginning
-            window = np.concatenate([window, np.resize(np.asarray(tokens[: length], np.int32), length - len(window))])
-        return window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +136,5 @@ def load_chunks(enc, path, opts):
 
 
 def make_sampler(chunks, enc, opts, seed):
-    """The window sampler of that mode."""
-    if opts.line_by_line:
-        return DocumentSampler(chunks, enc.eot_token, seed=seed)
-    return dataset_module.Sampler(chunks, seed=seed)
+    """The window sampler of that mode: windows start at a document, or anywhere in the stream."""
+    return WindowSampler(chunks, seed, eot=enc.eot_token if opts.line_by_line else None)

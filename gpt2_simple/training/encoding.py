@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 import encoder as bpe
+from encoder.files import token_dtype
 
 from ..atomic import open_atomic
 from .dataset import load_dataset, read_csv_column
@@ -54,7 +55,7 @@ def encode_dataset(file_path, model_dir="models", out_path="text_encoded.npz", m
     if not out_path.endswith(".npz"):
         out_path += ".npz"
     print("Writing", out_path)
-    dtype = np.uint16 if len(enc.encoder) <= 65536 else np.int32
+    dtype = token_dtype(enc)
     with open_atomic(out_path, "wb") as f:
         np.savez_compressed(f, *[np.asarray(chunk, dtype=dtype) for chunk in chunks])
     return out_path

@@ -7,6 +7,7 @@ refusing to resume a run with other LoRA settings, and the tensors a save adds (
 their settings beside the optimizer state; with `lora_save='adapters'`, instead of the weights).
 The adapter math is `model/lora.py`'s, the adapter files `formats/adapters.py`'s.
 """
+import dataclasses
 import os
 import warnings
 
@@ -24,7 +25,7 @@ LORA_SAVES = ("merged", "adapters")
 
 
 def check_options(opts):
-    """Check the LoRA fields of a `TrainOptions`, normalising lora_alpha and lora_targets in place."""
+    """Check the LoRA fields of a `TrainOptions`: a one-line ValueError for a bad value."""
     rank = opts.lora_rank
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise ValueError(f"lora_rank={rank!r} must be 0 (full fine-tuning) or a positive integer such as 8")
@@ -41,15 +42,25 @@ def check_options(opts):
                              "but lora_rank=0 (full fine-tuning); "
                              "pass lora_rank=8 (for instance) as well, or leave them out")
         return
-    config = check_settings(rank, opts.lora_alpha, opts.lora_targets, prefix="lora_")
+    check_settings(rank, opts.lora_alpha, opts.lora_targets, prefix="lora_")
+
+
+def normalized(opts):
+    """`opts` with LoRA's alpha and targets in their normal form (a new `TrainOptions`: it is frozen).
+
+    Also where the options meet the device (a 16-bit base needs its kernels) and the one warning
+    about an option without effect under LoRA.
+    """
+    if not opts.lora_rank:
+        return opts
+    config = check_settings(opts.lora_rank, opts.lora_alpha, opts.lora_targets, prefix="lora_")
     if opts.only_train_transformer_layers:
         warnings.warn("only_train_transformer_layers=True has no effect with lora_rank > 0: every weight is frozen "
                       "and the adapters sit in the transformer layers", stacklevel=4)
-    object.__setattr__(opts, "lora_alpha", config.alpha)  # a frozen dataclass: normalised once, here
-    object.__setattr__(opts, "lora_targets", config.targets)
     if opts.base_precision != "float32" and not can_compute(base_dtype(opts.base_precision)):
         raise ValueError(f"base_precision={opts.base_precision!r}: this device has no {opts.base_precision} matmul "
                          "and cast kernels; use base_precision='bfloat16' (or 'float32')")
+    return dataclasses.replace(opts, lora_alpha=config.alpha, lora_targets=config.targets)
 
 
 def can_compute(dtype):
@@ -90,7 +101,7 @@ def check_resume(opts, run_dir, prefix, resuming):
                      "or restore_from='fresh' to start over")
 
 
-def load_model(opts, run_dir, source_dir, prefix, saved):
+def model_to_train(opts, run_dir, source_dir, prefix, saved):
     """The `GPT2` a run trains: today's model, or a frozen base with adapters (fresh, or `saved` ones)."""
     checkpoint = os.path.basename(prefix)
     if not opts.lora_rank:

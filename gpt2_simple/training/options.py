@@ -1,7 +1,8 @@
 """`finetune`'s options, checked once, and what it returns.
 
 This module owns validating the keyword arguments that `finetune` takes flat (gpt-2-simple's
-signature): every bad value is a one-line ValueError naming the argument, raised before any
+signature) into a frozen `TrainOptions` (`make_options`): every bad value is a one-line ValueError
+naming the argument, raised before any
 model or dataset is loaded. Running the options is `train.py`'s.
 """
 import dataclasses
@@ -103,6 +104,11 @@ class TrainResult:
     step: int  # the last saved step, the N of model-N
     losses: dict  # step -> loss of every step run in this call
 
+
+
+def make_options(**fields):
+    """A checked `TrainOptions` (one ValueError per bad value), LoRA's fields normalised."""
+    return lora_run.normalized(TrainOptions(**fields))
 
 
 def as_int(name, value):

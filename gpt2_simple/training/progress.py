@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ..atomic import open_atomic
 from ..model.names import sample_folder
 from . import documents
 
@@ -69,7 +70,7 @@ def generate_samples(sess, data, opts, counter, seed):
     print(texts[-1])
     folder = sample_folder(opts.sample_dir, opts.run_name)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"samples-{counter}"), "w", encoding="utf-8") as f:
+    with open_atomic(os.path.join(folder, f"samples-{counter}"), "w", encoding="utf-8") as f:
         f.write("\n".join(texts))
 
 

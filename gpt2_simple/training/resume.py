@@ -10,14 +10,13 @@ loop is `train.py`'s; the file formats are `checkpoint.py`'s.
 import glob
 import json
 import os
-import shutil
 import warnings
 
 import tensorflow as tf
 
 from encoder.vocab import vocab_files
 
-from ..atomic import size_text, write_text
+from ..atomic import copy_file, size_text, write_text
 from ..formats import checkpoint, folders, hf
 from ..formats.download import MODEL_ALIASES, MODEL_NAMES
 from ..model.hparams import save_hparams
@@ -89,9 +88,7 @@ def copy_metadata(source_dir, run_dir):
         if not os.path.isfile(src):
             raise FileNotFoundError(f"{src} not found; the model folder {source_dir} is incomplete "
                                     "(download it again with download_gpt2)")
-        tmp = os.path.join(run_dir, name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, os.path.join(run_dir, name))
+        copy_file(src, os.path.join(run_dir, name))
 
 
 def step_of_run(prefix):

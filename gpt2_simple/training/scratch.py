@@ -12,10 +12,10 @@ which `finetune(model_name=...)` then trains like any downloaded model. Learning
 """
 import dataclasses
 import os
-import shutil
 
 from encoder.vocab import ENCODER_FILE, MERGES_FILE, read_vocab
 
+from ..atomic import copy_file
 from ..formats.checkpoint import save_checkpoint
 from ..model.hparams import PRESETS, HParams, save_hparams
 from ..model.model import GPT2, normal_init
@@ -61,9 +61,7 @@ def create_model(model_dir, model_name, preset="small", *, vocab_dir=None, seed=
     os.makedirs(folder, exist_ok=True)
     if not same:
         for name in VOCAB_FILES:
-            tmp = os.path.join(folder, name + ".tmp")
-            shutil.copyfile(os.path.join(source, name), tmp)
-            os.replace(tmp, os.path.join(folder, name))
+            copy_file(os.path.join(source, name), os.path.join(folder, name))
     save_checkpoint(GPT2(hparams, init=normal_init(seed)), folder, 0)
     save_hparams(hparams, folder)  # last: a folder with hparams.json is complete
     return hparams

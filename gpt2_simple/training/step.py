@@ -8,15 +8,29 @@ float16, and the call into the optimizer. The Python loop around it (data, print
 """
 import tensorflow as tf
 
+from .. import xla_choice
+from .vocab_chunks import chunked_lm_loss
+
 # precision= name -> compute dtype. Weights (and checkpoints) stay float32 in every case.
 PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
 
 
-def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False):
-    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next)."""
+def token_losses(model, tokens, *, dtype=tf.float32, recompute=False):
+    """Next-token cross-entropy in nats, `[batch, seq - 1]`: position i scores `tokens[:, i + 1]`."""
     logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
-    return tf.reduce_mean(losses)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
+
+
+def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False, chunked=None):
+    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next).
+
+    `chunked` (default: `recompute`) computes it a slice of the vocabulary at a time, so the
+    float32 logits and their gradient are never whole (`vocab_chunks.py`); the loss is the same.
+    """
+    if recompute if chunked is None else chunked:
+        features = model.train_logits(tokens, dtype=dtype, recompute=recompute, features=True)  # [batch, seq, n_embd]
+        return chunked_lm_loss(features, model.wte, tokens, wte_trainable=model.wte.trainable)
+    return tf.reduce_mean(token_losses(model, tokens, dtype=dtype, recompute=recompute))
 
 
 class LossScale(tf.Module):
@@ -74,7 +88,8 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         recompute: recompute each block in the backward pass (less memory, more compute).
         loss_scale: a `LossScale` (float16), or None.
         xla: compile each minibatch's forward and backward pass with XLA (`jit_compile`); the
-            default, None, is `use_xla(model.hparams, recompute)`.
+            default, None, is `use_xla(model.hparams, recompute)` unless `GPT2_SIMPLE_XLA` says
+            otherwise, and in every case only where the device can compile (`xla_choice.decide`).
 
     Returns:
         A `tf.function` taking int32 `[accumulate, global_batch, seq]`. Every replica takes its
@@ -82,7 +97,7 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
     """
     variables = [opt.variables_by_name[n] for n in names]  # the weights, or LoRA's adapters
     dtype = PRECISIONS[precision]
-    xla = use_xla(model.hparams, recompute) if xla is None else xla
+    xla = xla_choice.decide(xla, default=use_xla(model.hparams, recompute))
 
     def replica_step(batches):
         ctx = tf.distribute.get_replica_context()

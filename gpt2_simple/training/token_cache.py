@@ -10,11 +10,13 @@ before it asks for an entry), and it does not own BPE itself (the `encoder` pack
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
 import encoder as bpe
+from encoder.files import token_dtype
+
+from ..atomic import staged_path
 
 CACHE_SUFFIX = ".gpt2tok"  # our token-cache files; never read back as dataset files
 
@@ -50,16 +52,8 @@ def cache_path(path, cache_dir, digest):
 
 def write_entry(enc, path, entry):
     """Encode text file `path` into the cache entry `entry`, which appears atomically."""
-    root = os.path.dirname(entry)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-", suffix=CACHE_SUFFIX)
-    os.close(fd)
-    try:
-        _encode_file(enc, path, tmp)
-        os.replace(tmp, entry)
-    finally:
-        for leftover in (tmp, tmp + ".tmp"):  # ours, and encode_file's own temporary
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    with staged_path(entry) as tmp:
+        _encode_file(enc, path, tmp)  # encode_file removes its own temporary on an error
 
 
 def _encode_file(enc, path, out_path):
@@ -74,7 +68,7 @@ def _encode_file(enc, path, out_path):
 
 def read_entry(enc, entry):
     """A cache entry's tokens as a read-only memmap (an empty array for an empty entry)."""
-    dtype = "<u2" if len(enc.encoder) <= 65536 else "<i4"  # what encode_file writes
+    dtype = token_dtype(enc)  # what encode_file writes
     if os.path.getsize(entry) == 0:
         return np.zeros(0, dtype)
     return np.memmap(entry, dtype=dtype, mode="r")

@@ -25,7 +25,8 @@ from . import documents, lora_run, resume
 from .distribute import describe, is_chief, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
-from .options import TrainOptions, TrainResult, as_int, warn_unimplemented
+from .options import TrainOptions, TrainResult, as_int, make_options, warn_unimplemented
+from .plateau import Plateau
 from .progress import (
     StepClock,
     generate_samples,
@@ -36,6 +37,7 @@ from .progress import (
 from .schedule import Schedule
 from .signals import StopOnSignal
 from .step import LossScale, compile_eval_step, compile_train_step
+from .windows import WindowSampler
 
 
 def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", combine=50000, batch_size=1,
@@ -91,8 +93,9 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         reuse: accepted for compatibility; it means nothing without a global graph.
         seed: makes data sampling and training samples reproducible.
         sample_dir: parent folder of the training samples (`sample_dir/run_name/samples-N`).
-        strategy: a `tf.distribute.Strategy`, or 'mirrored', 'multi_worker' (machines listed in
-            TF_CONFIG) or 'tpu'; checkpoints keep the single-device format.
+        strategy: a `tf.distribute.Strategy`, or 'mirrored' or 'multi_worker' (machines listed in
+            TF_CONFIG); checkpoints keep the single-device format. 'tpu' is refused: TPU runtimes
+            are not supported (docs/platforms.md).
         precision: 'float32', 'mixed_float16' (with dynamic loss scaling) or 'mixed_bfloat16':
             the compute dtype; weights, optimizer state and checkpoints stay float32.
         val_dataset: a held-out text (any `dataset` form) to report validation loss on.
@@ -131,7 +134,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
     Returns:
         A `TrainResult`.
     """
-    opts = TrainOptions(
+    opts = make_options(
         steps=as_int("steps", steps), model_name=model_name, model_dir=model_dir, combine=combine,
         batch_size=batch_size, learning_rate=learning_rate, accumulate_gradients=accumulate_gradients,
         restore_from=restore_from, run_name=run_name, checkpoint_dir=checkpoint_dir, sample_every=sample_every,
@@ -165,7 +168,7 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
 
 
 @dataclasses.dataclass
-class _Run:
+class _RunSetup:
     """What a run trains: its folder, the weights it starts from, the encoded dataset."""
 
     run_dir: str
@@ -190,7 +193,7 @@ def _prepare_run(opts, dataset, strategy):
     saved_adapters = lora_run.check_resume(opts, run_dir, prefix, resuming)
     print("Loading checkpoint", prefix)
     with strategy.scope():
-        model = lora_run.load_model(opts, run_dir, source_dir, prefix, saved_adapters)
+        model = lora_run.model_to_train(opts, run_dir, source_dir, prefix, saved_adapters)
     enc = get_encoder(source_dir)
     chunks = documents.load_chunks(enc, dataset, opts)
     window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
@@ -204,17 +207,18 @@ def _prepare_run(opts, dataset, strategy):
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
-    return _Run(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
+        run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line)
+    return _RunSetup(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
 @dataclasses.dataclass
 class _Trainer:
     """How a run trains: optimizer, data sampler, compiled steps and where the counter stands."""
 
-    run: _Run
+    run: _RunSetup
     opts: TrainOptions
     opt: object
-    data: dataset_module.Sampler
+    data: WindowSampler
     seed: int
     train_step: object
     eval_step: object
@@ -223,12 +227,14 @@ class _Trainer:
     avg: tuple  # gpt-2-simple's running average: (decayed loss sum, decayed count)
     schedule: Schedule = None  # the learning rate of each step
     stopping: EarlyStopping = None  # validation losses: the best so far, patience
+    plateau: Plateau = dataclasses.field(default_factory=Plateau)  # the "loss has levelled off" note
 
     def save(self, step):
         if self.run.chief:
             resume.save(self.run.model, self.opt, self.run.run_dir, step, self.data, self.avg, self.seed, self.opts,
                         _printed_name(step, self.opts), self.loss_scale,
                         extra={"early_stopping": self.stopping.get_state()})
+            self.plateau.record(step, self.avg)
 
 
 def _build_trainer(run, opts, strategy):

@@ -1,0 +1,224 @@
+"""Held-out scores: how well each checkpoint of a run, and its base model, predicts a text.
+
+This module owns `evaluate`: it reads a held-out dataset the way training reads one (streams
+or documents, `documents.load_chunks`), cuts it into windows of the model's context that
+overlap by one token so every token after a chunk's first is predicted exactly once, scores
+them in batches with the training loss (`step.token_losses`) compiled once per model shape,
+and reports per model the mean loss per token, perplexity and bits per byte (nats over the
+UTF-8 bytes of the predicted tokens: comparable across tokenizers); in documents mode also the
+mean loss per document and the worst documents. Which checkpoints a run has is
+`checkpoint.py`'s; which base model it started from is the run's `training.json`
+(`run_record.py`).
+"""
+import dataclasses
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from encoder import get_encoder
+
+from ..formats import checkpoint as checkpoint_files
+from ..formats import run_record
+from ..formats.folders import load_model
+from ..model.names import model_folder, run_folder
+from . import documents
+from .options import TrainOptions
+from .step import token_losses
+
+EOT_BYTES = 1  # an end-of-text separator stands for the newline between two documents
+
+
+@dataclasses.dataclass
+class Windows:
+    """A dataset cut into scoring windows: `rows[i]` tokens; targets from `starts[i]` on; `docs[i]` its document."""
+
+    rows: list
+    starts: list
+    docs: list
+    texts: list  # documents mode: each document's text, for the worst-documents list
+
+
+def cut_windows(chunks, n_ctx, eot=None, enc=None):
+    """Windows of at most `n_ctx` tokens; with `eot` (documents mode) each document on its own rows."""
+    rows, starts, docs, texts = [], [], [], []
+    if eot is None:
+        for chunk in chunks:
+            for begin in range(0, max(len(chunk) - 1, 0), n_ctx - 1):
+                rows.append(np.asarray(chunk[begin:begin + n_ctx], np.int32))
+                starts.append(1)
+                docs.append(-1)
+        return Windows(rows, starts, docs, texts)
+    for chunk in chunks:
+        cut = documents.separator_positions(chunk, eot)
+        if not len(cut) or cut[0] != 0:
+            cut = np.concatenate([[0], cut])  # a stream that does not begin with a separator
+        for first, end in zip(cut, np.append(cut[1:], len(chunk))):
+            body = np.asarray(chunk[first:end], np.int32)
+            doc = np.concatenate([body if body[0] == eot else np.r_[eot, body], [eot]]).astype(np.int32)
+            texts.append(enc.decode([int(t) for t in doc[1:-1]]) if enc is not None else "")
+            for begin in range(0, len(doc) - 1, n_ctx - 1):
+                rows.append(doc[begin:begin + n_ctx])
+                starts.append(1)
+                docs.append(len(texts) - 1)
+    return Windows(rows, starts, docs, texts)
+
+
+class Scorer:
+    """One compiled scoring function for one model; other checkpoints of its shape load into it."""
+
+    def __init__(self, model):
+        self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+        def score(tokens, mask):
+            return tf.reduce_sum(token_losses(model, tokens) * mask[:, 1:], axis=1)  # [batch] nats
+
+        self.score = score
+
+    def takes(self, other):
+        """Copy `other`'s weights in, if it has this model's shapes; True when it did."""
+        mine = self.model.weights
+        if self.model.hparams != other.hparams or set(mine) != set(other.weights):
+            return False
+        if any(mine[n].shape != other.weights[n].shape or mine[n].dtype != other.weights[n].dtype for n in mine):
+            return False
+        for name, variable in mine.items():
+            variable.assign(other.weights[name])
+        return True
+
+    def row_losses(self, windows, batch_size):
+        """The summed loss in nats of each window's targets, batched by similar lengths."""
+        order = np.argsort([-len(r) for r in windows.rows], kind="stable")
+        out = np.zeros(len(windows.rows))
+        for b in range(0, len(order), batch_size):
+            picked = order[b:b + batch_size]
+            width = max(len(windows.rows[i]) for i in picked)
+            tokens = np.zeros((len(picked), width), np.int32)
+            mask = np.zeros((len(picked), width), np.float32)
+            for j, i in enumerate(picked):
+                row = windows.rows[i]
+                tokens[j, :len(row)] = row
+                mask[j, windows.starts[i]:len(row)] = 1.0
+            out[picked] = self.score(tf.constant(tokens), tf.constant(mask)).numpy()
+        return out
+
+
+def token_byte_lengths(enc):
+    """UTF-8 bytes of each token id (`<|endoftext|>` counts as one: the newline it stands for)."""
+    lengths = np.array([len(enc.decode_bytes([i])) for i in range(len(enc.encoder))], np.int64)
+    if enc.eot_token is not None:
+        lengths[enc.eot_token] = EOT_BYTES
+    return lengths
+
+
+def summarize(label, step, losses, windows, byte_lengths, worst):
+    """One table row: mean loss per token, perplexity, bits per byte; per document in documents mode."""
+    targets = np.concatenate([r[s:] for r, s in zip(windows.rows, windows.starts)]) if windows.rows else np.zeros(0, int)
+    tokens, nbytes, nats = len(targets), int(byte_lengths[targets].sum()), float(losses.sum())
+    loss = nats / max(tokens, 1)
+    row = {"model": label, "step": step, "loss": loss, "perplexity": math.exp(min(loss, 80.0)),
+           "bits_per_byte": nats / math.log(2) / max(nbytes, 1), "tokens": tokens, "bytes": nbytes}
+    if windows.texts:
+        docs = np.asarray(windows.docs)
+        per_doc = np.bincount(docs, weights=losses, minlength=len(windows.texts))
+        counts = np.bincount(docs, weights=[len(r) - s for r, s in zip(windows.rows, windows.starts)],
+                             minlength=len(windows.texts))
+        mean = per_doc / np.maximum(counts, 1)
+        row["documents"] = len(windows.texts)
+        row["document_loss"] = float(mean.mean())
+        row["worst"] = [{"document": int(i) + 1, "loss": float(mean[i]), "text": windows.texts[i]}
+                        for i in np.argsort(-mean, kind="stable")[:worst]]
+    return row
+
+
+def evaluate(sess, dataset, *, run_name="run1", checkpoint_dir="checkpoint", checkpoint="all", model_name=None,
+             model_dir="models", batch_size=8, line_by_line=None, text_field="text", worst=5, print_table=True):
+    """Score a held-out text with each checkpoint of a run and with its base model, in one table.
+
+    Args:
+        sess: a `Session`; with checkpoint='session' its loaded model is scored.
+        dataset: held-out text in any form `finetune` reads (file, folder or glob).
+        run_name, checkpoint_dir: the run folder `checkpoint_dir/run_name`.
+        checkpoint: 'all' (every checkpoint the run keeps, plus its base model), 'latest', 'best',
+            a checkpoint name such as 'model-1000', or 'session' (the model in `sess`).
+        model_name: the base model to compare with, `model_dir/model_name` (default: the one the
+            run recorded in its training.json); alone, without a run folder, it is scored alone.
+        model_dir: the parent folder of the base model folders.
+        batch_size: windows of n_ctx tokens scored together.
+        line_by_line: score one document per line / row / record (default: as the run trained).
+        text_field: the key of .jsonl records that holds the text.
+        worst: in documents mode, how many of the worst-predicted documents to list.
+        print_table: print the table.
+
+    Returns:
+        A list of dicts, one per model: model, step, loss (nats per token), perplexity,
+        bits_per_byte, tokens, bytes; in documents mode also documents, document_loss and worst
+        (a list of {document: 1-based index, loss, text}).
+
+    Raises:
+        FileNotFoundError: no run folder and no model_name, or a missing checkpoint or dataset.
+        ValueError: bad options.
+    """
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (8 is a good start)")
+    folders = _models_to_score(sess, run_name, checkpoint_dir, checkpoint, model_name, model_dir)
+    first = folders[0]
+    enc = sess.encoder if checkpoint == "session" else get_encoder(first[1])
+    if line_by_line is None:
+        line_by_line = run_record.read_documents(first[1]) is not None
+    # combine=1: each text file is its own chunk, without the `<|endoftext|>` text training joins files with
+    opts = TrainOptions(line_by_line=bool(line_by_line), text_field=text_field, combine=1)
+    chunks = documents.load_chunks(enc, dataset, opts)
+    byte_lengths = token_byte_lengths(enc)
+    rows, scorer = [], None
+    for label, folder, name in folders:
+        model = sess.model if name == "session" else load_model(folder, name)
+        if scorer is None or not scorer.takes(model):
+            scorer = Scorer(model)
+        windows = cut_windows(chunks, model.hparams.n_ctx, enc.eot_token if line_by_line else None, enc)
+        step = checkpoint_files.step_of(name) if name not in ("session", "latest") else None
+        rows.append(summarize(label, step if step is None or step >= 0 else None,
+                              scorer.row_losses(windows, batch_size), windows, byte_lengths, worst))
+    if print_table:
+        print(format_table(rows))
+    return rows
+
+
+def _models_to_score(sess, run_name, checkpoint_dir, checkpoint, model_name, model_dir):
+    """[(label, folder, checkpoint name)] in table order: the base model first, then the run's checkpoints."""
+    if checkpoint == "session":
+        if sess.model is None:
+            raise ValueError("checkpoint='session' but no model is loaded in sess; call gpt2.load_gpt2(sess) first")
+        return [("session", sess.folder, "session")]
+    run_dir = run_folder(checkpoint_dir, run_name)
+    base = model_folder(model_dir, model_name) if model_name else None
+    if not os.path.isdir(run_dir):
+        if base is None:
+            raise FileNotFoundError(f"run folder {run_dir} does not exist; pass run_name= of a fine-tuned run "
+                                    "(or model_name= to score a base model alone)")
+        return [(f"base {model_name}", base, "latest")]
+    if checkpoint == "all":
+        names = [os.path.basename(p) for p in checkpoint_files.read_state(run_dir)]
+        base = base or (run_record.read_training(run_dir) or {}).get("base_model")
+    else:
+        names = [os.path.basename(checkpoint_files.find_checkpoint(run_dir, checkpoint))]
+    scored = [(f"base {os.path.basename(os.path.normpath(base))}", base, "latest")] if base else []
+    return scored + [(name, run_dir, name) for name in names]
+
+
+def format_table(rows):
+    """The rows as an aligned text table, the worst documents below it."""
+    lines = [f"{'model':<24} {'step':>7} {'loss/token':>10} {'perplexity':>10} {'bits/byte':>9} {'tokens':>9}"
+             + (f" {'loss/doc':>9}" if "document_loss" in rows[0] else "")]
+    for r in rows:
+        step = "" if r["step"] is None else str(r["step"])
+        lines.append(f"{r['model'][:24]:<24} {step:>7} {r['loss']:>10.4f} {r['perplexity']:>10.2f} "
+                     f"{r['bits_per_byte']:>9.4f} {r['tokens']:>9}"
+                     + (f" {r['document_loss']:>9.4f}" if "document_loss" in r else ""))
+    for r in rows:
+        for w in r.get("worst", []):
+            lines.append(f"  {r['model']}: worst document {w['document']} (loss {w['loss']:.3f}): "
+                         f"{' '.join(w['text'].split())[:70]}")
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The sampler: logit filters without a model, reproducible draws, no retracing, sliding window."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gpt2_simple.generation.sample import Sampler, _draw, filter_logits, penalize
+from gpt2_simple.model.hparams import HParams
+from gpt2_simple.model.model import GPT2
+
+LOGITS = tf.constant([[1.0, 4.0, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 10.0, -1.0]])
+
+
+def _kept(filtered):
+    return (filtered.numpy() > -1e9).astype(int).tolist()
+
+
+def test_filters_keep_the_right_tokens():
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.0)) == [[1] * 5, [1] * 5]
+    assert _kept(filter_logits(LOGITS, 1.0, 2, 0.0)) == [[0, 1, 0, 1, 0], [1, 1, 1, 1, 0]]  # ties at the kth kept
+    assert _kept(filter_logits(LOGITS, 1.0, 1, 0.0)) == [[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]
+    # Row 0 probabilities (sorted): .644 .237 .087 .032 .012 -> top_p 0.7 keeps two, 0.5 keeps one.
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.7)) == [[0, 1, 0, 1, 0], [0, 0, 0, 1, 0]]
+    assert _kept(filter_logits(LOGITS, 1.0, 0, 0.5)) == [[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]
+    # top_p replaces top_k, as in gpt-2-simple.
+    assert _kept(filter_logits(LOGITS, 1.0, 1, 0.7)) == [[0, 1, 0, 1, 0], [0, 0, 0, 1, 0]]
+    np.testing.assert_allclose(filter_logits(LOGITS, 0.5, 0, 0.0).numpy(), LOGITS.numpy() * 2)
+
+
+def test_filters_never_empty_or_nan_at_extremes():
+    for top_p in (1e-9, 1.0):
+        out = filter_logits(LOGITS, 1e-3, 0, top_p).numpy()
+        assert not np.isnan(out).any() and ((out > -1e9).sum(-1) >= 1).all()
+    out = filter_logits(tf.fill([1, 7], -np.float32(3e38)), 1.0, 3, 0.0).numpy()
+    assert not np.isnan(out).any()
+
+
+def _model(n_ctx=32):
+    return GPT2(HParams(n_vocab=97, n_ctx=n_ctx, n_embd=16, n_head=2, n_layer=2), seed=0)
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible_and_independent_of_chunking():
+    sampler = Sampler(_model())
+    context = np.array([[3, 1, 4], [1, 5, 9]])
+    a = sampler.sample(context, 20, seed=7)
+    assert a.shape == (2, 20) and a.dtype == np.int32 and a.min() >= 0 and a.max() < 97
+    np.testing.assert_array_equal(a, sampler.sample(context, 20, seed=7))
+    np.testing.assert_array_equal(a, sampler.sample(context, 20, seed=7, chunk=6))
+    assert not np.array_equal(a, sampler.sample(context, 20, seed=8))
+
+
+@pytest.mark.slow
+def test_greedy_sampling_equals_argmax_of_full_forward():
+    model = _model()
+    sampler = Sampler(model)
+    tokens = np.array([[5, 6, 7]])
+    out = sampler.sample(tokens, 10, top_k=1, seed=0)
+    expected = tokens
+    for _ in range(10):
+        nxt = np.argmax(model(expected).numpy()[:, -1], axis=-1)[:, None]
+        expected = np.concatenate([expected, nxt], axis=1)
+    np.testing.assert_array_equal(out, expected[:, 3:])
+
+
+@pytest.mark.slow
+def test_no_retrace_for_new_lengths_batches_and_options():
+    sampler = Sampler(_model())
+    sampler.sample(np.array([[1]]), 3, seed=0)
+    assert sampler.tracing_count == 2  # the prompt loop and the XLA loop, once each
+    sampler.sample(np.array([[1, 2, 3, 4, 5]] * 4), 9, temperature=0.5, top_k=5, seed=1)
+    sampler.sample(np.array([[2, 3]] * 2), 1, top_p=0.9, seed=2)
+    sampler.sample(np.array([[2, 3, 4]] * 2), 7, top_k=80, seed=2)
+    assert sampler.tracing_count == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"top_k": 1}, {"top_k": 5, "temperature": 1.5}, {"top_k": 70},
+                                     {"top_p": 0.9}, {"temperature": 0.3}])
+def test_xla_loop_draws_the_same_tokens_as_the_growing_loop(options):
+    model = _model(n_ctx=16)
+    xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
+    context = np.array([[1, 2, 3], [4, 5, 6]])
+    expected = growing.sample(context, 40, seed=11, **options)  # 40 > n_ctx: the window slides too
+    np.testing.assert_array_equal(xla.sample(context, 40, seed=11, **options), expected)
+    np.testing.assert_array_equal(xla.sample(context, 40, seed=11, chunk=3, **options), expected)
+    assert not np.array_equal(xla.sample(context, 40, seed=12, **options), expected) or options.get("top_k") == 1
+
+
+@pytest.mark.slow
+def test_draws_follow_the_softmax_distribution():
+    logits = tf.math.log(tf.constant([[0.5, 0.25, 0.15, 0.07, 0.03]]))
+    draws = np.array([int(_draw(logits[:, None, :], i, 1.0, 0, 0.0, tf.constant([7, 0], tf.int64))[0, 0])
+                      for i in range(4000)])
+    counts = np.bincount(draws, minlength=5)
+    expected = 4000 * np.array([0.5, 0.25, 0.15, 0.07, 0.03])
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 18.5, (counts, chi2)  # p = 0.001 for 4 degrees of freedom
+
+
+@pytest.mark.slow
+def test_length_beyond_context_slides_the_window():
+    model = _model(n_ctx=16)
+    sampler = Sampler(model)
+    out = sampler.sample(np.array([[1, 2, 3]]), 50, top_k=1, seed=0)
+    assert out.shape == (1, 50)
+    # The first tokens are ordinary greedy continuation within the context.
+    expected = np.array([[1, 2, 3]])
+    for _ in range(13):
+        nxt = np.argmax(model(expected).numpy()[:, -1], axis=-1)[:, None]
+        expected = np.concatenate([expected, nxt], axis=1)
+    np.testing.assert_array_equal(out[:, :13], expected[:, 3:])
+
+
+@pytest.mark.slow
+def test_stop_ends_sampling_between_chunks():
+    sampler = Sampler(_model())
+    out = sampler.sample(np.array([[1]]), 30, seed=0, chunk=4, stop=lambda tokens: tokens.shape[1] >= 8)
+    assert out.shape == (1, 8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    logits=hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 40)),
+                      elements=st.floats(-1e4, 1e4, width=32)),
+    temperature=st.floats(1e-3, 10.0),
+    top_k=st.integers(0, 50),
+    top_p=st.floats(0.0, 1.0),
+)
+def test_filters_never_give_nan_or_an_empty_distribution(logits, temperature, top_k, top_p):
+    out = filter_logits(tf.constant(logits), temperature, top_k, top_p).numpy()
+    # The XLA loop's variant (top-k of a constant size, or a sort) keeps the same tokens.
+    np.testing.assert_array_equal(filter_logits(tf.constant(logits), temperature, top_k, top_p, sort=True).numpy(), out)
+    assert not np.isnan(out).any()
+    kept = out > -1e9
+    assert kept.any(axis=-1).all()
+    # The most likely token always survives, and probabilities are finite and sum to 1.
+    assert kept[np.arange(len(logits)), logits.argmax(-1)].all()
+    probs = tf.nn.softmax(out).numpy()
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-4)
+    if top_k and not top_p:
+        assert (kept.sum(-1) >= np.minimum(top_k, logits.shape[1])).all()
+
+
+def test_repetition_penalty_is_the_ctrl_rule_and_1_is_exact():
+    logits = tf.constant([[2.0, -2.0, 3.0, -1.0]])
+    seen = tf.constant([[True, True, False, False]])
+    np.testing.assert_allclose(penalize(logits, seen, 2.0).numpy(), [[1.0, -4.0, 3.0, -1.0]])
+    np.testing.assert_array_equal(penalize(logits, seen, 1.0).numpy(), logits.numpy())
+
+
+@pytest.mark.slow
+def test_steering_never_retraces_and_both_loops_agree():
+    model = _model(n_ctx=16)
+    xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
+    context = np.array([[1, 2, 3], [4, 5, 6]])
+    plain = xla.sample(context, 30, seed=5)
+    # Penalty 1.0 and no stop sequences draw exactly the tokens drawn without them.
+    np.testing.assert_array_equal(xla.sample(context, 30, seed=5, repetition_penalty=1.0, stop_tokens=[]), plain)
+    for options in ({"repetition_penalty": 1.3}, {"repetition_penalty": 0.7, "top_k": 5},
+                    {"stop_tokens": [plain[0, 4:6], plain[1, 9:10]]}):
+        expected = growing.sample(context, 30, seed=5, **options)
+        np.testing.assert_array_equal(xla.sample(context, 30, seed=5, **options), expected)
+        np.testing.assert_array_equal(xla.sample(context, 30, seed=5, chunk=4, **options), expected)
+    assert xla.tracing_count == 2 and growing.tracing_count == 1
+
+
+@pytest.mark.slow
+def test_greedy_under_a_strong_penalty_never_repeats():
+    sampler = Sampler(_model())
+    context = np.array([[1, 2, 3]])
+    greedy = sampler.sample(context, 20, top_k=1, seed=0)
+    assert len(set(greedy[0].tolist())) < 20  # a random tiny model loops when greedy
+    damped = sampler.sample(context, 20, top_k=1, seed=0, repetition_penalty=1e4)
+    assert len(set(damped[0].tolist()) | {1, 2, 3}) == 23
+
+
+@pytest.mark.slow
+def test_stop_sequences_end_each_row_and_the_loop_once_all_rows_ended():
+    sampler = Sampler(_model())
+    context = np.array([[1, 2, 3], [4, 5, 6]])
+    plain = sampler.sample(context, 30, seed=5)
+    first = {0: plain[0, 4:6].tolist(), 1: plain[1, 9:10].tolist()}
+    ends = [next(t + len(seq) for t in range(30) if plain[row, t:t + len(seq)].tolist() == seq)
+            for row, seq in first.items()]
+    out = sampler.sample(context, 30, seed=5, stop_tokens=list(first.values()))
+    np.testing.assert_array_equal(out, plain[:, :max(ends)])  # the same draws, cut when both rows ended
+    # Stop sequences spanning compiled calls still end the rows.
+    np.testing.assert_array_equal(sampler.sample(context, 30, seed=5, chunk=5, stop_tokens=list(first.values())),
+                                  plain[:, :max(ends)])
+    # A per-row `stop` callback ends rows too: row 0 at once, row 1 after its stop sequence.
+    out = sampler.sample(context, 30, seed=5, chunk=3, stop=lambda t: np.array([True, False]),
+                         stop_tokens=[first[1]])
+    assert out.shape[1] == ends[1]
+
+
+def test_too_many_stop_sequences_is_an_error_naming_the_limit():
+    with pytest.raises(ValueError, match="at most 8"):
+        Sampler(_model()).sample(np.array([[1]]), 3, stop_tokens=[[i] for i in range(9)])
+
+
+def test_cache_windows_are_powers_of_two_from_128_up_to_the_context():
+    from gpt2_simple.generation.sample import cache_window
+
+    assert [cache_window(p, 1024) for p in (1, 33, 128, 129, 288, 512, 513, 1000, 1024, 5000)] == \
+        [128, 128, 128, 256, 512, 512, 1024, 1024, 1024, 1024]
+    assert [cache_window(p, 16) for p in (1, 16, 40)] == [16, 16, 16]
+    assert [cache_window(p, 300) for p in (100, 200, 300)] == [128, 256, 300]
+
+
+@pytest.mark.slow
+def test_xla_loop_over_each_cache_window_draws_the_growing_loops_tokens():
+    # n_ctx 512: windows of 128, 256 and 512 positions, a call that slides, and chunks (one window per call).
+    model = GPT2(HParams(n_vocab=97, n_ctx=512, n_embd=16, n_head=2, n_layer=2), seed=0)
+    xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
+    context = np.random.default_rng(0).integers(0, 97, size=(2, 100))
+    for length in (20, 150, 400, 700):
+        expected = growing.sample(context, length, seed=5)
+        np.testing.assert_array_equal(xla.sample(context, length, seed=5), expected)
+    np.testing.assert_array_equal(xla.sample(context, 400, seed=5, chunk=90), growing.sample(context, 400, seed=5))
+    assert xla.tracing_count == 2  # a new window compiles, but never retraces

@@ -1,0 +1,284 @@
+"""The server: the openai client against it, every bad request, auth, batching, disconnects and load.
+
+One tiny model with the real vocabulary is served once for the module, on 127.0.0.1 and a free
+port, with an API key, a small queue and a small body limit.
+"""
+import json
+import threading
+
+import httpx
+import pytest
+from serving import running_server, tiny_session
+
+import gpt2_simple as gpt2
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LONG = 20000  # tokens: a request that runs until it is cancelled
+MAX_QUEUE = 4
+
+
+@pytest.fixture(scope="module")
+def sess(tmp_path_factory, real_vocab_dir):
+    return tiny_session(tmp_path_factory.mktemp("serve"), real_vocab_dir, seed=7)
+
+
+@pytest.fixture(scope="module")
+def server(sess):
+    with running_server(sess, api_key=KEY, max_tokens=LONG, max_queue=MAX_QUEUE, max_batch=16,
+                        max_body=4096) as (url, app):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+def post(client, **body):
+    return client.post("/v1/completions", json=body)
+
+
+def health(client):
+    return client.get("/health").json()
+
+
+def wait_health(client, ok, tries=2000):
+    """/health until `ok(state)` holds, at most `tries` requests (bounded; no sleeping)."""
+    for _ in range(tries):
+        state = health(client)
+        if ok(state):
+            return state
+    raise AssertionError(f"/health never reached the state: {state}")
+
+
+class LongStream:
+    """A streaming request that keeps the worker busy until closed; entered once its first event came."""
+
+    def __init__(self, client, prompt="Busy"):  # noqa: D107
+        self.context = client.stream("POST", "/v1/completions",
+                                     json={"prompt": prompt, "max_tokens": LONG, "stream": True})
+
+    def __enter__(self):
+        self.response = self.context.__enter__()
+        assert self.response.status_code == 200
+        self.lines = self.response.iter_lines()
+        assert next(line for line in self.lines if line).startswith("data: {")
+        return self
+
+    def __exit__(self, *exc):
+        self.context.__exit__(*exc)
+
+
+@pytest.mark.slow
+def test_the_openai_client_works_unchanged(server, sess):
+    from openai import OpenAI
+
+    ai = OpenAI(base_url=server + "/v1", api_key=KEY)
+    assert [m.id for m in ai.models.list().data] == ["tiny"]
+    out = ai.completions.create(model="tiny", prompt="Hello there", max_tokens=20, temperature=0.9, seed=5)
+    expected = gpt2.generate(sess, prefix="Hello there", length=20, temperature=0.9, seed=5, include_prefix=False,
+                             return_as_list=True)[0]
+    assert out.choices[0].text.lstrip("\n") == expected and out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(sess.encoder.encode("Hello there")), 20)
+    pieces = list(ai.completions.create(model="tiny", prompt="Hello there", max_tokens=20, temperature=0.9,
+                                        seed=5, stream=True))
+    assert len(pieces) > 3 and "".join(p.choices[0].text for p in pieces) == out.choices[0].text
+    assert [p.choices[0].finish_reason for p in pieces][-1] == "length"
+
+
+def test_stop_strings_and_penalty_through_the_server(client, sess):
+    full = post(client, prompt="Once", max_tokens=40, seed=9).json()["choices"][0]["text"]
+    stop = full[12:15]
+    cut = post(client, prompt="Once", max_tokens=40, seed=9, stop=[stop, "zzzz"]).json()["choices"][0]
+    assert cut == {"text": full[:full.index(stop)], "index": 0, "logprobs": None, "finish_reason": "stop"}
+    greedy = post(client, prompt="Once", max_tokens=30, temperature=0).json()["choices"][0]["text"]
+    damped = post(client, prompt="Once", max_tokens=30, temperature=0, repetition_penalty=50.0).json()
+    assert damped["choices"][0]["text"] == gpt2.generate(
+        sess, prefix="Once", length=30, top_k=1, temperature=1.0, repetition_penalty=50.0, include_prefix=False,
+        return_as_list=True)[0] != greedy
+
+
+def test_openai_penalties_logit_bias_and_min_p_through_the_openai_client(server, sess):
+    from openai import OpenAI
+
+    ai = OpenAI(base_url=server + "/v1", api_key=KEY)
+    forced = ai.completions.create(model="tiny", prompt="Once", max_tokens=4, temperature=0, logit_bias={"262": 100})
+    assert sess.encoder.encode(forced.choices[0].text) == [262] * 4  # " the" every time
+    adjust = {"presence_penalty": 1.5, "frequency_penalty": 0.7, "extra_body": {"min_p": 0.05}}
+    out = ai.completions.create(model="tiny", prompt="Once", max_tokens=30, temperature=0.9, seed=3,
+                                logit_bias={"262": -100, "13": 5}, **adjust)
+    expected = gpt2.generate(sess, prefix="Once", length=30, temperature=0.9, seed=3, include_prefix=False,
+                             presence_penalty=1.5, frequency_penalty=0.7, min_p=0.05,
+                             logit_bias={262: -100, 13: 5}, return_as_list=True)[0]
+    plain = gpt2.generate(sess, prefix="Once", length=30, temperature=0.9, seed=3, include_prefix=False,
+                          return_as_list=True)[0]
+    assert out.choices[0].text == expected != plain
+
+
+def test_prompt_lists_and_n_give_every_choice_in_order(client):
+    out = post(client, prompt=["One", "Two words"], n=2, max_tokens=6, top_k=5).json()
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
+    assert all(c["finish_reason"] == "length" for c in out["choices"])
+    assert out["usage"]["completion_tokens"] == 24 and out["usage"]["prompt_tokens"] == 1 + 2
+    events = []
+    with client.stream("POST", "/v1/completions", json={"prompt": ["One", "Two words"], "n": 2, "max_tokens": 6,
+                                                        "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert sorted(c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"]) == [0, 1, 2, 3]
+
+
+def test_health_models_and_page_are_served(server, client):
+    assert httpx.get(server + "/health").status_code == 200  # no key needed
+    assert health(client)["status"] == "ok"
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and 'id="generate"' in page.text and "://" not in page.text  # offline: no CDN
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}])
+def test_a_missing_or_wrong_key_is_401(server, headers):
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions")):
+        r = httpx.request(method, server + path, headers=headers, json={"prompt": "a"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_api_key"
+
+
+BAD = [
+    ("malformed JSON", b'{"prompt": "a",', 400, None),
+    ("not an object", b'["a"]', 400, None),
+    ("max_tokens a string", {"prompt": "a", "max_tokens": "10"}, 400, "max_tokens"),
+    ("max_tokens negative", {"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
+    ("max_tokens huge", {"prompt": "a", "max_tokens": 10**9}, 400, "max_tokens"),
+    ("max_tokens a bool", {"prompt": "a", "max_tokens": True}, 400, "max_tokens"),
+    ("temperature negative", {"prompt": "a", "temperature": -0.1}, 400, "temperature"),
+    ("temperature a string", {"prompt": "a", "temperature": "hot"}, 400, "temperature"),
+    ("temperature NaN", b'{"prompt": "a", "temperature": NaN}', 400, None),
+    ("top_p zero", {"prompt": "a", "top_p": 0}, 400, "top_p"),
+    ("top_p above one", {"prompt": "a", "top_p": 1.5}, 400, "top_p"),
+    ("empty prompt", {"prompt": ""}, 400, "prompt"),
+    ("no prompt", {"max_tokens": 3}, 400, "prompt"),
+    ("prompt a number", {"prompt": 123}, 400, "prompt"),
+    ("prompt a list of floats", {"prompt": [1.5, 2]}, 400, "prompt"),
+    ("too many stop strings", {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("stop a number", {"prompt": "a", "stop": 5}, 400, "stop"),
+    ("n zero", {"prompt": "a", "n": 0}, 400, "n"),
+    ("seed negative", {"prompt": "a", "seed": -3}, 400, "seed"),
+    ("stream a string", {"prompt": "a", "stream": "yes"}, 400, "stream"),
+    ("prompt longer than the context", {"prompt": "word " * 40}, 400, "prompt"),
+    ("logit_bias id out of range", {"prompt": "a", "logit_bias": {"50257": 1}}, 400, "logit_bias"),
+    ("logit_bias id not a number", {"prompt": "a", "logit_bias": {"the": 1}}, 400, "logit_bias"),
+    ("logit_bias above 100", {"prompt": "a", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("presence_penalty above 2", {"prompt": "a", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("frequency_penalty a string", {"prompt": "a", "frequency_penalty": "x"}, 400, "frequency_penalty"),
+    ("min_p above 1", {"prompt": "a", "min_p": 1.5}, 400, "min_p"),
+    ("body over the limit", {"prompt": "a" * 5000}, 413, None),
+]
+
+
+@pytest.mark.parametrize("case, body, status, param", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_an_openai_shaped_4xx(client, case, body, status, param):
+    if isinstance(body, bytes):
+        r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    else:
+        r = post(client, **body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param"} and error["param"] == param
+    assert error["message"] and "\n" not in error["message"] and "Traceback" not in r.text
+
+
+def test_unknown_fields_are_ignored_and_unknown_routes_are_json(client):
+    assert post(client, prompt="a", max_tokens=2, logit_bias={"1": 2}, user="me", best_of=1).status_code == 200
+    for r in (client.get("/v2/nothing"), client.get("/v1/completions")):
+        assert r.status_code in (404, 405) and r.json()["error"]["message"]
+
+
+def test_requests_that_can_share_a_batch_are_batched(client):
+    before = health(client)
+    results = []
+    with LongStream(client):
+        threads = [threading.Thread(target=lambda: results.append(post(client, prompt="Same length", max_tokens=8)))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_health(client, lambda s: s["queued"] == 3)
+    for t in threads:
+        t.join()
+    after = health(client)
+    assert [r.status_code for r in results] == [200] * 3
+    assert (after["batches"] - before["batches"], after["rows"] - before["rows"]) == (2, 4)  # the long one, then 3 as 1
+
+
+def test_a_full_queue_answers_503_with_retry_after(client):
+    results = []
+    with LongStream(client):
+        threads = [threading.Thread(target=lambda i=i: results.append(post(client, prompt="x" * (i + 1), max_tokens=2)))
+                   for i in range(MAX_QUEUE)]
+        for t in threads:
+            t.start()
+        wait_health(client, lambda s: s["queued"] == MAX_QUEUE)
+        refused = post(client, prompt="one more", max_tokens=2)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"]["type"] == "server_busy"
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * MAX_QUEUE
+
+
+def test_a_client_that_disconnects_frees_its_place_at_once(client):
+    with LongStream(client) as running:
+        with client.stream("POST", "/v1/completions", json={"prompt": "Second", "max_tokens": LONG, "stream": True}):
+            wait_health(client, lambda s: s["queued"] == 1)  # waiting behind the running one
+        state = wait_health(client, lambda s: s["queued"] == 0)  # gone from the queue at once...
+        assert state["running"] == 1  # ...while the first still runs
+        before = state["tokens"]
+    # The running stream closed mid-stream: its rows end at the next chunk, not after LONG tokens.
+    state = wait_health(client, lambda s: s["running"] == 0)
+    assert state["tokens"] - before < LONG // 4 and running.response.is_closed
+
+
+def _rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _load_round(server, clients=16, requests=5):
+    """`clients` threads x `requests` each: plain, streamed, and streams dropped after one event."""
+    statuses = []
+
+    def one_client(c):
+        with httpx.Client(base_url=server, headers=AUTH, timeout=120) as http:
+            for k in range(requests):
+                body = {"prompt": f"Client {c} request {k}", "max_tokens": 12, "top_k": 20}
+                kind = (c + k) % 3
+                if kind == 0:
+                    statuses.append(http.post("/v1/completions", json=body).status_code)
+                    continue
+                with http.stream("POST", "/v1/completions", json=dict(body, stream=True)) as r:
+                    statuses.append(r.status_code)
+                    for line in r.iter_lines():
+                        if kind == 2 and line.startswith("data: {"):
+                            break  # disconnect mid-stream
+
+    threads = [threading.Thread(target=one_client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+@pytest.mark.slow
+def test_load_every_request_gets_200_or_503_and_memory_stays_bounded(server, client):
+    statuses = _load_round(server)  # the first round also compiles the batch sizes it meets
+    rss = _rss_mib()
+    for _ in range(2):
+        statuses += _load_round(server)
+    assert len(statuses) == 3 * 16 * 5 and set(statuses) <= {200, 503} and statuses.count(200) >= 3 * 16
+    state = wait_health(client, lambda s: s["queued"] == 0 and s["running"] == 0)
+    assert state["status"] == "ok"
+    assert _rss_mib() - rss < 48  # MiB after 160 more requests (measured: about 15)

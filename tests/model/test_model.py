@@ -1,0 +1,122 @@
+"""GPT-2's math: parameter counts, causality, the key/value cache, logits against NumPy."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from reference import gpt2_logits
+
+from gpt2_simple.formats.checkpoint import openai_variables
+from gpt2_simple.model.hparams import PRESETS, HParams
+from gpt2_simple.model.model import GPT2
+
+
+def test_124m_parameter_count_and_table():
+    hparams = PRESETS["124M"]
+    table = openai_variables(hparams)
+    assert len(table) == 148
+    assert sum(int(np.prod(shape)) for _, shape in table) == 124_439_808 == hparams.n_params
+    assert table[0] == ("model/wte", (50257, 768))
+    assert ("model/h11/attn/c_attn/w", (1, 768, 2304)) in table
+    assert table[-1] == ("model/ln_f/b", (768,))
+    assert [PRESETS[n].n_params for n in ("355M", "774M", "1558M")] == [354_823_168, 774_030_080, 1_557_611_200]
+
+
+def test_model_registers_exactly_the_table(tiny_hparams):
+    hparams = HParams(**tiny_hparams)
+    model = GPT2(hparams, seed=0)
+    table = openai_variables(hparams)
+    assert list(model.weights) == [name for name, _ in table]
+    for name, shape in table:
+        assert int(np.prod(model.weights[name].shape)) == int(np.prod(shape)), name
+    assert len(model.trainable_variables) == len(table)
+
+
+def test_logits_match_numpy_reference(tiny_hparams):
+    from openai_layout import random_weights
+
+    hparams = HParams(**tiny_hparams)
+    weights = random_weights(tiny_hparams, seed=1)
+    model = GPT2(hparams, init=lambda name, shape: weights[name].reshape(shape))
+    tokens = np.random.default_rng(0).integers(0, hparams.n_vocab, size=(3, hparams.n_ctx))
+    logits = model(tokens)
+    assert logits.dtype == tf.float32 and logits.shape == (3, hparams.n_ctx, hparams.n_vocab)
+    expected = gpt2_logits(weights, tokens, hparams.n_head)
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_future_tokens_do_not_change_past_logits(tiny_hparams):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = np.arange(20)[None] % 97
+    changed = tokens.copy()
+    changed[0, 12] = 5
+    a, b = model(tokens).numpy(), model(changed).numpy()
+    np.testing.assert_array_equal(a[:, :12], b[:, :12])
+    assert np.abs(a[:, 12:] - b[:, 12:]).max() > 1e-3
+
+
+def test_cached_decoding_equals_full_forward(tiny_hparams):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = tf.constant(np.random.default_rng(2).integers(0, 97, size=(2, 24)), tf.int32)
+    full, keys_full, values_full = model.forward(tokens)
+    # A prompt of 10 tokens, then one token at a time through the growing caches.
+    logits, keys, values = model.forward(tokens[:, :10])
+    steps = [logits]
+    for t in range(10, 24):
+        logits, keys, values = model.forward(tokens[:, t:t + 1], keys, values)
+        steps.append(logits)
+    np.testing.assert_allclose(tf.concat(steps, axis=1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    assert keys[1].shape == values[0].shape == (2 * 2, 24, 8)  # [batch * n_head, seq, head_dim]
+    for ours, theirs in zip(keys + values, keys_full + values_full):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_accepts_numpy_and_tensors_of_any_int_dtype(tiny_hparams):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = np.array([[1, 2, 3]])
+    a = model(tokens).numpy()
+    np.testing.assert_array_equal(a, model(tf.constant(tokens, tf.int64)).numpy())
+    np.testing.assert_array_equal(a, model(tokens.astype(np.int32)).numpy())
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        (np.array([1, 2, 3]), "must be int [batch, seq]"),
+        (np.array([[0.5, 1.0]]), "integer token ids"),
+        (np.zeros((1, 33), int), "n_ctx=32"),
+        (np.array([[1, 97]]), "n_vocab=97"),
+        (np.array([[-1, 2]]), "n_vocab=97"),
+    ],
+)
+def test_bad_tokens_get_one_line_errors(tiny_hparams, tokens, message):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    with pytest.raises(ValueError, match=None) as info:
+        model(tokens)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_hparams_validation():
+    with pytest.raises(ValueError, match="n_embd=10 is not divisible by n_head=3"):
+        HParams(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="n_layer=0"):
+        HParams(n_layer=0)
+    with pytest.raises(ValueError, match="missing keys \\['n_layer'\\]"):
+        HParams.from_dict({"n_vocab": 1, "n_ctx": 1, "n_embd": 1, "n_head": 1})
+
+
+def test_caches_of_a_fixed_window_written_in_place_equal_growing_ones(tiny_hparams):
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = tf.constant(np.random.default_rng(3).integers(0, 97, size=(2, 12)), tf.int32)
+    full, keys_full, _ = model.forward(tokens)
+    logits, keys, values = model.forward(tokens[:, :7])
+    window = [tf.pad(c, [[0, 0], [0, 16 - 7], [0, 0]]) for c in keys], [tf.pad(c, [[0, 0], [0, 16 - 7], [0, 0]])
+                                                                         for c in values]
+    step = tf.function(model.forward, jit_compile=True)  # the in-place write is XLA's
+    steps = [logits]
+    keys, values = window
+    for t in range(7, 12):
+        logits, keys, values = step(tokens[:, t:t + 1], keys, values, tf.constant(t))
+        steps.append(logits)
+    np.testing.assert_allclose(tf.concat(steps, 1).numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    assert keys[1].shape == (2 * 2, 16, 8)
+    np.testing.assert_allclose(keys[1][:, :12].numpy(), keys_full[1].numpy(), rtol=1e-5, atol=1e-5)
+    assert not keys[1][:, 12:].numpy().any()  # positions after the last written stay zero
