@@ -41,11 +41,12 @@ FINETUNE_EXAMPLE = ("example, one tweet per line or .jsonl record, one tweet per
                     "tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine --warmup_steps 100 "
                     "--val_dataset heldout.jsonl --val_every 100 --keep_best --early_stopping_patience 5")
 # Arguments that are not flags: the session, and options that mean nothing in a fresh process
-# or that the subcommand sets itself (generate's output goes to --folder or --stdout).
+# or that the subcommand sets itself (generate's output goes to --folder or --stdout); logit_bias
+# is a dict of token ids, for Python and the server.
 NOT_FLAGS = {
     "finetune": {"sess", "dataset", "reuse"},
     "load_gpt2": {"sess", "reuse"},
-    "generate": {"sess", "sample_dir", "return_as_list", "destination_path"},
+    "generate": {"sess", "sample_dir", "return_as_list", "destination_path", "logit_bias"},
     "download_gpt2": {"model_name"},
     "encode_dataset": {"file_path"},
     "evaluate": {"sess", "dataset", "print_table"},

@@ -1,7 +1,8 @@
 """Text out: the compiled decoding loop, gpt-2-simple's `generate`, streaming, and serving.
 
 This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequences;
-`draws.py`: top-k/top-p, the repetition penalty, seeded draws), gpt-2-simple's
+`draws.py`: top-k/top-p/min_p, the penalties and logit bias, seeded draws; `options.py`: the
+`SamplingOptions` carried to the loops), gpt-2-simple's
 `load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`steering.py`),
 text as it is drawn (`stream.py`), scores of token sequences (`scores.py`), an OpenAI-compatible
 HTTP server (`serve.py`, with its model thread in `batcher.py`, its JSON contracts in

@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from .options import SamplingOptions
 from .scores import covered
 from .steering import StopStrings
 from .stream import TextStream
@@ -38,6 +39,18 @@ class Options:
     top_p: float = 0.0
     repetition_penalty: float = 1.0
     stop: tuple = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple = ()  # ((token id, bias), ...): a tuple, so equal options hash equal
+    min_p: float = 0.0
+
+    def sampling(self, stop_tokens):
+        """The sampler's `SamplingOptions`, with the stop strings' token sequences."""
+        return SamplingOptions(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
+            stop_tokens=tuple(tuple(seq) for seq in stop_tokens))
 
 
 @dataclasses.dataclass(eq=False)
@@ -197,10 +210,8 @@ class Batcher:
             return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)]
 
         context = np.asarray([job.tokens for job, _ in rows], np.int32)
-        yield from self.sampler.chunks(
-            context, options.max_tokens, temperature=options.temperature, top_k=options.top_k,
-            top_p=options.top_p, seed=seed, chunk=CHUNK, stop=ended,
-            repetition_penalty=options.repetition_penalty, stop_tokens=stops.tokens(self.encoder))
+        yield from self.sampler.chunks(context, options.max_tokens, seed=seed, chunk=CHUNK, stop=ended,
+                                       options=options.sampling(stops.tokens(self.encoder)))
 
     def _score(self, rows, scored, texts, drawn):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""

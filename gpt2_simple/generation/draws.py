@@ -1,7 +1,8 @@
 """Filters and draws: temperature, top-k and top-p on logits, and seeded, loop-independent draws.
 
 This module owns turning one position's logits into one token id: damping repeats (`penalize`),
-scaling and filtering them (`filter_logits`), and drawing from the result with the Gumbel-max trick over counter-based
+OpenAI's penalties and logit bias (`adjust_logits`), scaling and filtering them
+(`filter_logits`, with min_p), and drawing from the result with the Gumbel-max trick over counter-based
 noise (`_draw`), so that a token's randomness depends only on the seed and its index, never on
 chunking or on which decoding loop draws it. The loops themselves are `sample.py`'s.
 """
@@ -11,7 +12,7 @@ _STATIC_TOP_K = 64  # under XLA, top_k <= this uses a top-k of constant size ins
 _FILTERED = -1e10  # the logit given to tokens a filter removes (OpenAI's value; never NaN)
 
 
-def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
+def filter_logits(logits, temperature, top_k, top_p, *, sort=False, min_p=0.0):
     """Scale and filter `[batch, n_vocab]` logits.
 
     Args:
@@ -21,15 +22,17 @@ def filter_logits(logits, temperature, top_k, top_p, *, sort=False):
         top_p: if > 0, keep the smallest set of tokens whose probability reaches top_p
             (nucleus sampling); as in gpt-2-simple it then replaces top_k.
         sort: find the k-th largest logit by sorting (XLA needs a constant k for top_k).
+        min_p: in [0, 1]; keep only the tokens whose probability after temperature is at least
+            min_p times the likeliest token's (0 keeps all, 1 only the likeliest).
 
     Returns:
         float32 `[batch, n_vocab]`; at least one token per row keeps its (scaled) logit.
     """
-    scaled, kept = _scale_and_keep(logits, temperature, top_k, top_p, sort=sort)
+    scaled, kept = _scale_and_keep(logits, temperature, top_k, top_p, min_p, sort=sort)
     return tf.where(kept, scaled, _FILTERED)
 
 
-def _scale_and_keep(logits, temperature, top_k, top_p, *, sort=False):
+def _scale_and_keep(logits, temperature, top_k, top_p, min_p, *, sort=False):
     """`filter_logits`' work: (the scaled logits, bool `[batch, n_vocab]` of the tokens kept, >= 1 a row)."""
     logits = logits / tf.cast(temperature, logits.dtype)
     top_k = tf.cast(top_k, tf.int32)
@@ -56,11 +59,35 @@ def _scale_and_keep(logits, temperature, top_k, top_p, *, sort=False):
         threshold = tf.gather(ordered, n_kept - 1, batch_dims=1)[:, None]
         return logits >= threshold
 
-    return logits, tf.case(
+    kept = tf.case(
         [(top_p > 0.0, keep_top_p), (top_k > 0, keep_top_k)],
         default=lambda: tf.ones_like(logits, tf.bool),
         exclusive=False,
     )
+    # min_p: p >= min_p * p_max, i.e. logit >= max logit + log(min_p); log(0) = -inf keeps all.
+    # Every filter keeps the likeliest token, so the intersection keeps >= 1 a row.
+    floor = tf.reduce_max(logits, axis=-1, keepdims=True) + tf.math.log(tf.cast(min_p, logits.dtype))
+    return logits, kept & (logits >= floor)
+
+
+def adjust_logits(logits, seen, counts, adjust):
+    """Every per-step change to one position's logits before temperature and the filters.
+
+    Args:
+        logits: float32 `[batch, n_vocab]`.
+        seen: bool `[batch, n_vocab]`: the tokens of the text so far, prompt included.
+        counts: float32 `[batch, n_vocab]`: how often each token was drawn so far (generated only).
+        adjust: float32 tensors (repetition_penalty, presence_penalty, frequency_penalty,
+            logit_bias `[n_vocab]`).
+
+    Returns:
+        float32 `[batch, n_vocab]`; the neutral values (1, 0, 0, zeros) return `logits` bit for bit.
+    """
+    repetition, presence, frequency, bias = adjust
+    logits = penalize(logits, seen, repetition)
+    # OpenAI's additive penalties, over the generated tokens only (as OpenAI and vLLM count them).
+    logits = logits - (frequency * counts + presence * tf.cast(counts > 0, logits.dtype))
+    return logits + bias
 
 
 def penalize(logits, seen, penalty):
@@ -82,13 +109,13 @@ def penalize(logits, seen, penalty):
     return tf.where(seen, damped, logits)
 
 
-def _draw(logits, i, temperature, top_k, top_p, seed, sort=False):
+def _draw(logits, i, temperature, top_k, top_p, seed, sort=False, min_p=0.0):
     """The token drawn from the last position's `logits` as the i-th of a call: int32 [batch, 1].
 
     Its randomness depends only on the seed and its index `seed[1] + i`, not on chunking or on
     which loop draws it.
     """
-    scaled, kept = _scale_and_keep(logits[:, -1, :], temperature, top_k, top_p, sort=sort)
+    scaled, kept = _scale_and_keep(logits[:, -1, :], temperature, top_k, top_p, min_p, sort=sort)
     index = seed[1] + tf.cast(i, tf.int64)
     # The Gumbel-max trick: argmax(logits + Gumbel noise) is a draw from softmax(logits). Unlike
     # tf.random.stateless_categorical it compiles under XLA, and the noise is integer arithmetic

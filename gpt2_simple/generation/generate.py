@@ -26,7 +26,7 @@ from ..formats.folders import load_model
 from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
 from .copies import SampleMarks
-from .sample import MAX_STOPS
+from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .steering import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
@@ -61,7 +61,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
              sample_dir="samples", return_as_list=False, truncate=None, destination_path=None,
              sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
              temperature=0.7, top_k=0, top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0,
-             check_copies=False, copy_threshold=None, training_data=None):
+             check_copies=False, copy_threshold=None, training_data=None, presence_penalty=0.0,
+             frequency_penalty=0.0, logit_bias=None, min_p=0.0):
     """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
 
     Args:
@@ -88,6 +89,11 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             any of them, which is removed (as `truncate` is), and its sampling stops there.
         repetition_penalty: > 0; the CTRL rule on tokens already in the text (positive logits
             divided by it, negative ones multiplied); 1.2 is typical, 1.0 turns it off.
+        presence_penalty, frequency_penalty: OpenAI's additive penalties: each token's logit
+            minus frequency_penalty times its draws so far in this sample, minus presence_penalty
+            once drawn (the prefix does not count); 0.0 turns them off.
+        logit_bias: {token id: bias} added to those logits (-100 bans a token, +100 forces it).
+        min_p: in [0, 1]; drop tokens less likely than min_p times the likeliest (0.0: off).
 
     Returns:
         The list of texts if `return_as_list`, else None.
@@ -107,6 +113,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
                          f"shorten the prefix below {n_ctx} tokens")
     _check_penalty(repetition_penalty)
+    adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
     stops = StopStrings(stop)
     if nsamples == 1:
         sample_delim = ""
@@ -115,6 +122,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     if eot is not None and len(stop_tokens) < MAX_STOPS:
         stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
 
+    options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
+                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, **adjust)
     marks = SampleMarks(sess.copy_index(training_data), enc, copy_threshold) if check_copies or copy_threshold else None
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
@@ -122,10 +131,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         for b in range(nsamples // batch_size):
             batch_seed = None if seed is None else int(seed) * 1_000_003 + b
             tokens = sampler.sample(
-                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length,
-                temperature=temperature, top_k=top_k, top_p=top_p, seed=batch_seed,
-                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended,
-                repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
+                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed,
+                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended, options=options,
             )
             for row in tokens:
                 text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)
@@ -149,7 +156,8 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
                      truncate=None, destination_path="gpt_2_gen_texts.txt", sample_delim=DEFAULT_DELIM,
                      prefix=None, seed=None, nsamples=1, batch_size=1, length=1023, temperature=0.7, top_k=0,
                      top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0, check_copies=False,
-                     copy_threshold=None, training_data=None):
+                     copy_threshold=None, training_data=None, presence_penalty=0.0, frequency_penalty=0.0,
+                     logit_bias=None, min_p=0.0):
     """`generate(...)` writing to `destination_path` (gpt-2-simple's signature and defaults)."""
     return generate(
         sess, run_name=run_name, checkpoint_dir=checkpoint_dir, model_name=model_name, model_dir=model_dir,
@@ -157,7 +165,8 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
         prefix=prefix, seed=seed, nsamples=nsamples, batch_size=batch_size, length=length,
         temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix, stop=stop,
         repetition_penalty=repetition_penalty, check_copies=check_copies, copy_threshold=copy_threshold,
-        training_data=training_data,
+        training_data=training_data, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+        logit_bias=logit_bias, min_p=min_p,
     )
 
 
@@ -178,6 +187,20 @@ def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, n_vocab):
+    """The sampler's keyword arguments for OpenAI's penalties, logit_bias and min_p; ValueError naming a bad one."""
+    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value)):
+            raise ValueError(f"{name}={value!r} must be a finite number (0.0 turns it off; OpenAI allows -2 to 2)")
+    if not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p={min_p!r} must be in [0, 1] (0.0 turns it off; 0.05 is typical)")
+    if logit_bias is not None and not isinstance(logit_bias, dict):
+        raise ValueError(f"logit_bias={logit_bias!r} must be a dict {{token id: bias}} or None")
+    bias_vector(logit_bias, n_vocab)  # raises naming an id out of range
+    return {"presence_penalty": float(presence_penalty), "frequency_penalty": float(frequency_penalty),
+            "logit_bias": dict(logit_bias or {}), "min_p": float(min_p)}
 
 
 def _check_penalty(repetition_penalty):

@@ -144,6 +144,9 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = _number(body, "top_k", 0, 0, enc_size(enc), integer=True)
     penalty = _number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True)
+    presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)  # OpenAI's range
+    frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
+    min_p = _number(body, "min_p", 0.0, 0.0, 1.0)
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     seed = _number(body, "seed", None, 0, MAX_SEED, integer=True)
     stream = _flag(body, "stream")
@@ -156,10 +159,29 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
         temperature, top_k, top_p = 1.0, 1, 1.0
     options = Options(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
                       top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
-                      stop=_stop(body))
+                      stop=_stop(body), presence_penalty=float(presence), frequency_penalty=float(frequency),
+                      logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p))
     return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo,
                       check_copies=_flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)
+
+
+def _logit_bias(body, n_vocab):
+    """`logit_bias` ({"id": bias}, JSON keys being strings) -> sorted ((id, bias), ...), hashable for batching."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict):
+        raise APIError(400, f"logit_bias must be an object mapping token ids to numbers, got {bias!r}", "logit_bias")
+    pairs = []
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.lstrip("-").isdigit()):
+            raise APIError(400, f"logit_bias has the key {key!r}; keys must be token ids", "logit_bias")
+        check_ids([int(key)], n_vocab, "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias[{key!r}]={value!r} must be a number in [-100, 100]", "logit_bias")
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
 
 
 def _flag(body, name):

@@ -21,14 +21,13 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice: TF 2.21 has no public op for it (not in tf.raw_ops)
 
 from .. import xla_choice
-from .draws import _draw, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
+from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
+from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_table  # noqa: F401
+from .options import NO_TOKEN as _NO_TOKEN
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
 # tokens/s (124M, 256 new tokens, `sample`'s second call); each batch size compiles its own XLA program, once.
 XLA_MAX_BATCH = 8
-# Stop sequences: at most this many, each its last this many tokens (a fixed shape, so XLA compiles once).
-MAX_STOPS, MAX_STOP_TOKENS = 8, 16
-_NO_TOKEN = -1  # pads stop sequences on the left (matches anything) and the recent tokens (matches nothing real)
 
 
 class Sampler:
@@ -50,27 +49,24 @@ class Sampler:
         # None: XLA_MAX_BATCH, or 0 (never the XLA loop) where XLA is switched off or cannot compile.
         self.xla_max_batch = (XLA_MAX_BATCH if xla_choice.decide() else 0) if xla_max_batch is None else xla_max_batch
         hp = model.hparams
-        options = [
+        inputs = [
             tf.TensorSpec([], tf.int32),  # n: tokens to draw
-            tf.TensorSpec([], tf.float32),  # temperature
-            tf.TensorSpec([], tf.int32),  # top_k
-            tf.TensorSpec([], tf.float32),  # top_p
             tf.TensorSpec([2], tf.int64),  # (seed, index of the first token drawn)
-            tf.TensorSpec([], tf.float32),  # repetition_penalty (1.0: off)
-            tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: tokens the penalty applies to
-            tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32),  # stop sequences, left-padded with -1
-            tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
-            tf.TensorSpec([None], tf.bool),  # ended: rows that need no more tokens
+            Knobs.specs(hp.n_vocab),  # the sampling options' tensors
+            (tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: the text's tokens (the repetition penalty's)
+             tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
+             tf.TensorSpec([None, hp.n_vocab], tf.float32),  # counts: each token's draws so far
+             tf.TensorSpec([None], tf.bool)),  # ended: rows that need no more tokens
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
         self._decode = tf.function(
             self.decode_chunk,
-            input_signature=[tf.TensorSpec([None, None], tf.int32), caches, caches] + options,
+            input_signature=[tf.TensorSpec([None, None], tf.int32), caches, caches] + inputs,
             autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
         )
         self._decode_fixed = tf.function(
             self.decode_fixed,
-            input_signature=[tf.TensorSpec([None, 1], tf.int32), caches, caches, tf.TensorSpec([], tf.int32)] + options,
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), caches, caches, tf.TensorSpec([], tf.int32)] + inputs,
             jit_compile=True, autograph=False,
         )
 
@@ -78,43 +74,42 @@ class Sampler:
     def tracing_count(self):
         return self._decode.experimental_get_tracing_count() + self._decode_fixed.experimental_get_tracing_count()
 
-    def decode_chunk(self, pending, keys, values, n, temperature, top_k, top_p, seed, penalty, seen, stops,
-                     recent, ended):
+    def decode_chunk(self, pending, keys, values, n, seed, knobs, steering):
         """Feed `pending`, then draw up to `n` tokens one at a time, fewer once every row has ended.
 
-        Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it is the
-        caller's next `pending`.
+        `knobs` are `SamplingOptions.knobs()`; `steering` the loop's state (seen, recent, counts,
+        ended). Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it
+        is the caller's next `pending`.
         """
         cache_shape = tf.TensorShape([None, None, self.model.hparams.head_dim])
-        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
+        steer = _Steering(self.model.hparams.n_vocab, knobs)
 
         # One loop from the prompt on (fed at i = 0, then one token a step), so the model is traced
         # once: tracing is most of a first call's wait. n >= 1 and some row is live on entry.
-        def body(i, fed, keys, values, drawn, seen, recent, ended):
+        def body(i, fed, keys, values, drawn, steering):
             logits, keys, values = self.model.forward(fed, keys, values)
-            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed)
-            seen, recent, ended = steer.update(token, seen, recent, ended)
-            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), seen, recent, ended
+            token = steer.draw(logits, steering, i, seed)
+            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), steer.update(token, steering)
 
         layers = len(keys)
         drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
-        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
-            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]),
+        count, _, keys, values, drawn, _ = tf.while_loop(
+            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1][-1]),
             body,
-            (tf.constant(0), pending, keys, values, drawn, seen, recent, ended),
+            (tf.constant(0), pending, keys, values, drawn, steering),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), [cache_shape] * layers,
-                              [cache_shape] * layers, tf.TensorShape(None), seen.shape, recent.shape, ended.shape),
+                              [cache_shape] * layers, tf.TensorShape(None), tuple(t.shape for t in steering)),
         )
         return tf.transpose(drawn.gather(tf.range(count))), keys, values
 
-    def decode_fixed(self, token, keys, values, start, n, temperature, top_k, top_p, seed, penalty, seen, stops,
-                     recent, ended):
+    def decode_fixed(self, token, keys, values, start, n, seed, knobs, steering):
         """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= window - start).
 
         Args:
             token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
             keys, values: n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
                 the loop writes positions up to start + n - 1 < window.
+            n, seed, knobs, steering: as in `decode_chunk`.
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `drawn` columns are the drawn tokens, drawn, keys,
@@ -122,59 +117,59 @@ class Sampler:
         """
         batch = tf.shape(token)[0]
         drawn = tf.zeros([batch, self.model.hparams.n_ctx], tf.int32)  # XLA wants fixed shapes
-        steer = _Steering(self.model.hparams.n_vocab, penalty, stops)
+        steer = _Steering(self.model.hparams.n_vocab, knobs)
 
-        def body(i, token, keys, values, drawn, seen, recent, ended):
+        def body(i, token, keys, values, drawn, steering):
             logits, keys, values = self.model.forward(token, keys, values, start + i)
-            token = _draw(steer.logits(logits, seen), i, temperature, top_k, top_p, seed, sort=True)
-            seen, recent, ended = steer.update(token, seen, recent, ended)
+            token = steer.draw(logits, steering, i, seed, sort=True)
             drawn = xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
-            return i + 1, token, keys, values, drawn, seen, recent, ended
+            return i + 1, token, keys, values, drawn, steer.update(token, steering)
 
-        count, _, keys, values, drawn, _, _, _ = tf.while_loop(
-            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1]), body,
-            (tf.constant(0), token, keys, values, drawn, seen, recent, ended))
+        count, _, keys, values, drawn, _ = tf.while_loop(
+            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1][-1]), body,
+            (tf.constant(0), token, keys, values, drawn, steering))
         return drawn, count, keys, values
 
-    def sample(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None,
-               chunk=None, stop=None, repetition_penalty=1.0, stop_tokens=()):
+    def sample(self, context, length, *, seed=None, chunk=None, stop=None, options=None, **kwargs):
         """Draw `length` tokens after `context` for every row.
 
         Args:
             context: int `[batch, ctx_len]`, ctx_len >= 1 and < n_ctx.
             length: number of new tokens (>= 1); may exceed the context (sliding window).
-            temperature, top_k, top_p: see `filter_logits`.
             seed: int for reproducible draws, or None.
             chunk: tokens drawn per compiled call; `stop` is checked between chunks.
             stop: optional `stop(tokens [batch, so_far])` -> a bool, or one bool per row: the
                 rows that have ended. Sampling ends early once every row has.
-            repetition_penalty: see `draws.penalize`; 1.0 is off (and draws exactly as without it).
-            stop_tokens: up to MAX_STOPS token sequences; a row ends once it has drawn one of them
-                (only their last MAX_STOP_TOKENS tokens are compared).
+            options: a `SamplingOptions`, or its fields as keyword arguments (`kwargs`):
+                temperature, top_k, top_p, min_p: see `filter_logits`.
+                repetition_penalty: see `draws.penalize`; 1.0 is off (and draws exactly as without it).
+                presence_penalty, frequency_penalty: OpenAI's, subtracted from the logit of each
+                    token drawn so far in this call: presence once, frequency once per draw (0.0: off).
+                logit_bias: {token id: bias} added to those logits (None or {}: off).
+                stop_tokens: up to MAX_STOPS token sequences; a row ends once it has drawn one of
+                    them (only their last MAX_STOP_TOKENS tokens are compared).
 
         Returns:
             int32 numpy `[batch, <= length]`: the new tokens only.
         """
         return np.concatenate(list(self.chunks(  # length >= 1: at least one chunk
-            context, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk=chunk, stop=stop,
-            repetition_penalty=repetition_penalty, stop_tokens=stop_tokens)), axis=1)
+            context, length, seed=seed, chunk=chunk, stop=stop, options=options, **kwargs)), axis=1)
 
-    def chunks(self, context, length, *, temperature=1.0, top_k=0, top_p=0.0, seed=None, chunk=None, stop=None,
-               repetition_penalty=1.0, stop_tokens=()):
+    def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, **kwargs):
         """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
 
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
         forward pass of the prompt, which is what a stream shows first.
         """
+        options = options or SamplingOptions.make(**kwargs)
         context = np.asarray(context, np.int32)
         seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
         chunk = int(chunk or length)
-        stops = stop_table(stop_tokens)
-        options = (tf.constant(temperature, tf.float32), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32))
+        knobs = options.knobs(self.model.hparams.n_vocab)
+        stops = knobs.stops.numpy()
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
                           out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
                           length=length)
-        steering = (tf.constant(repetition_penalty, tf.float32), tf.constant(stops))
         while state.drawn < length and not state.ended.all():
             room = self._room(state)
             if room < 1:
@@ -182,8 +177,7 @@ class Sampler:
                 continue
             # Up to the next multiple of `chunk`, where `stop` is checked.
             n = min(chunk - state.drawn % chunk, length - state.drawn, room)
-            tokens = self._decode_next(state, n, options + (tf.constant([seed, state.drawn], tf.int64),),
-                                       steering)
+            tokens = self._decode_next(state, n, tf.constant([seed, state.drawn], tf.int64), knobs)
             state.add(tokens)
             yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
             state.ended |= _has_stop_sequence(state.out, stops)
@@ -200,24 +194,24 @@ class Sampler:
         keep = max(self.model.hparams.n_ctx // 2, 1)
         state.pending, state.caches, state.start = state.history[:, -keep:], self._empty_cache(len(state.history)), None
 
-    def _decode_next(self, state, n, options, steering):
+    def _decode_next(self, state, n, seed, knobs):
         """Draw up to `n` tokens with the loop that fits: numpy int32 `[batch, <= n]`."""
         keys, values = state.caches
         fixed = len(state.pending) <= self.xla_max_batch
-        penalty, stops = steering
-        steering = (penalty, tf.constant(state.seen(self.model.hparams.n_vocab)), stops,
-                    tf.constant(state.recent()), tf.constant(state.ended))
+        n_vocab = self.model.hparams.n_vocab
+        steering = (tf.constant(state.seen(n_vocab)), tf.constant(state.recent()), tf.constant(state.counts(n_vocab)),
+                    tf.constant(state.ended))
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
-            tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), *options,
-                                                *steering)
+            tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), seed, knobs,
+                                                steering)
             if fixed:  # from here on, the XLA loop over caches of a fixed window
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
             tokens, count, keys, values = self._decode_fixed(
-                tf.constant(state.pending), keys, values, tf.constant(state.start), tf.constant(n), *options,
-                *steering)
+                tf.constant(state.pending), keys, values, tf.constant(state.start), tf.constant(n), seed, knobs,
+                steering)
             tokens, state.start = tokens[:, :int(count)], state.start + int(count)
         state.caches = (keys, values)
         return tokens.numpy()
@@ -247,18 +241,6 @@ def cache_window(positions, n_ctx):
     return min(max(128, 1 << (max(positions, 1) - 1).bit_length()), n_ctx)
 
 
-def stop_table(stop_tokens):
-    """Up to MAX_STOPS token sequences -> int32 `[MAX_STOPS, MAX_STOP_TOKENS]`, left-padded with -1."""
-    stop_tokens = [list(map(int, seq)) for seq in stop_tokens if len(seq)]
-    if len(stop_tokens) > MAX_STOPS:
-        raise ValueError(f"stop_tokens has {len(stop_tokens)} sequences; at most {MAX_STOPS} are allowed")
-    table = np.full([MAX_STOPS, MAX_STOP_TOKENS], _NO_TOKEN, np.int32)
-    for row, seq in zip(table, stop_tokens):
-        seq = seq[-MAX_STOP_TOKENS:]
-        row[MAX_STOP_TOKENS - len(seq):] = seq
-    return table
-
-
 def _has_stop_sequence(out, stops):
     """bool `[batch]`: the rows of `out` that contain one of the sequences of a stop table."""
     ended = np.zeros(len(out), bool)
@@ -271,23 +253,33 @@ def _has_stop_sequence(out, stops):
 
 
 class _Steering:
-    """The repetition penalty and stop sequences inside a compiled loop (a plain helper, traced)."""
+    """Penalties, logit bias, filters and stop sequences inside a compiled loop (a plain helper, traced)."""
 
-    def __init__(self, n_vocab, penalty, stops):
-        self.n_vocab, self.penalty, self.stops = n_vocab, penalty, stops
+    def __init__(self, n_vocab, knobs):
+        self.n_vocab, self.knobs = n_vocab, knobs
 
-    def logits(self, logits, seen):
-        """The last position's logits `[batch, 1, n_vocab]`, penalised where `seen`."""
-        return penalize(logits[:, -1:, :], seen[:, None, :], self.penalty)
+    def draw(self, logits, steering, i, seed, sort=False):
+        """The i-th token of a call from the model's `logits` `[batch, t, n_vocab]`: int32 `[batch, 1]`.
 
-    def update(self, token, seen, recent, ended):
-        """After drawing `token` [batch, 1]: (seen, recent, ended) including it."""
+        Every per-step change to the logits happens here: `draws.adjust_logits`, then the filters.
+        """
+        k = self.knobs
+        seen, _, counts, _ = steering
+        adjusted = adjust_logits(logits[:, -1, :], seen, counts,
+                                 (k.repetition_penalty, k.presence_penalty, k.frequency_penalty, k.logit_bias))
+        return _draw(adjusted[:, None, :], i, k.temperature, k.top_k, k.top_p, seed, sort=sort, min_p=k.min_p)
+
+    def update(self, token, steering):
+        """After drawing `token` [batch, 1]: (seen, recent, counts, ended) including it."""
+        seen, recent, counts, ended = steering
         seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
+        counts = counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=counts.dtype)
         recent = tf.concat([recent[:, 1:], token], axis=1)
-        padded = tf.equal(self.stops, _NO_TOKEN)  # [MAX_STOPS, MAX_STOP_TOKENS]
-        matches = tf.reduce_all(tf.equal(recent[:, None, :], self.stops[None]) | padded[None], axis=-1)
+        stops = self.knobs.stops
+        padded = tf.equal(stops, _NO_TOKEN)  # [MAX_STOPS, MAX_STOP_TOKENS]
+        matches = tf.reduce_all(tf.equal(recent[:, None, :], stops[None]) | padded[None], axis=-1)
         used = ~tf.reduce_all(padded, axis=-1)  # an all-padding row is no stop sequence
-        return seen, recent, ended | tf.reduce_any(matches & used[None], axis=-1)
+        return seen, recent, counts, ended | tf.reduce_any(matches & used[None], axis=-1)
 
 
 @dataclasses.dataclass
@@ -316,6 +308,13 @@ class _Decoding:
         seen = np.zeros([len(self.history), n_vocab], bool)
         np.put_along_axis(seen, self.history.astype(np.int64), True, axis=1)
         return seen
+
+    def counts(self, n_vocab):
+        """float32 `[batch, n_vocab]`: how often each row has drawn each token (the additive penalties')."""
+        counts = np.zeros([len(self.out), n_vocab], np.float32)
+        for row, tokens in zip(counts, self.out):
+            np.add.at(row, tokens, 1.0)
+        return counts
 
     def recent(self):
         """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with -1."""

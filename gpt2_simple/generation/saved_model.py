@@ -22,7 +22,8 @@ from ..atomic import staged_folder
 from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
-from .sample import MAX_STOP_TOKENS, MAX_STOPS, Sampler, stop_table
+from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, stop_table
+from .sample import Sampler
 
 SIGNATURE = "serving_default"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
@@ -91,10 +92,11 @@ class ServingModule(tf.Module):
         cache = [empty] * hp.n_layer
         seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
         batch = tf.shape(tokens)[0]
-        steering = (repetition_penalty, seen_tokens(tokens, hp.n_vocab), stop_tokens,
-                    tf.fill([batch, MAX_STOP_TOKENS], -1), tf.zeros([batch], tf.bool))
-        new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, temperature, top_k, top_p, seed,
-                                               *steering)
+        off = tf.constant(0.0)  # min_p and OpenAI's penalties: not in the export's signature
+        knobs = Knobs(temperature, top_k, top_p, off, repetition_penalty, off, off, tf.zeros([hp.n_vocab]), stop_tokens)
+        steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
+                    tf.zeros([batch, hp.n_vocab], tf.float32), tf.zeros([batch], tf.bool))
+        new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, seed, knobs, steering)
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
 
     def _checks(self, tokens, length, temperature):

@@ -6,7 +6,7 @@ as soon as it draws the canonical encoding of one), searched for in decoded text
 (which also catches the same text spelled with other tokens), and cut off, first occurrence
 first, as `truncate` is. The compiled side (penalty, stop sequences) is `sample.py`'s.
 """
-from .sample import MAX_STOPS
+from .options import MAX_STOPS
 
 
 class StopStrings:

@@ -28,8 +28,8 @@ def _defaults(function, skip):
 COMMANDS = [
     ("finetune", ["data.txt"], [("finetune", {"sess", "dataset", "reuse"})]),
     ("generate", [], [("load_gpt2", {"sess", "reuse"}),
-                      ("generate", {"sess", "sample_dir", "return_as_list", "destination_path"}),
-                      ("generate_to_file", {"sess", "destination_path"})]),
+                      ("generate", {"sess", "sample_dir", "return_as_list", "destination_path", "logit_bias"}),
+                      ("generate_to_file", {"sess", "destination_path", "logit_bias"})]),
     ("download", [], [("download_gpt2", set())]),
     ("encode", ["data.txt"], [("encode_dataset", {"file_path"})]),
     ("evaluate", ["heldout.txt"], [("evaluate", {"sess", "dataset", "print_table"})]),

@@ -100,6 +100,23 @@ def test_stop_strings_and_penalty_through_the_server(client, sess):
         return_as_list=True)[0] != greedy
 
 
+def test_openai_penalties_logit_bias_and_min_p_through_the_openai_client(server, sess):
+    from openai import OpenAI
+
+    ai = OpenAI(base_url=server + "/v1", api_key=KEY)
+    forced = ai.completions.create(model="tiny", prompt="Once", max_tokens=4, temperature=0, logit_bias={"262": 100})
+    assert sess.encoder.encode(forced.choices[0].text) == [262] * 4  # " the" every time
+    adjust = {"presence_penalty": 1.5, "frequency_penalty": 0.7, "extra_body": {"min_p": 0.05}}
+    out = ai.completions.create(model="tiny", prompt="Once", max_tokens=30, temperature=0.9, seed=3,
+                                logit_bias={"262": -100, "13": 5}, **adjust)
+    expected = gpt2.generate(sess, prefix="Once", length=30, temperature=0.9, seed=3, include_prefix=False,
+                             presence_penalty=1.5, frequency_penalty=0.7, min_p=0.05,
+                             logit_bias={262: -100, 13: 5}, return_as_list=True)[0]
+    plain = gpt2.generate(sess, prefix="Once", length=30, temperature=0.9, seed=3, include_prefix=False,
+                          return_as_list=True)[0]
+    assert out.choices[0].text == expected != plain
+
+
 def test_prompt_lists_and_n_give_every_choice_in_order(client):
     out = post(client, prompt=["One", "Two words"], n=2, max_tokens=6, top_k=5).json()
     assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
@@ -152,6 +169,12 @@ BAD = [
     ("seed negative", {"prompt": "a", "seed": -3}, 400, "seed"),
     ("stream a string", {"prompt": "a", "stream": "yes"}, 400, "stream"),
     ("prompt longer than the context", {"prompt": "word " * 40}, 400, "prompt"),
+    ("logit_bias id out of range", {"prompt": "a", "logit_bias": {"50257": 1}}, 400, "logit_bias"),
+    ("logit_bias id not a number", {"prompt": "a", "logit_bias": {"the": 1}}, 400, "logit_bias"),
+    ("logit_bias above 100", {"prompt": "a", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("presence_penalty above 2", {"prompt": "a", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("frequency_penalty a string", {"prompt": "a", "frequency_penalty": "x"}, 400, "frequency_penalty"),
+    ("min_p above 1", {"prompt": "a", "min_p": 1.5}, 400, "min_p"),
     ("body over the limit", {"prompt": "a" * 5000}, 413, None),
 ]
 

@@ -42,6 +42,7 @@ def test_stop_strings_are_held_back_then_cut(real_vocab_dir):
 @pytest.mark.parametrize("kwargs", [
     {}, {"prefix": "Hello 世界 😀"}, {"prefix": "Hello", "include_prefix": False}, {"top_k": 40},
     {"repetition_penalty": 1.5}, {"stop": [" the", "\n"]}, {"truncate": "e", "prefix": "\nAn"},
+    {"presence_penalty": 1.0, "frequency_penalty": 0.5, "logit_bias": {262: 2.0}, "min_p": 0.05},
 ])
 def test_generate_stream_joins_into_generates_text(sess, kwargs):
     pieces = list(gpt2.generate_stream(sess, length=60, seed=11, **kwargs))
@@ -81,6 +82,16 @@ def test_penalty_changes_greedy_text_and_1_changes_nothing(sess):
     assert damped != greedy and len(set(tokens)) >= len(tokens) - 2  # (re-encoding may merge a few)
 
 
+def test_openai_adjustments_change_greedy_text_and_neutral_values_change_nothing(sess):
+    greedy = gpt2.generate(sess, length=40, seed=0, top_k=1, return_as_list=True)[0]
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "min_p": 0.0}
+    assert gpt2.generate(sess, length=40, seed=0, top_k=1, return_as_list=True, **neutral)[0] == greedy
+    forced = gpt2.generate(sess, length=5, seed=0, top_k=1, logit_bias={262: 100}, return_as_list=True)[0]
+    assert sess.encoder.encode(forced)[-5:] == [262] * 5  # " the"
+    damped = gpt2.generate(sess, length=40, seed=0, top_k=1, frequency_penalty=100.0, return_as_list=True)[0]
+    assert damped != greedy
+
+
 def test_steering_never_retraces(sess):
     gpt2.generate(sess, length=5, seed=0, return_as_list=True)
     count = sess.sampler.tracing_count
@@ -96,6 +107,10 @@ def test_steering_never_retraces(sess):
     ({"stop": [1]}, "must be a non-empty string or a list"),
     ({"stop": list("abcdefghi")}, "stop has 9 strings; at most 8"),
     ({"repetition_penalty": 0}, "repetition_penalty=0 must be a number > 0"),
+    ({"min_p": 1.5}, "min_p=1.5 must be in [0, 1]"),
+    ({"presence_penalty": float("nan")}, "presence_penalty=nan must be a finite number"),
+    ({"logit_bias": {50257: 1.0}}, "logit_bias has token id 50257"),
+    ({"logit_bias": [1]}, "logit_bias=[1] must be a dict"),
     ({"nsamples": 2, "batch_size": 2}, "a stream is one sample"),
 ])
 def test_bad_steering_is_a_one_line_error(sess, kwargs, message):

@@ -1,0 +1,87 @@
+"""`SamplingOptions`: every choice that shapes a draw, built once by a caller and carried to the loops.
+
+This module owns the options' one frozen value (hashable, so equal options can share a batch) and
+their tensors (`Knobs`), which the compiled loops take as one structure: a new value is a new
+tensor, never a retrace. What each option does is `draws.py`'s; the loops are `sample.py`'s.
+"""
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+# Stop sequences: at most this many, each its last this many tokens (a fixed shape, so XLA compiles once).
+MAX_STOPS, MAX_STOP_TOKENS = 8, 16
+NO_TOKEN = -1  # pads stop sequences on the left (matches anything) and the recent tokens (matches nothing real)
+
+
+class Knobs(NamedTuple):
+    """The options' tensors, as the compiled loops take them."""
+
+    temperature: tf.Tensor  # float32 []
+    top_k: tf.Tensor  # int32 []
+    top_p: tf.Tensor  # float32 []
+    min_p: tf.Tensor  # float32 []
+    repetition_penalty: tf.Tensor  # float32 []
+    presence_penalty: tf.Tensor  # float32 []
+    frequency_penalty: tf.Tensor  # float32 []
+    logit_bias: tf.Tensor  # float32 [n_vocab]
+    stops: tf.Tensor  # int32 [MAX_STOPS, MAX_STOP_TOKENS], left-padded with NO_TOKEN
+
+    @staticmethod
+    def specs(n_vocab):
+        scalar = tf.TensorSpec([], tf.float32)
+        return Knobs(scalar, tf.TensorSpec([], tf.int32), scalar, scalar, scalar, scalar, scalar,
+                     tf.TensorSpec([n_vocab], tf.float32), tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """How tokens are drawn; the defaults change nothing (`Sampler.sample` documents each)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple = ()  # ((token id, bias), ...)
+    stop_tokens: tuple = ()  # token sequences
+
+    @classmethod
+    def make(cls, *, logit_bias=None, stop_tokens=(), **options):
+        """From `generate`-style arguments: `logit_bias` a dict or None, `stop_tokens` any sequences."""
+        return cls(logit_bias=tuple(sorted((logit_bias or {}).items())),
+                   stop_tokens=tuple(tuple(int(t) for t in seq) for seq in stop_tokens), **options)
+
+    def knobs(self, n_vocab):
+        return Knobs(
+            tf.constant(self.temperature, tf.float32), tf.constant(self.top_k, tf.int32),
+            tf.constant(self.top_p, tf.float32), tf.constant(self.min_p, tf.float32),
+            tf.constant(self.repetition_penalty, tf.float32), tf.constant(self.presence_penalty, tf.float32),
+            tf.constant(self.frequency_penalty, tf.float32), tf.constant(bias_vector(self.logit_bias, n_vocab)),
+            tf.constant(stop_table(self.stop_tokens)))
+
+
+def bias_vector(logit_bias, n_vocab):
+    """{token id: bias}, ((id, bias), ...) or None -> float32 `[n_vocab]`; ValueError naming an id out of range."""
+    vector = np.zeros(n_vocab, np.float32)
+    pairs = logit_bias.items() if isinstance(logit_bias, dict) else logit_bias or ()
+    for token, bias in pairs:
+        if not (isinstance(token, (int, np.integer)) and 0 <= token < n_vocab):
+            raise ValueError(f"logit_bias has token id {token!r}; ids must be integers in [0, {n_vocab})")
+        vector[token] = bias
+    return vector
+
+
+def stop_table(stop_tokens):
+    """Up to MAX_STOPS token sequences -> int32 `[MAX_STOPS, MAX_STOP_TOKENS]`, left-padded with -1."""
+    stop_tokens = [list(map(int, seq)) for seq in stop_tokens if len(seq)]
+    if len(stop_tokens) > MAX_STOPS:
+        raise ValueError(f"stop_tokens has {len(stop_tokens)} sequences; at most {MAX_STOPS} are allowed")
+    table = np.full([MAX_STOPS, MAX_STOP_TOKENS], NO_TOKEN, np.int32)
+    for row, seq in zip(table, stop_tokens):
+        seq = seq[-MAX_STOP_TOKENS:]
+        row[MAX_STOP_TOKENS - len(seq):] = seq
+    return table
