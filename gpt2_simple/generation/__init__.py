@@ -3,7 +3,7 @@
 This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequences;
 `draws.py`: top-k/top-p/min_p, the penalties and logit bias, seeded draws; `options.py`: the
 `SamplingOptions` carried to the loops), gpt-2-simple's
-`load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`steering.py`),
+`load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`stop_strings.py`),
 text as it is drawn (`stream.py`), scores of token sequences (`scores.py`), an OpenAI-compatible
 HTTP server (`serve.py`, with its model thread in `batcher.py`, its JSON contracts in
 `openai_api.py`, `openai_chat.py` and `tokenizer_api.py`, a request's events in `answers.py`,

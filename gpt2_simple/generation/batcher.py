@@ -18,7 +18,7 @@ import numpy as np
 
 from .options import SamplingOptions
 from .scores import covered
-from .steering import StopStrings
+from .stop_strings import StopStrings
 from .stream import TextStream
 
 CHUNK = 4  # tokens per compiled call: how often pieces arrive and cancellation is noticed

@@ -27,7 +27,7 @@ from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
 from .copies import SampleMarks
 from .options import MAX_STOPS, SamplingOptions, bias_vector
-from .steering import StopStrings
+from .stop_strings import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
 

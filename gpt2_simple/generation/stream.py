@@ -14,7 +14,7 @@ import numpy as np
 from .copies import MarkedText, SampleMarks
 from .generate import _check_penalty, check_adjustments, check_options
 from .options import SamplingOptions
-from .steering import StopStrings
+from .stop_strings import StopStrings
 
 # Tokens per compiled call while streaming (the first call draws one token after the prompt).
 STREAM_CHUNK = 4

@@ -4,7 +4,7 @@ from serving import tiny_session
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
-from gpt2_simple.generation.steering import StopStrings
+from gpt2_simple.generation.stop_strings import StopStrings
 from gpt2_simple.generation.stream import TextStream
 
 MIXED = "Émoji 😀🤖 and 漢字かな 한국어 — ok\n\nnext"
