@@ -63,11 +63,11 @@ setup(
             "openai",
             "httpx",
             "selenium",
-            # lm-evaluation-harness's local-completions model against the server (tests/test_lm_eval.py);
+            # lm-evaluation-harness's local-completions model against the server (tests/e2e/test_lm_eval.py);
             # [api] adds the HTTP clients it needs. It uses the torch pinned above.
             "lm_eval[api]",
-            "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/test_lora.py)
-            "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/test_notebook.py
+            "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/model/test_lora.py)
+            "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/e2e/test_notebook.py
         ],
     },
 )
