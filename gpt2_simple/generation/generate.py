@@ -89,9 +89,16 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             any of them, which is removed (as `truncate` is), and its sampling stops there.
         repetition_penalty: > 0; the CTRL rule on tokens already in the text (positive logits
             divided by it, negative ones multiplied); 1.2 is typical, 1.0 turns it off.
-        presence_penalty, frequency_penalty: OpenAI's additive penalties: each token's logit
-            minus frequency_penalty times its draws so far in this sample, minus presence_penalty
-            once drawn (the prefix does not count); 0.0 turns them off.
+        check_copies: mark each text with the longest span it shares verbatim with the run's
+            training text (`[copied: 23 of 40 tokens from line 1812]`); see `copy_threshold`.
+        copy_threshold: drop the texts that share this many tokens or more with the training
+            text (an int >= 8; turns `check_copies` on).
+        training_data: the text file the run was trained on, for the copy check, when the run
+            folder does not record it (runs older than `training.json`).
+        presence_penalty: OpenAI's additive penalty: subtracted once from the logit of every
+            token already drawn in this sample (the prefix does not count); 0.0 turns it off.
+        frequency_penalty: OpenAI's additive penalty: each token's logit minus this times its
+            draws so far in this sample (the prefix does not count); 0.0 turns it off.
         logit_bias: {token id: bias} added to those logits (-100 bans a token, +100 forces it).
         min_p: in [0, 1]; drop tokens less likely than min_p times the likeliest (0.0: off).
 

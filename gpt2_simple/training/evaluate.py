@@ -140,7 +140,8 @@ def evaluate(sess, dataset, *, run_name="run1", checkpoint_dir="checkpoint", che
     Args:
         sess: a `Session`; with checkpoint='session' its loaded model is scored.
         dataset: held-out text in any form `finetune` reads (file, folder or glob).
-        run_name, checkpoint_dir: the run folder `checkpoint_dir/run_name`.
+        run_name: the run to score, the folder `checkpoint_dir/run_name`.
+        checkpoint_dir: the folder that holds the run folders.
         checkpoint: 'all' (every checkpoint the run keeps, plus its base model), 'latest', 'best',
             a checkpoint name such as 'model-1000', or 'session' (the model in `sess`).
         model_name: the base model to compare with, `model_dir/model_name` (default: the one the
