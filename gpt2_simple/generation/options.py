@@ -85,3 +85,19 @@ def stop_table(stop_tokens):
         seq = seq[-MAX_STOP_TOKENS:]
         row[MAX_STOP_TOKENS - len(seq):] = seq
     return table
+
+
+def stop_hits(windows, stops):
+    """The one stop-sequence matcher (in the graph): which sequences of a stop table end each window.
+
+    Args:
+        windows: int32 `[..., MAX_STOP_TOKENS]`, each the last tokens drawn up to some step,
+            left-padded with NO_TOKEN (which no real token equals).
+        stops: `stop_table`'s int32 `[MAX_STOPS, MAX_STOP_TOKENS]`.
+
+    Returns:
+        bool `[..., MAX_STOPS]`; an all-padding row of the table (no sequence) never matches.
+    """
+    wild = tf.equal(stops, NO_TOKEN)  # a sequence's left padding matches anything
+    matches = tf.reduce_all(tf.equal(windows[..., None, :], stops) | wild, axis=-1)
+    return matches & ~tf.reduce_all(wild, axis=-1)

@@ -10,19 +10,18 @@ Longer outputs than the context are produced in chunks by `Sampler.sample`: when
 full, the newest half of the context becomes the new prompt (a sliding window).
 
 Steering happens inside the compiled loops, as tensor inputs, so changing it never retraces: a
-repetition penalty over the tokens seen so far (`draws.penalize`), and stop sequences (token ids)
-that end a row; a loop returns as soon as every row of its batch has ended. Stop *strings* are
+repetition penalty over the tokens seen so far (`draws.penalize`), and stop sequences (token ids,
+matched by `options.stop_hits`) that end a row; a loop returns as soon as every row of its batch has ended. Stop *strings* are
 text, checked by the callers between chunks (`stop=`), which also tell the loop which rows ended.
 """
 import dataclasses
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice: TF 2.21 has no public op for it (not in tf.raw_ops)
 
 from .. import xla_choice
 from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
-from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_table  # noqa: F401
+from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
 from .options import NO_TOKEN as _NO_TOKEN
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
@@ -34,14 +33,15 @@ class Sampler:
     """The compiled decoding loops of one model.
 
     `sample()` may be called any number of times with any prompt length, batch size and number
-    of tokens; each loop is traced once. Two loops share the same draws (a token's randomness
-    depends only on the seed and its index):
+    of tokens; each loop is traced once. One loop body (`_loop`) runs two ways, with the same
+    draws (a token's randomness depends only on the seed and its index):
     - `decode_chunk`, a `tf.function` whose key/value caches grow by concatenation; it reads the
       prompt, and decodes large batches, where the matrix multiplications dominate;
     - `decode_fixed`, compiled by XLA, with caches preallocated to a window that holds the call's
       positions (`_fit`) and written in place: one fused program per step, so small batches (bound
       by reading the weights, not by arithmetic) lose the per-op overhead, and a step costs the
       same at every position.
+    Both return the rows that drew a stop sequence (`options.stop_hits`, checked at every step).
     """
 
     def __init__(self, model, *, xla_max_batch=None):
@@ -75,60 +75,55 @@ class Sampler:
         return self._decode.experimental_get_tracing_count() + self._decode_fixed.experimental_get_tracing_count()
 
     def decode_chunk(self, pending, keys, values, n, seed, knobs, steering):
-        """Feed `pending`, then draw up to `n` tokens one at a time, fewer once every row has ended.
-
-        `knobs` are `SamplingOptions.knobs()`; `steering` the loop's state (seen, recent, counts,
-        ended). Returns (tokens [batch, drawn], keys, values). The last drawn token is not fed: it
-        is the caller's next `pending`.
-        """
-        cache_shape = tf.TensorShape([None, None, self.model.hparams.head_dim])
-        steer = _Steering(self.model.hparams.n_vocab, knobs)
-
-        # One loop from the prompt on (fed at i = 0, then one token a step), so the model is traced
-        # once: tracing is most of a first call's wait. n >= 1 and some row is live on entry.
-        def body(i, fed, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward(fed, keys, values)
-            token = steer.draw(logits, steering, i, seed)
-            return i + 1, token, keys, values, drawn.write(i, token[:, 0]), steer.update(token, steering)
-
-        layers = len(keys)
-        drawn = tf.TensorArray(tf.int32, size=n, element_shape=tf.TensorShape([None]))
-        count, _, keys, values, drawn, _ = tf.while_loop(
-            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1][-1]),
-            body,
-            (tf.constant(0), pending, keys, values, drawn, steering),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), [cache_shape] * layers,
-                              [cache_shape] * layers, tf.TensorShape(None), tuple(t.shape for t in steering)),
-        )
-        return tf.transpose(drawn.gather(tf.range(count))), keys, values
+        """Feed `pending` (any length), growing the caches, then draw up to `n` tokens: see `_loop`."""
+        return self._loop(pending, keys, values, None, n, seed, knobs, steering)
 
     def decode_fixed(self, token, keys, values, start, n, seed, knobs, steering):
-        """Feed `token` (at position `start`) and the tokens it leads to, drawing up to `n` (<= window - start).
+        """Feed `token` at position `start` into caches of a fixed window, then draw up to `n` (<= window - start).
+
+        The caches are n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
+        the loop writes positions up to start + n - 1 < window. See `_loop`.
+        """
+        return self._loop(token, keys, values, start, n, seed, knobs, steering)
+
+    def _loop(self, pending, keys, values, start, n, seed, knobs, steering):
+        """The one decoding loop: feed `pending`, then draw up to `n` (<= n_ctx) tokens one at a time.
 
         Args:
-            token: int32 `[batch, 1]`, the last drawn token, not yet in the caches.
-            keys, values: n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
-                the loop writes positions up to start + n - 1 < window.
-            n, seed, knobs, steering: as in `decode_chunk`.
+            pending: int32 `[batch, p]`, tokens not yet in the caches (a prompt, or the last drawn token).
+            keys, values: the caches (`GPT2.forward`'s layout).
+            start: None to grow the caches (the graph loop, whose first step reads a whole prompt);
+                or the int32 position of `pending` in caches of a fixed window (the XLA loop: one
+                shape for the whole loop, written in place).
+            n, seed: tokens to draw (n >= 1, some row live on entry); (seed, index of the first).
+            knobs: `SamplingOptions.knobs()`; steering: the loop's state (seen, recent, counts, ended).
 
         Returns:
-            (int32 `[batch, n_ctx]` whose first `drawn` columns are the drawn tokens, drawn, keys,
-            values); drawn < n once every row has ended.
+            (int32 `[batch, n_ctx]` whose first `count` columns are the drawn tokens, count, bool
+            `[batch]` ended, keys, values). count < n once every row has ended. The last drawn
+            token is not fed: it is the caller's next `pending`.
         """
-        batch = tf.shape(token)[0]
-        drawn = tf.zeros([batch, self.model.hparams.n_ctx], tf.int32)  # XLA wants fixed shapes
-        steer = _Steering(self.model.hparams.n_vocab, knobs)
+        hp = self.model.hparams
+        steer = _Steering(hp.n_vocab, knobs)
+        fixed = start is not None
+        columns = tf.range(hp.n_ctx)[None, :]
 
-        def body(i, token, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward(token, keys, values, start + i)
-            token = steer.draw(logits, steering, i, seed, sort=True)
-            drawn = xla.dynamic_update_slice(drawn, token, tf.stack([0, i]))
+        def body(i, fed, keys, values, drawn, steering):
+            logits, keys, values = self.model.forward(fed, keys, values, start + i if fixed else None)
+            token = steer.draw(logits, steering, i, seed, sort=fixed)
+            drawn = tf.where(tf.equal(columns, i), token, drawn)  # column i (a fixed shape, for XLA)
             return i + 1, token, keys, values, drawn, steer.update(token, steering)
 
-        count, _, keys, values, drawn, _ = tf.while_loop(
+        drawn = tf.zeros([tf.shape(pending)[0], hp.n_ctx], tf.int32)
+        invariants = None
+        if not fixed:  # the prompt's step, then one token a step; the caches grow
+            cache = [tf.TensorShape([None, None, hp.head_dim])] * len(keys)
+            invariants = (tf.TensorShape([]), tf.TensorShape([None, None]), cache, cache,
+                          tf.TensorShape([None, hp.n_ctx]), tuple(t.shape for t in steering))
+        count, _, keys, values, drawn, steering = tf.while_loop(
             lambda i, *state: (i < n) & ~tf.reduce_all(state[-1][-1]), body,
-            (tf.constant(0), token, keys, values, drawn, steering))
-        return drawn, count, keys, values
+            (tf.constant(0), pending, keys, values, drawn, steering), shape_invariants=invariants)
+        return drawn, count, steering[-1], keys, values
 
     def sample(self, context, length, *, seed=None, chunk=None, stop=None, options=None, **kwargs):
         """Draw `length` tokens after `context` for every row.
@@ -166,7 +161,6 @@ class Sampler:
         seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
         chunk = int(chunk or length)
         knobs = options.knobs(self.model.hparams.n_vocab)
-        stops = knobs.stops.numpy()
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
                           out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
                           length=length)
@@ -177,10 +171,10 @@ class Sampler:
                 continue
             # Up to the next multiple of `chunk`, where `stop` is checked.
             n = min(chunk - state.drawn % chunk, length - state.drawn, room)
-            tokens = self._decode_next(state, n, tf.constant([seed, state.drawn], tf.int64), knobs)
+            tokens, ended = self._decode_next(state, n, tf.constant([seed, state.drawn], tf.int64), knobs)
             state.add(tokens)
             yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
-            state.ended |= _has_stop_sequence(state.out, stops)
+            state.ended |= ended  # the rows that drew a stop sequence
             if stop is not None:
                 state.ended |= np.broadcast_to(np.asarray(stop(state.out), bool), state.ended.shape)
 
@@ -195,26 +189,25 @@ class Sampler:
         state.pending, state.caches, state.start = state.history[:, -keep:], self._empty_cache(len(state.history)), None
 
     def _decode_next(self, state, n, seed, knobs):
-        """Draw up to `n` tokens with the loop that fits: numpy int32 `[batch, <= n]`."""
-        keys, values = state.caches
+        """Draw up to `n` tokens with the loop that fits: (numpy int32 `[batch, <= n]`, numpy bool `[batch]` ended)."""
         fixed = len(state.pending) <= self.xla_max_batch
         n_vocab = self.model.hparams.n_vocab
         steering = (tf.constant(state.seen(n_vocab)), tf.constant(state.recent()), tf.constant(state.counts(n_vocab)),
                     tf.constant(state.ended))
+        pending, (keys, values) = tf.constant(state.pending), state.caches
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
-            tokens, keys, values = self._decode(tf.constant(state.pending), keys, values, tf.constant(n), seed, knobs,
-                                                steering)
+            drawn, count, ended, keys, values = self._decode(pending, keys, values, tf.constant(n), seed, knobs,
+                                                             steering)
             if fixed:  # from here on, the XLA loop over caches of a fixed window
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
-            tokens, count, keys, values = self._decode_fixed(
-                tf.constant(state.pending), keys, values, tf.constant(state.start), tf.constant(n), seed, knobs,
-                steering)
-            tokens, state.start = tokens[:, :int(count)], state.start + int(count)
+            drawn, count, ended, keys, values = self._decode_fixed(
+                pending, keys, values, tf.constant(state.start), tf.constant(n), seed, knobs, steering)
+            state.start += int(count)
         state.caches = (keys, values)
-        return tokens.numpy()
+        return drawn.numpy()[:, :int(count)], ended.numpy()
 
     def _empty_cache(self, batch):
         hp = self.model.hparams
@@ -241,17 +234,6 @@ def cache_window(positions, n_ctx):
     return min(max(128, 1 << (max(positions, 1) - 1).bit_length()), n_ctx)
 
 
-def _has_stop_sequence(out, stops):
-    """bool `[batch]`: the rows of `out` that contain one of the sequences of a stop table."""
-    ended = np.zeros(len(out), bool)
-    for row in stops:
-        seq = row[row != _NO_TOKEN]
-        if len(seq) and out.shape[1] >= len(seq):
-            windows = np.lib.stride_tricks.sliding_window_view(out, len(seq), axis=1)  # [batch, w, len]
-            ended |= (windows == seq).all(-1).any(-1)
-    return ended
-
-
 class _Steering:
     """Penalties, logit bias, filters and stop sequences inside a compiled loop (a plain helper, traced)."""
 
@@ -275,11 +257,7 @@ class _Steering:
         seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
         counts = counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=counts.dtype)
         recent = tf.concat([recent[:, 1:], token], axis=1)
-        stops = self.knobs.stops
-        padded = tf.equal(stops, _NO_TOKEN)  # [MAX_STOPS, MAX_STOP_TOKENS]
-        matches = tf.reduce_all(tf.equal(recent[:, None, :], stops[None]) | padded[None], axis=-1)
-        used = ~tf.reduce_all(padded, axis=-1)  # an all-padding row is no stop sequence
-        return seen, recent, counts, ended | tf.reduce_any(matches & used[None], axis=-1)
+        return seen, recent, counts, ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1)
 
 
 @dataclasses.dataclass

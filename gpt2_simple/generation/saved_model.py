@@ -22,7 +22,7 @@ from ..atomic import staged_folder
 from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
-from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, stop_table
+from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, stop_hits, stop_table
 from .sample import Sampler
 
 SIGNATURE = "serving_default"
@@ -96,7 +96,8 @@ class ServingModule(tf.Module):
         knobs = Knobs(temperature, top_k, top_p, off, repetition_penalty, off, off, tf.zeros([hp.n_vocab]), stop_tokens)
         steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
                     tf.zeros([batch, hp.n_vocab], tf.float32), tf.zeros([batch], tf.bool))
-        new, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, seed, knobs, steering)
+        drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, seed, knobs, steering)
+        new = drawn[:, :count]
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
 
     def _checks(self, tokens, length, temperature):
@@ -129,10 +130,8 @@ def _lengths_before_stop(new, stop_tokens):
     padded = tf.pad(new, [[0, 0], [MAX_STOP_TOKENS - 1, 0]], constant_values=-1)
     # windows[b, t] = the MAX_STOP_TOKENS tokens ending at position t
     windows = tf.stack([padded[:, k:k + drawn] for k in range(MAX_STOP_TOKENS)], axis=-1)
-    wild = tf.equal(stop_tokens, -1)  # [MAX_STOPS, MAX_STOP_TOKENS]
-    hits = tf.reduce_all(tf.equal(windows[:, :, None, :], stop_tokens[None, None]) | wild[None, None], -1)
-    hits &= ~tf.reduce_all(wild, -1)[None, None]  # [batch, drawn, MAX_STOPS]
-    size = MAX_STOP_TOKENS - tf.reduce_sum(tf.cast(wild, tf.int32), -1)  # tokens per stop sequence
+    hits = stop_hits(windows, stop_tokens)  # [batch, drawn, MAX_STOPS]
+    size = MAX_STOP_TOKENS - tf.reduce_sum(tf.cast(tf.equal(stop_tokens, -1), tf.int32), -1)  # tokens per sequence
     starts = tf.where(hits, tf.range(drawn)[None, :, None] + 1 - size[None, None], drawn)
     return tf.reduce_min(starts, axis=[1, 2])
 

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla  # DynamicUpdateSlice: TF 2.21 has no public op for it (not in tf.raw_ops)
 
 from . import lora
 from .hparams import check_tokens
@@ -129,15 +128,23 @@ class Attention(_Layer):
                 k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
             start = tf.shape(k)[1] - n_q
         else:
-            at = tf.stack([0, start, 0])
-            k = xla.dynamic_update_slice(keys, k, at)
-            v = xla.dynamic_update_slice(values, v, at)
+            k, v = _write_at(keys, k, start), _write_at(values, v, start)
         # Query i (at absolute position start+i) sees keys 0..start+i.
         visible = (start + tf.range(n_q))[:, None] >= tf.range(tf.shape(k)[1])[None, :]  # [seq, cached+seq]
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
         scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)  # softmax in float32
         a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # [batch * n_head, seq, head_dim]
         return self.c_proj(self._merge_heads(a, tf.shape(x)[0])), k, v
+
+
+def _write_at(cache, new, start):
+    """`cache` `[rows, window, d]` with positions start..start+seq-1 replaced by `new` `[rows, seq, d]`.
+
+    A scatter of whole rows: XLA updates the loop's cache buffer in place.
+    """
+    rows, seq = tf.shape(new)[0], tf.shape(new)[1]
+    at = tf.stack(tf.meshgrid(tf.range(rows), start + tf.range(seq), indexing="ij"), axis=-1)  # [rows, seq, 2]
+    return tf.tensor_scatter_nd_update(cache, at, new)
 
 
 class MLP(_Layer):

@@ -20,7 +20,6 @@ even a separator.
 """
 import codecs
 import glob
-import json
 import os
 
 import numpy as np
