@@ -28,6 +28,7 @@ class Session:
         self.folder = None
         self._sampler = None
         self._copies = None  # (folder, CopyIndex): the copy index of the run's training text
+        self._guard = None  # (CopyIndex, N, GuardIndex): avoid_copies' index of that text
 
     def set_model(self, model, encoder, folder):
         """Make `model` the session's model; the sampler is compiled again only for a new model."""
@@ -64,9 +65,18 @@ class Session:
             self._copies = (key, CopyIndex(tokens, newlines=newline_counts(self.encoder), separator=separator))
         return self._copies[1]
 
+    def copy_guard(self, n, training_data=None):
+        """The copy guard's index (`generation/copy_guard.py`) of N-token spans of the run's training text, built once."""
+        from .generation.copy_guard import GuardIndex
+
+        index = self.copy_index(training_data)
+        if self._guard is None or self._guard[:2] != (index, n):
+            self._guard = (index, n, GuardIndex(index.tokens, n))
+        return self._guard[2]
+
     def close(self):
         """Drop the model and compiled functions so their memory can be freed."""
-        self.model = self.encoder = self.folder = self._sampler = self._copies = None
+        self.model = self.encoder = self.folder = self._sampler = self._copies = self._guard = None
 
     def __enter__(self):
         return self

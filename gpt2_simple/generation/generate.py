@@ -26,6 +26,7 @@ from ..formats.folders import load_model
 from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
 from .copies import SampleMarks
+from .copy_guard import check_span
 from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .stop_strings import StopStrings
 
@@ -62,7 +63,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
              sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
              temperature=0.7, top_k=0, top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0,
              check_copies=False, copy_threshold=None, training_data=None, presence_penalty=0.0,
-             frequency_penalty=0.0, logit_bias=None, min_p=0.0):
+             frequency_penalty=0.0, logit_bias=None, min_p=0.0, avoid_copies=0):
     """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
 
     Args:
@@ -93,8 +94,11 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             training text (`[copied: 23 of 40 tokens from line 1812]`); see `copy_threshold`.
         copy_threshold: drop the texts that share this many tokens or more with the training
             text (an int >= 8; turns `check_copies` on).
-        training_data: the text file the run was trained on, for the copy check, when the run
-            folder does not record it (runs older than `training.json`).
+        training_data: the text file the run was trained on, for the copy check and the guard,
+            when the run folder does not record it (runs older than `training.json`).
+        avoid_copies: N from 1 to 64: never draw the token that would make the text's last N + 1
+            tokens (prefix included) a span of the training text, so no sample shares more than
+            N tokens with it (0: off). Checked inside the compiled loop.
         presence_penalty: OpenAI's additive penalty: subtracted once from the logit of every
             token already drawn in this sample (the prefix does not count); 0.0 turns it off.
         frequency_penalty: OpenAI's additive penalty: each token's logit minus this times its
@@ -121,6 +125,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
                          f"shorten the prefix below {n_ctx} tokens")
     _check_penalty(repetition_penalty)
     adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
+    guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
     if nsamples == 1:
         sample_delim = ""
@@ -130,7 +135,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
         stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
 
     options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
-                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, **adjust)
+                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
+                                   avoid_copies=avoid_copies, **adjust)
     marks = SampleMarks(sess.copy_index(training_data), enc, copy_threshold) if check_copies or copy_threshold else None
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
@@ -140,7 +146,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             tokens = sampler.sample(
                 np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed,
                 chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended, options=options,
-            )
+                guard=guard)
             for row in tokens:
                 text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)
                 if marks and (text := marks.mark(text, prefix)) is None:
@@ -164,7 +170,7 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
                      prefix=None, seed=None, nsamples=1, batch_size=1, length=1023, temperature=0.7, top_k=0,
                      top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0, check_copies=False,
                      copy_threshold=None, training_data=None, presence_penalty=0.0, frequency_penalty=0.0,
-                     logit_bias=None, min_p=0.0):
+                     logit_bias=None, min_p=0.0, avoid_copies=0):
     """`generate(...)` writing to `destination_path` (gpt-2-simple's signature and defaults)."""
     return generate(
         sess, run_name=run_name, checkpoint_dir=checkpoint_dir, model_name=model_name, model_dir=model_dir,
@@ -173,7 +179,7 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
         temperature=temperature, top_k=top_k, top_p=top_p, include_prefix=include_prefix, stop=stop,
         repetition_penalty=repetition_penalty, check_copies=check_copies, copy_threshold=copy_threshold,
         training_data=training_data, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-        logit_bias=logit_bias, min_p=min_p,
+        logit_bias=logit_bias, min_p=min_p, avoid_copies=avoid_copies,
     )
 
 

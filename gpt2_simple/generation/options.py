@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from .copy_guard import WINDOW, no_guard
+
 # Stop sequences: at most this many, each its last this many tokens (a fixed shape, so XLA compiles once).
 MAX_STOPS, MAX_STOP_TOKENS = 8, 16
 NO_TOKEN = -1  # pads stop sequences on the left (matches anything) and the recent tokens (matches nothing real)
@@ -27,12 +29,16 @@ class Knobs(NamedTuple):
     frequency_penalty: tf.Tensor  # float32 []
     logit_bias: tf.Tensor  # float32 [n_vocab]
     stops: tf.Tensor  # int32 [MAX_STOPS, MAX_STOP_TOKENS], left-padded with NO_TOKEN
+    avoid_copies: tf.Tensor  # int32 []: N of the copy guard, 0 = off
+    guard_keys: tf.Tensor  # int64 [pairs + 1]: the guard's index (`copy_guard.GuardIndex.tensors`)
+    guard_nexts: tf.Tensor  # int32 [pairs + 1]
 
     @staticmethod
     def specs(n_vocab):
-        scalar = tf.TensorSpec([], tf.float32)
-        return Knobs(scalar, tf.TensorSpec([], tf.int32), scalar, scalar, scalar, scalar, scalar,
-                     tf.TensorSpec([n_vocab], tf.float32), tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32))
+        scalar, count = tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
+        return Knobs(scalar, count, scalar, scalar, scalar, scalar, scalar, tf.TensorSpec([n_vocab], tf.float32),
+                     tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32), count,
+                     tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,7 @@ class SamplingOptions:
     frequency_penalty: float = 0.0
     logit_bias: tuple = ()  # ((token id, bias), ...)
     stop_tokens: tuple = ()  # token sequences
+    avoid_copies: int = 0  # N: no span of the training data longer than N tokens (0: off; needs a guard index)
 
     @classmethod
     def make(cls, *, logit_bias=None, stop_tokens=(), **options):
@@ -55,13 +62,25 @@ class SamplingOptions:
         return cls(logit_bias=tuple(sorted((logit_bias or {}).items())),
                    stop_tokens=tuple(tuple(int(t) for t in seq) for seq in stop_tokens), **options)
 
-    def knobs(self, n_vocab):
+    def knobs(self, n_vocab, guard=None):
+        """The tensors, with `guard` (a `copy_guard.GuardIndex` of `avoid_copies` tokens) when the guard is on."""
+        if bool(self.avoid_copies) != (guard is not None) or (guard is not None and guard.n != self.avoid_copies):
+            raise ValueError(f"avoid_copies={self.avoid_copies!r} needs the guard index of that many tokens "
+                             f"(got {guard and guard.n}); build it with copy_guard.GuardIndex(training tokens, N)")
+        keys, nexts = guard.tensors() if guard is not None else no_guard()
         return Knobs(
             tf.constant(self.temperature, tf.float32), tf.constant(self.top_k, tf.int32),
             tf.constant(self.top_p, tf.float32), tf.constant(self.min_p, tf.float32),
             tf.constant(self.repetition_penalty, tf.float32), tf.constant(self.presence_penalty, tf.float32),
             tf.constant(self.frequency_penalty, tf.float32), tf.constant(bias_vector(self.logit_bias, n_vocab)),
-            tf.constant(stop_table(self.stop_tokens)))
+            tf.constant(stop_table(self.stop_tokens)), tf.constant(self.avoid_copies, tf.int32),
+            tf.constant(keys), tf.constant(nexts))
+
+
+def text_tail(tokens):
+    """int32 `[batch, WINDOW]`: each row's last WINDOW tokens (prompt included), left-padded with NO_TOKEN."""
+    last = np.asarray(tokens, np.int32)[:, -WINDOW:]
+    return np.pad(last, [(0, 0), (WINDOW - last.shape[1], 0)], constant_values=NO_TOKEN)
 
 
 def bias_vector(logit_bias, n_vocab):

@@ -20,8 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from .. import xla_choice
+from .copy_guard import WINDOW, banned
 from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
+from .options import text_tail
 from .options import NO_TOKEN as _NO_TOKEN
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
@@ -56,6 +58,7 @@ class Sampler:
             (tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: the text's tokens (the repetition penalty's)
              tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
              tf.TensorSpec([None, hp.n_vocab], tf.float32),  # counts: each token's draws so far
+             tf.TensorSpec([None, WINDOW], tf.int32),  # tail: each row's last tokens, prompt included (the copy guard's)
              tf.TensorSpec([None], tf.bool)),  # ended: rows that need no more tokens
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
@@ -96,7 +99,7 @@ class Sampler:
                 or the int32 position of `pending` in caches of a fixed window (the XLA loop: one
                 shape for the whole loop, written in place).
             n, seed: tokens to draw (n >= 1, some row live on entry); (seed, index of the first).
-            knobs: `SamplingOptions.knobs()`; steering: the loop's state (seen, recent, counts, ended).
+            knobs: `SamplingOptions.knobs()`; steering: the loop's state (seen, recent, counts, tail, ended).
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `count` columns are the drawn tokens, count, bool
@@ -125,7 +128,7 @@ class Sampler:
             (tf.constant(0), pending, keys, values, drawn, steering), shape_invariants=invariants)
         return drawn, count, steering[-1], keys, values
 
-    def sample(self, context, length, *, seed=None, chunk=None, stop=None, options=None, **kwargs):
+    def sample(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, **kwargs):
         """Draw `length` tokens after `context` for every row.
 
         Args:
@@ -143,14 +146,17 @@ class Sampler:
                 logit_bias: {token id: bias} added to those logits (None or {}: off).
                 stop_tokens: up to MAX_STOPS token sequences; a row ends once it has drawn one of
                     them (only their last MAX_STOP_TOKENS tokens are compared).
+                avoid_copies: N; no token is drawn that would make the text's last N + 1 tokens
+                    (prompt included) a span of `guard`'s training tokens (0: off).
+            guard: the `copy_guard.GuardIndex` of `avoid_copies` tokens, or None.
 
         Returns:
             int32 numpy `[batch, <= length]`: the new tokens only.
         """
         return np.concatenate(list(self.chunks(  # length >= 1: at least one chunk
-            context, length, seed=seed, chunk=chunk, stop=stop, options=options, **kwargs)), axis=1)
+            context, length, seed=seed, chunk=chunk, stop=stop, options=options, guard=guard, **kwargs)), axis=1)
 
-    def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, **kwargs):
+    def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, **kwargs):
         """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
 
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
@@ -160,7 +166,7 @@ class Sampler:
         context = np.asarray(context, np.int32)
         seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
         chunk = int(chunk or length)
-        knobs = options.knobs(self.model.hparams.n_vocab)
+        knobs = options.knobs(self.model.hparams.n_vocab, guard)
         state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
                           out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
                           length=length)
@@ -193,7 +199,7 @@ class Sampler:
         fixed = len(state.pending) <= self.xla_max_batch
         n_vocab = self.model.hparams.n_vocab
         steering = (tf.constant(state.seen(n_vocab)), tf.constant(state.recent()), tf.constant(state.counts(n_vocab)),
-                    tf.constant(state.ended))
+                    tf.constant(text_tail(state.history)), tf.constant(state.ended))
         pending, (keys, values) = tf.constant(state.pending), state.caches
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
@@ -243,21 +249,28 @@ class _Steering:
     def draw(self, logits, steering, i, seed, sort=False):
         """The i-th token of a call from the model's `logits` `[batch, t, n_vocab]`: int32 `[batch, 1]`.
 
-        Every per-step change to the logits happens here: `draws.adjust_logits`, then the filters.
+        Every per-step change to the logits happens here: `draws.adjust_logits`, the copy guard
+        (a banned token's logit is -inf, before the filters), then the filters.
         """
         k = self.knobs
-        seen, _, counts, _ = steering
+        seen, _, counts, tail, _ = steering
         adjusted = adjust_logits(logits[:, -1, :], seen, counts,
                                  (k.repetition_penalty, k.presence_penalty, k.frequency_penalty, k.logit_bias))
+        adjusted = tf.cond(
+            k.avoid_copies > 0,
+            lambda: tf.where(banned(tail, k.avoid_copies, k.guard_keys, k.guard_nexts, self.n_vocab),
+                             -float("inf"), adjusted),
+            lambda: adjusted)
         return _draw(adjusted[:, None, :], i, k.temperature, k.top_k, k.top_p, seed, sort=sort, min_p=k.min_p)
 
     def update(self, token, steering):
-        """After drawing `token` [batch, 1]: (seen, recent, counts, ended) including it."""
-        seen, recent, counts, ended = steering
+        """After drawing `token` [batch, 1]: (seen, recent, counts, tail, ended) including it."""
+        seen, recent, counts, tail, ended = steering
         seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
         counts = counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=counts.dtype)
         recent = tf.concat([recent[:, 1:], token], axis=1)
-        return seen, recent, counts, ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1)
+        tail = tf.concat([tail[:, 1:], token], axis=1)
+        return seen, recent, counts, tail, ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1)
 
 
 @dataclasses.dataclass

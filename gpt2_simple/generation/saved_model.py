@@ -22,6 +22,7 @@ from ..atomic import staged_folder
 from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
+from .copy_guard import WINDOW, no_guard
 from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, stop_hits, stop_table
 from .sample import Sampler
 
@@ -92,10 +93,12 @@ class ServingModule(tf.Module):
         cache = [empty] * hp.n_layer
         seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
         batch = tf.shape(tokens)[0]
-        off = tf.constant(0.0)  # min_p and OpenAI's penalties: not in the export's signature
-        knobs = Knobs(temperature, top_k, top_p, off, repetition_penalty, off, off, tf.zeros([hp.n_vocab]), stop_tokens)
+        off = tf.constant(0.0)  # min_p, OpenAI's penalties and the copy guard: not in the export's signature
+        keys, nexts = no_guard()
+        knobs = Knobs(temperature, top_k, top_p, off, repetition_penalty, off, off, tf.zeros([hp.n_vocab]), stop_tokens,
+                      tf.constant(0), tf.constant(keys), tf.constant(nexts))
         steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
-                    tf.zeros([batch, hp.n_vocab], tf.float32), tf.zeros([batch], tf.bool))
+                    tf.zeros([batch, hp.n_vocab], tf.float32), tf.fill([batch, WINDOW], -1), tf.zeros([batch], tf.bool))
         drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, seed, knobs, steering)
         new = drawn[:, :count]
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}

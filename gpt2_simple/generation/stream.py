@@ -12,6 +12,7 @@ import codecs
 import numpy as np
 
 from .copies import MarkedText, SampleMarks
+from .copy_guard import check_span
 from .generate import _check_penalty, check_adjustments, check_options
 from .options import SamplingOptions
 from .stop_strings import StopStrings
@@ -76,7 +77,7 @@ class TextStream:
 def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.7, top_k=0, top_p=0.0,
                     truncate=None, include_prefix=True, stop=None, repetition_penalty=1.0, nsamples=1,
                     batch_size=1, check_copies=False, training_data=None, presence_penalty=0.0, frequency_penalty=0.0,
-                    logit_bias=None, min_p=0.0):
+                    logit_bias=None, min_p=0.0, avoid_copies=0):
     """Yield the text of one sample in pieces as its tokens are drawn (`generate`'s arguments).
 
     The pieces join into exactly `generate(sess, ..., return_as_list=True)[0]` for the same
@@ -85,13 +86,14 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     Args:
         sess: a `Session` holding a model.
         prefix, seed, length, temperature, top_k, top_p, truncate, include_prefix, stop,
-            repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_p: as in `generate`.
+            repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_p, avoid_copies:
+            as in `generate`.
         nsamples, batch_size: must be 1 (a stream is one sample).
         check_copies: the last piece is a `copies.MarkedText` whose `.copy` is the whole sample's
             copy mark, as `generate(check_copies=True)` gives. Each piece then comes one piece
             late (the last must be known to be last). There is no `copy_threshold` here: the
             text is out before it can be checked; check `.copy` and discard it yourself.
-        training_data: as in `generate`, for `check_copies`.
+        training_data: as in `generate`, for `check_copies` and `avoid_copies`.
 
     Yields:
         str pieces, none of them empty.
@@ -113,13 +115,15 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     _check_penalty(repetition_penalty)
     adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
     marks = SampleMarks(sess.copy_index(training_data), enc) if check_copies else None
+    guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
     text = TextStream(enc, context, prefix, stops=stops, truncate=truncate, include_prefix=include_prefix)
     batch_seed = None if seed is None else int(seed) * 1_000_003  # generate's seed for its first batch
     chunks = sampler.chunks(
         np.asarray([context], np.int32), length, seed=batch_seed, chunk=STREAM_CHUNK, stop=lambda _: text.ended,
         options=SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
-                                     repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc), **adjust))
+                                     repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc),
+                                     avoid_copies=avoid_copies, **adjust), guard=guard)
     pieces = _pieces(text, chunks)
     yield from pieces if marks is None else _last_marked(pieces, text, marks, prefix)
 
