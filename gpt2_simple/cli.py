@@ -198,6 +198,7 @@ def run_generate(args):
     Unlike gpt-2-simple, the folder is never emptied and existing files are never replaced.
     """
     import gpt2_simple as gpt2
+    from gpt2_simple.generation.copy_guard import check_span
     from gpt2_simple.generation.generate import check_options
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
@@ -210,6 +211,8 @@ def run_generate(args):
         gpt2.load_gpt2(sess, **_call_kwargs(args, gpt2.load_gpt2, NOT_FLAGS["load_gpt2"]))
         if args.check_copies or args.copy_threshold:  # the index's "Loading dataset" lines stay off the texts
             sess.copy_index(args.training_data)
+        if args.avoid_copies:
+            sess.copy_guard(check_span(args.avoid_copies), args.training_data)
     seeds = [None if args.seed is None else args.seed + i for i in range(args.nfiles)]
     if args.stream:
         for seed in seeds:  # one text per seed, printed piece by piece as it is made

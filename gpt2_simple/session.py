@@ -28,7 +28,7 @@ class Session:
         self.folder = None
         self._sampler = None
         self._copies = None  # (folder, CopyIndex): the copy index of the run's training text
-        self._guard = None  # (CopyIndex, N, GuardIndex): avoid_copies' index of that text
+        self._guards = {}  # {N: GuardIndex}: avoid_copies' indexes of that text
 
     def set_model(self, model, encoder, folder):
         """Make `model` the session's model; the sampler is compiled again only for a new model."""
@@ -70,13 +70,14 @@ class Session:
         from .generation.copy_guard import GuardIndex
 
         index = self.copy_index(training_data)
-        if self._guard is None or self._guard[:2] != (index, n):
-            self._guard = (index, n, GuardIndex(index.tokens, n))
-        return self._guard[2]
+        if self._guards.get(n) is None or self._guards[n][0] is not index:
+            self._guards[n] = (index, GuardIndex(index.tokens, n))
+        return self._guards[n][1]
 
     def close(self):
         """Drop the model and compiled functions so their memory can be freed."""
-        self.model = self.encoder = self.folder = self._sampler = self._copies = self._guard = None
+        self.model = self.encoder = self.folder = self._sampler = self._copies = None
+        self._guards = {}
 
     def __enter__(self):
         return self

@@ -23,8 +23,9 @@ async def disconnected(receive):
 class Run:
     """One request's jobs in the batcher, and the events they send back to the event loop."""
 
-    def __init__(self, batcher, req, loop, enc, metrics, copies=None):
-        """`copies`: the run's `copies.CopyIndex` when the request asked for `check_copies`, else None."""
+    def __init__(self, batcher, req, loop, enc, metrics, copies=None, guard=None):
+        """`copies`: the run's `copies.CopyIndex` when the request asked for `check_copies`, else None;
+        `guard`: the `copy_guard.GuardIndex` of its `avoid_copies`, else None."""
         self.batcher, self.n, self.events, self.req, self.enc = batcher, req.n, asyncio.Queue(), req, enc
         self.metrics, self.start, self.first, self.copies = metrics, time.perf_counter(), True, copies
         self.rows = len(req.prompts) * req.n
@@ -32,7 +33,7 @@ class Run:
         self.counts = [0] * self.rows
         self.scores = [None] * self.rows
         self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p),
-                         scored=req.logprobs is not None)
+                         scored=req.logprobs is not None, guard=guard)
                      for p, t in enumerate(req.prompts)]
         try:
             for job in self.jobs:

@@ -43,6 +43,7 @@ class Options:
     frequency_penalty: float = 0.0
     logit_bias: tuple = ()  # ((token id, bias), ...): a tuple, so equal options hash equal
     min_p: float = 0.0
+    avoid_copies: int = 0  # the copy guard's N (0: off); the job carries the guard's index
 
     def sampling(self, stop_tokens):
         """The sampler's `SamplingOptions`, with the stop strings' token sequences."""
@@ -50,7 +51,7 @@ class Options:
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
-            stop_tokens=tuple(tuple(seq) for seq in stop_tokens))
+            stop_tokens=tuple(tuple(seq) for seq in stop_tokens), avoid_copies=self.avoid_copies)
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,6 +69,7 @@ class Job:
     emit: object
     seed: int = None
     scored: bool = False
+    guard: object = None  # the `copy_guard.GuardIndex` of `options.avoid_copies` tokens, or None
     cancelled: bool = False
 
     def batch_key(self):
@@ -211,7 +213,7 @@ class Batcher:
 
         context = np.asarray([job.tokens for job, _ in rows], np.int32)
         yield from self.sampler.chunks(context, options.max_tokens, seed=seed, chunk=CHUNK, stop=ended,
-                                       options=options.sampling(stops.tokens(self.encoder)))
+                                       options=options.sampling(stops.tokens(self.encoder)), guard=jobs[0].guard)
 
     def _score(self, rows, scored, texts, drawn):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""

@@ -15,6 +15,7 @@ import uuid
 
 from .batcher import Options
 from .copies import SPAN
+from .copy_guard import WINDOW
 from .scores import MAX_TOP
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -160,7 +161,8 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
     options = Options(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
                       top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
                       stop=_stop(body), presence_penalty=float(presence), frequency_penalty=float(frequency),
-                      logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p))
+                      logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
+                      avoid_copies=_number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
     return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo,
                       check_copies=_flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)

@@ -66,14 +66,15 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     metrics = Metrics(batcher, ENDPOINTS, INSTALL)
     building = asyncio.Lock()  # one build of the copy index, off the event loop
 
-    async def copy_index():
-        """The run's copy index for `check_copies` (built on first use, then kept by the session)."""
+    async def built(field, build, *args):
+        """What `build(*args, training_data)` makes from the run's training text, off the event loop (the
+        session keeps it); a 400 naming `field` when that text cannot be found."""
         async with building:
             try:
-                return await asyncio.to_thread(sess.copy_index, training_data)
+                return await asyncio.to_thread(build, *args, training_data)
             except (FileNotFoundError, ValueError) as e:
-                raise api.APIError(400, f"check_copies needs the served run's training text, but {e} (when serving: "
-                                        "gpt2_simple serve --training_data FILE)", "check_copies") from None
+                raise api.APIError(400, f"{field} needs the served run's training text, but {e} (when serving: "
+                                        "gpt2_simple serve --training_data FILE)", field) from None
 
     def error(e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -120,8 +121,10 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
         """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
         try:
             req = parse(await _read_json(request, max_body))
-            copies = await copy_index() if req.check_copies else None
-            run = Run(batcher, req, asyncio.get_running_loop(), enc, metrics, copies)
+            copies = await built("check_copies", sess.copy_index) if req.check_copies else None
+            n = req.options.avoid_copies
+            guard = await built("avoid_copies", sess.copy_guard, n) if n else None
+            run = Run(batcher, req, asyncio.get_running_loop(), enc, metrics, copies, guard)
         except api.APIError as e:
             return error(e)
         prompt_tokens = sum(len(t) for t in req.prompts)

@@ -104,6 +104,12 @@ def test_generate_command_prints_the_mark(run_session, capsys):
     code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--length", "24",
                      "--seed", "0", "--copy_threshold", "4"])
     assert code == 2 and "--copy_threshold 4 must be a number of tokens >= 8" in capsys.readouterr().err
+    code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--length", "30",
+                     "--seed", "0", "--check_copies", "--temperature", "0.1", "--avoid_copies", "10"])
+    marks = re.findall(r"^\[(?:copied: (\d+) of \d+ tokens from line \d+|new: .*)\]$", capsys.readouterr().out, re.M)
+    assert code == 0 and len(marks) == 1 and int(marks[0] or 0) <= 10, marks
+    code = cli.main(["generate", "--checkpoint_dir", os.path.dirname(sess.folder), "--stdout", "--avoid_copies", "65"])
+    assert code == 2 and "--avoid_copies 65 must be a number of tokens from 1 to 64" in capsys.readouterr().err
 
 
 def test_generate_stream_marks_its_last_piece(run_session):

@@ -54,6 +54,21 @@ def test_copy_threshold_drops_copies(ai, run_sess):
     assert e.value.body["param"] == "copy_threshold" and "[8, " in e.value.body["message"]
 
 
+def test_avoid_copies_keeps_every_choice_under_n_tokens_of_the_training_text(ai, run_sess):
+    """The field reaches the compiled loop: the same request without it copies more than N tokens."""
+    kwargs = dict(model="run1", prompt=PROMPT, max_tokens=24, n=2, temperature=0.1, seed=0)
+    free = ai.completions.create(**kwargs, extra_body={"check_copies": True})
+    assert min(c.copy_mark["longest"] for c in free.choices) > 10
+    guarded = ai.completions.create(**kwargs, extra_body={"check_copies": True, "avoid_copies": 10})
+    assert len(guarded.choices) == 2 and all(c.copy_mark["longest"] <= 10 for c in guarded.choices), guarded
+    expected = gpt2.generate(run_sess, prefix=PROMPT, include_prefix=False, return_as_list=True, length=24,
+                             temperature=0.1, seed=0, nsamples=2, batch_size=2, avoid_copies=10)
+    assert [c.text for c in guarded.choices] == expected
+    with pytest.raises(openai.BadRequestError) as e:
+        ai.completions.create(**kwargs, extra_body={"avoid_copies": 65})
+    assert e.value.body["param"] == "avoid_copies" and "[0, 64]" in e.value.body["message"]
+
+
 def test_chat_choices_carry_the_mark_of_their_reply_only(ai, run_sess):
     kwargs = dict(model="run1", messages=[{"role": "user", "content": PROMPT}], max_tokens=16, temperature=0.1,
                   seed=0)
@@ -89,6 +104,9 @@ def test_a_model_without_training_text_refuses_check_copies(memorized_run):
         assert e.value.status_code == 400 and e.value.body["param"] == "check_copies"
         assert "records no training dataset" in e.value.body["message"]
         assert "gpt2_simple serve --training_data FILE" in e.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as e:
+            ai.completions.create(model="tiny", prompt="Hello", max_tokens=4, extra_body={"avoid_copies": 8})
+        assert e.value.body["param"] == "avoid_copies" and "--training_data FILE" in e.value.body["message"]
     with running_server(sess, training_data=data) as (url, app):  # the fix the message names
         ai = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         out = ai.completions.create(model="tiny", prompt="Hello", max_tokens=4, extra_body={"check_copies": True})
