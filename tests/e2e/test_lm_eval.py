@@ -15,6 +15,8 @@ from serving import running_server
 
 import gpt2_simple as gpt2
 
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
+
 DOCS = [
     {"context": "The quick brown fox", "continuation": " jumps over the lazy dog"},
     {"context": "A stitch in time", "continuation": " saves nine"},

@@ -171,6 +171,7 @@ def test_run_folder_records_documents_and_stream_runs_do_not(documents_run):
     assert not (documents_run["root"] / "checkpoint" / "stream" / "documents.json").exists()
 
 
+@pytest.mark.slow
 def test_training_samples_start_at_a_document(documents_run):
     text = (documents_run["root"] / "samples" / "run1" / "samples-31").read_text(encoding="utf-8")
     assert text.startswith("======== SAMPLE 1 ========\n<|endoftext|>"), text
