@@ -63,6 +63,14 @@ def memorized_run(tmp_path_factory, real_vocab_dir):
 
 
 @pytest.fixture(scope="session")
+def served_sess(tmp_path_factory, real_vocab_dir):
+    """`serving.tiny_session` (model seed 7), built and compiled once for the tests that serve it; they only read it."""
+    from serving import tiny_session
+
+    return tiny_session(tmp_path_factory.mktemp("served"), real_vocab_dir)
+
+
+@pytest.fixture(scope="session")
 def enc(real_vocab_dir):
     """The real GPT-2 encoder, loaded once."""
     from encoder import get_encoder

@@ -1,4 +1,5 @@
-"""Helpers for tests that fine-tune: a tiny model folder with the real GPT-2 vocabulary, and texts."""
+"""Helpers for tests that fine-tune: a tiny model folder with the real GPT-2 vocabulary, texts, a trained run."""
+import contextlib
 import hashlib
 import os
 
@@ -31,6 +32,24 @@ def write_text(root, text=TEXT, name="data.txt"):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+@contextlib.contextmanager
+def trained_run(root, vocab_dir, text=TEXT, name="data.txt", **finetune_args):
+    """A tiny model fine-tuned on `text` in `root`, the working directory until exit (so `checkpoint/` and
+    `samples/` are there); yields dict(root, model_dir, data, sess) for a module fixture to share."""
+    import gpt2_simple as gpt2
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        model_dir = make_tiny_model(root, vocab_dir)
+        data = write_text(root, text, name)
+        sess = gpt2.start_tf_sess()
+        gpt2.finetune(sess, data, model_dir=model_dir, **finetune_args)
+        yield dict(root=root, model_dir=model_dir, data=data, sess=sess)
+    finally:
+        os.chdir(old)
 
 
 def subprocess_env(**extra):

@@ -39,6 +39,30 @@ def tiny_session(root, vocab_dir, seed=7):
     return sess
 
 
+def client_fixture(key, **options):
+    """A module fixture `client` (`client = client_fixture(KEY, ...)`): conftest's `served_sess` served by
+    `build_app(sess, api_key=key, **options)` and an httpx client that sends `key` to it.
+
+    The client's `base_url` is the server's (`url_of(client)`); `client.app` is the app (batcher, scorer, metrics).
+    """
+    import httpx
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def client(served_sess):
+        with running_server(served_sess, api_key=key, **options) as (url, app):
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+                c.app = app
+                yield c
+
+    return client
+
+
+def url_of(client):
+    """The server's base URL without the trailing slash httpx keeps: http://127.0.0.1:<port>."""
+    return str(client.base_url).rstrip("/")
+
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import runs
-from runs import make_tiny_model, snapshot, write_text
+from runs import snapshot, trained_run
 
 import gpt2_simple as gpt2
 
@@ -18,15 +18,8 @@ FAST = dict(runs.FAST, batch_size=1, accumulate_gradients=1)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, real_vocab_dir):
-    root = tmp_path_factory.mktemp("bad")
-    old = os.getcwd()
-    os.chdir(root)
-    model_dir = make_tiny_model(root, real_vocab_dir)
-    data = write_text(root)
-    sess = gpt2.start_tf_sess()
-    gpt2.finetune(sess, data, steps=1, model_dir=model_dir, run_name="keep", seed=0, **FAST)
-    yield dict(root=root, model_dir=model_dir, data=data, sess=sess)
-    os.chdir(old)
+    with trained_run(tmp_path_factory.mktemp("bad"), real_vocab_dir, steps=1, run_name="keep", seed=0, **FAST) as run:
+        yield run
 
 
 def _broken_model(world, name, edit):

@@ -38,6 +38,7 @@ def _train(tiny_hparams, batches):
     return _must_compile(step.get_concrete_function(batches)), [float(step(batches)) for _ in range(3)]
 
 
+@pytest.mark.slow
 def test_forcing_xla_off_trains_the_same_losses_with_one_notice(tiny_hparams, monkeypatch, capsys):
     monkeypatch.setattr(step_module, "XLA_MIN_PARAMS", 0)  # the tiny model gets the real sizes' default: XLA
     batches = tf.constant(np.random.default_rng(0).integers(0, 97, size=(2, 2, 8)), tf.int32)
@@ -52,6 +53,7 @@ def test_forcing_xla_off_trains_the_same_losses_with_one_notice(tiny_hparams, mo
     np.testing.assert_allclose(graph_losses, xla_losses, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_forcing_xla_off_decodes_the_same_tokens_with_one_notice(tiny_hparams, monkeypatch, capsys):
     model = GPT2(HParams(**tiny_hparams), seed=0)
     context = np.array([[1, 2, 3], [4, 5, 6]])

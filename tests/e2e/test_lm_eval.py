@@ -11,9 +11,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving import running_server, tiny_session
+from serving import running_server
 
 import gpt2_simple as gpt2
+
+pytestmark = pytest.mark.slow  # all of this file: `pytest -m "not slow"` skips it
 
 DOCS = [
     {"context": "The quick brown fox", "continuation": " jumps over the lazy dog"},
@@ -37,10 +39,10 @@ metric_list:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, real_vocab_dir):
+def setup(tmp_path_factory, served_sess):
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     root = tmp_path_factory.mktemp("lm_eval")
-    sess = tiny_session(root, real_vocab_dir)
+    sess = served_sess
     hf = gpt2.export_hf(sess.folder, str(root / "hf"))
     data = root / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS), encoding="utf-8")

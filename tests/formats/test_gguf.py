@@ -39,10 +39,27 @@ def files(folder, tmp_path_factory):
     return {dtype: gpt2.export_gguf(folder, str(out / f"tiny-{dtype}.gguf"), dtype=dtype) for dtype in ("f32", "f16", "q8_0")}
 
 
+class Readers(dict):
+    """{dtype: the gguf package's reader of that file}, each read on first use and kept: a reader parses
+    100,000 strings (~4 s), so the quick run, which keeps only the f32 cases, reads one file."""
+
+    def __init__(self, files):  # noqa: D107
+        super().__init__()
+        self.files = files
+
+    def __missing__(self, dtype):
+        self[dtype] = gguf.GGUFReader(self.files[dtype])
+        return self[dtype]
+
+
 @pytest.fixture(scope="module")
 def readers(files):
-    """{dtype: the gguf package's reader of that file}, read once (each holds 100,000 strings)."""
-    return {dtype: gguf.GGUFReader(path) for dtype, path in files.items()}
+    return Readers(files)
+
+
+def slow(*values):
+    """A parameter set the quick run skips: the f16 and q8_0 files each cost a reader."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 
 
 def fields(reader):
@@ -108,7 +125,7 @@ def test_tensor_names_and_shapes_are_llama_cpps_gpt2_architecture(readers, model
     assert shapes["output_norm.bias"] == [e]
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f32", slow("f16"), slow("q8_0")])
 def test_every_tensor_round_trips(readers, model, dtype):
     reader = readers[dtype]
     ours, theirs = gguf_arrays(model), tensors(reader)
@@ -135,7 +152,7 @@ def test_every_tensor_round_trips(readers, model, dtype):
     assert sizes["token_embd.weight"] == {"f32": 4 * n, "f16": 2 * n, "q8_0": n // 32 * 34}[dtype]
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-4), ("f16", 2e-2), ("q8_0", 5e-2)])
+@pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-4), slow("f16", 2e-2), slow("q8_0", 5e-2)])
 def test_numpy_forward_over_gguf_tensors_gives_our_logits(readers, model, dtype, tolerance):
     reader = readers[dtype]
     eps = float(fields(reader)["gpt2.attention.layer_norm_epsilon"])
@@ -165,7 +182,7 @@ def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tmp_path):
 # Metadata and tokenizer
 
 
-@pytest.mark.parametrize("dtype, file_type", [("f32", 0), ("f16", 1), ("q8_0", 7)])
+@pytest.mark.parametrize("dtype, file_type", [("f32", 0), slow("f16", 1), slow("q8_0", 7)])
 def test_metadata_keys_are_llama_cpps(readers, dtype, file_type):
     meta = fields(readers[dtype])
     e = HPARAMS["n_embd"]
@@ -179,6 +196,7 @@ def test_metadata_keys_are_llama_cpps(readers, dtype, file_type):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
 
 
+@pytest.mark.slow  # reads the f16 file
 def test_tokenizer_is_gpt2s_vocabulary_merges_and_end_of_text(readers, real_vocab_dir):
     meta = fields(readers["f16"])
     with open(os.path.join(real_vocab_dir, "encoder.json"), encoding="utf-8") as f:

@@ -71,6 +71,7 @@ def run_session(memorized_run):
     return gpt2.load_gpt2(gpt2.start_tf_sess(), checkpoint_dir=checkpoint_dir), data
 
 
+@pytest.mark.slow
 def test_generate_marks_copies_of_a_memorized_run(run_session):
     import gpt2_simple as gpt2
     from runs import TEXT
@@ -92,6 +93,7 @@ def test_generate_marks_copies_of_a_memorized_run(run_session):
     assert kept == []
 
 
+@pytest.mark.slow
 def test_generate_command_prints_the_mark(run_session, capsys):
     from gpt2_simple import cli
 
@@ -112,6 +114,7 @@ def test_generate_command_prints_the_mark(run_session, capsys):
     assert code == 2 and "--avoid_copies 65 must be a number of tokens from 1 to 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_stream_marks_its_last_piece(run_session):
     import gpt2_simple as gpt2
     from gpt2_simple.generation.copies import MarkedText
@@ -127,6 +130,7 @@ def test_generate_stream_marks_its_last_piece(run_session):
     assert plain == pieces and not isinstance(plain[-1], MarkedText)
 
 
+@pytest.mark.slow
 def test_generate_command_streams_the_mark(run_session, capsys):
     import gpt2_simple as gpt2
     from gpt2_simple import cli

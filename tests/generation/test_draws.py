@@ -70,6 +70,7 @@ def greedy(model, prompts):
     return history[:, prompts.shape[1]:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xla_max_batch", [8, 0], ids=["xla", "growing"])
 def test_greedy_equals_the_step_by_step_argmax_on_the_real_vocabulary(model, prompts, greedy, xla_max_batch):
     out = _sample_all(model, prompts, xla_max_batch, top_k=1)
@@ -77,6 +78,7 @@ def test_greedy_equals_the_step_by_step_argmax_on_the_real_vocabulary(model, pro
     assert not len(wrong), wrong[:10]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{"top_k": 5}, {"top_p": 0.8, "temperature": 0.7}], ids=["top_k", "top_p"])
 def test_no_drawn_token_is_outside_the_kept_set_in_either_loop(model, prompts, options):
     out = _sample_all(model, prompts, 8, **options)
@@ -95,6 +97,7 @@ def test_no_drawn_token_is_outside_the_kept_set_in_either_loop(model, prompts, o
 CHI2_19_P001 = 43.82
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop, options", [
     ("growing", dict(temperature=0.8, top_k=0, top_p=0.0)),
     ("xla", dict(temperature=0.8, top_k=0, top_p=0.0)),
@@ -122,6 +125,7 @@ def test_draws_fit_the_filtered_softmax_on_the_real_vocabulary(loop, options):
     assert chi2 < CHI2_19_P001, (counts, chi2)
 
 
+@pytest.mark.slow
 def test_two_threads_decoding_at_once_both_get_the_argmax(model, prompts, greedy):
     sampler = Sampler(model)
     sampler.sample(prompts[:8], 2, top_k=1, seed=0)  # compile once before the threads race

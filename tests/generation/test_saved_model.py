@@ -148,6 +148,7 @@ def test_signature_names_dtypes_and_shapes(served):
     assert out["our_modules"] == []
 
 
+@pytest.mark.slow
 def test_top_k_1_is_greedy_whatever_the_seed(served, reference):
     _, _, out = served
     expected = greedy(reference.model, PROMPT, LENGTH)
@@ -166,6 +167,7 @@ def test_a_seed_gives_the_samplers_tokens(served, reference):
     assert out["session_seed7"] == out["seed7"]  # TensorFlow Serving's way of running it agrees
 
 
+@pytest.mark.slow
 def test_repetition_penalty_and_stop_tokens_steer_the_export(served, reference):
     _, _, out = served
     penalised = reference.sample(PROMPT, LENGTH, temperature=1.0, top_k=1, seed=7, repetition_penalty=100.0)
@@ -186,6 +188,7 @@ def test_repetition_penalty_and_stop_tokens_steer_the_export(served, reference):
     assert tokens == seed7[:, :drawn].tolist()
 
 
+@pytest.mark.slow
 def test_top_k_draws_only_among_the_k_most_likely(served, reference):
     _, _, out = served
     drawn = np.asarray(out["top_k5"])
@@ -195,6 +198,7 @@ def test_top_k_draws_only_among_the_k_most_likely(served, reference):
     assert ranks.max() < 5 and ranks.max() > 0  # sampled, not greedy
 
 
+@pytest.mark.slow
 def test_defaults_fill_in_missing_inputs_and_draw_fresh_seeds(served):
     _, _, out = served
     length = min(DEFAULTS["length"], TINY_REAL_VOCAB["n_ctx"] // 2)
@@ -203,11 +207,13 @@ def test_defaults_fill_in_missing_inputs_and_draw_fresh_seeds(served):
     assert out["defaults"][0] != out["defaults"][1]  # seed -1: a random seed per call
 
 
+@pytest.mark.slow
 def test_too_long_a_request_fails_with_the_limit(served):
     _, _, out = served
     assert "prompt_len + length must be at most n_ctx + 1 = 33" in out["too_long"]
 
 
+@pytest.mark.slow
 def test_assets_hold_the_vocabulary_and_hparams(served, real_vocab_dir):
     _, export_dir, out = served
     assert out["assets"] == ["encoder.json", "hparams.json", "vocab.bpe"]

@@ -1,14 +1,14 @@
 """The server: the openai client against it, every bad request, auth, batching, disconnects and load.
 
-One tiny model with the real vocabulary is served once for the module, on 127.0.0.1 and a free
-port, with an API key, a small queue and a small body limit.
+One tiny model with the real vocabulary (conftest's `served_sess`) is served once for the module,
+on 127.0.0.1 and a free port, with an API key, a small queue and a small body limit.
 """
 import json
 import threading
 
 import httpx
 import pytest
-from serving import running_server, tiny_session
+from serving import client_fixture, url_of
 
 import gpt2_simple as gpt2
 
@@ -19,21 +19,16 @@ MAX_QUEUE = 4
 
 
 @pytest.fixture(scope="module")
-def sess(tmp_path_factory, real_vocab_dir):
-    return tiny_session(tmp_path_factory.mktemp("serve"), real_vocab_dir, seed=7)
+def sess(served_sess):
+    return served_sess
+
+
+client = client_fixture(KEY, max_tokens=LONG, max_queue=MAX_QUEUE, max_batch=16, max_body=4096)
 
 
 @pytest.fixture(scope="module")
-def server(sess):
-    with running_server(sess, api_key=KEY, max_tokens=LONG, max_queue=MAX_QUEUE, max_batch=16,
-                        max_body=4096) as (url, app):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server, headers=AUTH, timeout=120) as c:
-        yield c
+def server(client):
+    return url_of(client)
 
 
 def post(client, **body):

@@ -6,33 +6,28 @@ import json
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving import running_server, tiny_session
+from serving import client_fixture, running_server, url_of
 
 import gpt2_simple as gpt2
 from gpt2_simple.generation.openai_chat import ChatTemplate
 
 KEY = "chat-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture(scope="module")
-def sess(tmp_path_factory, real_vocab_dir):
-    return tiny_session(tmp_path_factory.mktemp("chat"), real_vocab_dir)
+def sess(served_sess):
+    return served_sess
+
+
+client = client_fixture(KEY, max_tokens=64)
 
 
 @pytest.fixture(scope="module")
-def server(sess):
-    with running_server(sess, api_key=KEY, max_tokens=64) as (url, app):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server, headers=AUTH, timeout=120) as c:
-        yield c
+def server(client):
+    return url_of(client)
 
 
 def test_templates_render_and_find_the_next_turn():

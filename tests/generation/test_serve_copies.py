@@ -6,6 +6,8 @@ from serving import running_server
 
 import gpt2_simple as gpt2
 
+pytestmark = pytest.mark.slow  # all of this file (a fine-tuned run): `pytest -m "not slow"` skips it
+
 PROMPT = TEXT[:40]  # the memorized run continues its training text from here
 
 

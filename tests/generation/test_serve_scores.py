@@ -4,27 +4,20 @@ Every number is checked against `log_softmax` of the model's own logits, compute
 """
 import json
 
-import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving import running_server, tiny_session
+from serving import client_fixture
 
 KEY = "scores-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def sess(tmp_path_factory, real_vocab_dir):
-    return tiny_session(tmp_path_factory.mktemp("scores"), real_vocab_dir)
+def sess(served_sess):
+    return served_sess
 
 
-@pytest.fixture(scope="module")
-def client(sess):
-    with running_server(sess, api_key=KEY, max_tokens=64) as (url, app):
-        with httpx.Client(base_url=url, headers=AUTH, timeout=120) as c:
-            c.app = app
-            yield c
+client = client_fixture(KEY, max_tokens=64)
 
 
 def reference(sess, ids):

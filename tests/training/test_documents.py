@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from runs import make_tiny_model, snapshot, write_text
+from runs import make_tiny_model, snapshot, trained_run
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
@@ -154,16 +154,12 @@ def test_bad_documents_are_one_line_naming_the_file_and_change_nothing(tmp_path,
 
 @pytest.fixture(scope="module")
 def documents_run(tmp_path_factory, real_vocab_dir):
-    root = tmp_path_factory.mktemp("docs_run")
-    old = os.getcwd()
-    os.chdir(root)
-    model_dir = make_tiny_model(root, real_vocab_dir)
-    data = write_text(root, "\n".join(["red green blue", "one two three four"] * 20) + "\n", name="docs.txt")
-    sess = gpt2.start_tf_sess()
-    gpt2.finetune(sess, data, steps=60, model_name="tiny", model_dir=model_dir, batch_size=4, accumulate_gradients=1,
-                  learning_rate=1e-2, sample_every=30, sample_length=8, seed=0, line_by_line=True)
-    yield dict(root=root, model_dir=model_dir, data=data, sess=sess)
-    os.chdir(old)
+    """A run fine-tuned 60 steps in documents mode on two documents, which it memorizes (with samples at step 31)."""
+    text = "\n".join(["red green blue", "one two three four"] * 20) + "\n"
+    with trained_run(tmp_path_factory.mktemp("docs_run"), real_vocab_dir, text, "docs.txt", steps=60, model_name="tiny",
+                     batch_size=4, accumulate_gradients=1, learning_rate=1e-2, sample_every=30, sample_length=8, seed=0,
+                     line_by_line=True) as run:
+        yield run
 
 
 @pytest.mark.slow
@@ -175,6 +171,7 @@ def test_run_folder_records_documents_and_stream_runs_do_not(documents_run):
     assert not (documents_run["root"] / "checkpoint" / "stream" / "documents.json").exists()
 
 
+@pytest.mark.slow
 def test_training_samples_start_at_a_document(documents_run):
     text = (documents_run["root"] / "samples" / "run1" / "samples-31").read_text(encoding="utf-8")
     assert text.startswith("======== SAMPLE 1 ========\n<|endoftext|>"), text

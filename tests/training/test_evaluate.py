@@ -34,6 +34,7 @@ def _reference_loss(model, enc, text):
     return nats / count, count
 
 
+@pytest.mark.slow
 def test_loss_equals_the_models_cross_entropy(trained, capsys):
     root, model_dir, heldout = trained
     sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="run1", checkpoint_dir=str(root / "checkpoint"))
@@ -47,6 +48,7 @@ def test_loss_equals_the_models_cross_entropy(trained, capsys):
     assert rows[0]["bits_per_byte"] == pytest.approx(expected * count / math.log(2) / rows[0]["bytes"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_run_scores_its_training_text_below_its_base_model(trained, capsys):
     root, model_dir, heldout = trained
     train_text = str(root / "data.txt")
@@ -58,6 +60,7 @@ def test_run_scores_its_training_text_below_its_base_model(trained, capsys):
     assert "loss/token" in table and "model-60" in table and "base tiny" in table
 
 
+@pytest.mark.slow
 def test_documents_mode_lists_the_worst_documents(trained):
     root, model_dir, heldout = trained
     docs = write_text(root, "The quick brown fox jumps over the lazy dog.\nzebra quantum xylophone vortex\n"
@@ -79,6 +82,7 @@ def test_windows_score_every_token_once():
     assert [r.tolist() for r in docs.rows] == [[9, 1, 2, 9], [9, 3, 9]]
 
 
+@pytest.mark.slow
 def test_command_prints_json_per_model(trained, capsys):
     root, model_dir, heldout = trained
     code = cli.main(["evaluate", heldout, "--checkpoint_dir", str(root / "checkpoint"), "--json"])
@@ -89,6 +93,7 @@ def test_command_prints_json_per_model(trained, capsys):
     assert all(r["loss"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_checkpoints_share_one_compiled_function(trained):
     from gpt2_simple.formats.folders import load_model
     from gpt2_simple.training.evaluate import Scorer
