@@ -81,6 +81,7 @@ def memorized(memorized_run):
     return sess, [int(t) for t in sess.copy_index().tokens]
 
 
+@pytest.mark.slow  # the memorized run's fixture
 def test_guarded_samples_share_no_span_longer_than_n(memorized):
     """Unguarded, the run copies far more than N tokens; guarded, no N + 1 tokens of a sample (prompt included)
     occur in the training tokens, in the XLA loop and the graph loop alike, which draw the same tokens."""
@@ -103,6 +104,7 @@ def test_guarded_samples_share_no_span_longer_than_n(memorized):
     assert (sess.sampler.sample(context, 40, seed=0, temperature=0.1) == free).all()  # off again: as before
 
 
+@pytest.mark.slow  # the memorized run's fixture
 def test_generate_and_stream_take_avoid_copies(memorized):
     import gpt2_simple as gpt2
 
