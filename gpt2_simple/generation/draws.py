@@ -9,6 +9,7 @@ chunking or on which decoding loop draws it. The loops themselves are `sample.py
 import tensorflow as tf
 
 _STATIC_TOP_K = 64  # under XLA, top_k <= this uses a top-k of constant size instead of a sort
+_TOP_P_CANDIDATES = 256  # top_p looks for its nucleus among this many likeliest tokens first
 _FILTERED = -1e10  # the logit given to tokens a filter removes (OpenAI's value; never NaN)
 
 
@@ -51,13 +52,21 @@ def _scale_and_keep(logits, temperature, top_k, top_p, min_p, *, sort=False):
             kth = tf.math.top_k(logits, k=k).values[:, -1:]
         return logits >= kth
 
-    def keep_top_p():
-        ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
-        before = tf.cumsum(tf.nn.softmax(ordered, axis=-1), axis=-1, exclusive=True)
+    def nucleus(ordered):
+        """The logits kept, given the largest ones in descending order: (kept, whether `ordered` held the nucleus)."""
+        probs = tf.exp(ordered - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))  # over the whole vocabulary
+        before = tf.cumsum(probs, axis=-1, exclusive=True)
         # The token whose preceding mass is still below top_p is the last one kept (always >= 1).
         n_kept = tf.maximum(tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1), 1)
         threshold = tf.gather(ordered, n_kept - 1, batch_dims=1)[:, None]
-        return logits >= threshold
+        return logits >= threshold, tf.reduce_all(before[:, -1] >= top_p)
+
+    def keep_top_p():
+        # The nucleus nearly always lies among the likeliest _TOP_P_CANDIDATES tokens: a top-k of
+        # constant size finds them (a sort of the whole vocabulary costs 20x more); sort only when it does not.
+        bound = min(_TOP_P_CANDIDATES, logits.shape[-1])
+        kept, held = nucleus(tf.math.top_k(logits, k=bound).values)
+        return tf.cond(held, lambda: kept, lambda: nucleus(tf.sort(logits, axis=-1, direction="DESCENDING"))[0])
 
     kept = tf.case(
         [(top_p > 0.0, keep_top_p), (top_k > 0, keep_top_k)],

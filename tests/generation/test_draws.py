@@ -30,6 +30,28 @@ def test_extreme_bits_give_uniforms_strictly_inside_0_1_and_finite_noise():
     assert np.isfinite(noise).all(), noise
 
 
+def _nucleus(logits, top_p):
+    """NumPy reference: the smallest set of likeliest tokens whose probability reaches top_p (ties kept)."""
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    ordered = np.sort(probs)[::-1]
+    n_kept = max(int((np.cumsum(ordered) - ordered < top_p).sum()), 1)
+    return probs >= ordered[n_kept - 1]
+
+
+@pytest.mark.parametrize("spread", [8.0, 0.05], ids=["nucleus_in_the_top_256", "nucleus_of_thousands"])
+def test_top_p_keeps_the_nucleus_of_the_whole_vocabulary(spread):
+    """top_p finds its nucleus among the 256 likeliest tokens when it lies there, and by a full sort when
+    it does not (a flat distribution): both give the reference's set, eagerly and under XLA."""
+    logits = np.random.default_rng(3).normal(0, spread, (3, N_VOCAB)).astype(np.float32)
+    expected = np.stack([_nucleus(row.astype(np.float64), 0.9) for row in logits])
+    sizes = expected.sum(axis=1)
+    assert (sizes < 256).all() if spread > 1 else (sizes > 10000).all(), sizes
+    xla = tf.function(lambda x: filter_logits(x, 1.0, 0, 0.9, sort=True), jit_compile=True)  # as the XLA loop calls it
+    for fn in (lambda x: filter_logits(x, 1.0, 0, 0.9), xla):
+        kept = fn(tf.constant(logits)).numpy() > -1e9
+        np.testing.assert_array_equal(kept, expected)
+
+
 def _model():
     """A 2-layer model with the real vocabulary size whose top logits are far apart (no near-ties)."""
     model = GPT2(HParams(n_vocab=N_VOCAB, n_ctx=32, n_embd=16, n_head=2, n_layer=2), seed=0)
