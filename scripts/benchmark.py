@@ -31,7 +31,10 @@ Sections:
   one compiled `banned()` call, and a suffix array for comparison (`scripts/bench_copies.py`);
   not in the default run (`--only copies`);
 - logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
-  16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`).
+  16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`);
+- profile: one decoding step split into parts, each compiled by XLA alone, with its time, cores
+  busy and weight bandwidth: the blocks' matrix products in the stored and the transposed layout,
+  the output projection, the draw, the whole step (`scripts/bench_profile.py`); `--only profile`.
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -488,7 +491,7 @@ def bench_peer_transformers(args, ours):
 
 
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
-EXTRA_SECTIONS = ("copies", "logprobs")  # run only when named with --only
+EXTRA_SECTIONS = ("copies", "logprobs", "profile")  # run only when named with --only
 
 
 def _batches(text):
@@ -558,6 +561,10 @@ def main(argv=None):
         from bench_copies import bench_copies
 
         results["copies"] = bench_copies(args, timed, measured)
+    if "profile" in sections:  # scripts/bench_profile.py
+        from bench_profile import bench_profile
+
+        results["profile"] = bench_profile(args, timed, measured)
     if "logprobs" in sections:  # scripts/bench_logprobs.py
         from bench_logprobs import bench_logprobs
 
