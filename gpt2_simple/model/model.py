@@ -79,7 +79,9 @@ class Conv1D(_Layer):
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
         w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
-        y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) + b  # [batch*seq, nf]
+        # `- (-b)`, not `+ b` (the same bits): XLA's CPU backend fuses an added bias into a matrix-vector
+        # product (batch 1 decoding) and then runs the product on one core.
+        y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) - tf.negative(b)  # [batch*seq, nf]
         return tf.reshape(y, tf.concat([leading, [nf]], axis=0))
 
 
