@@ -60,16 +60,22 @@ def test_stop_ends_each_text_at_its_first_stop_string(sess):
         assert text == whole[:at]
 
 
-def test_stop_ends_sampling_early(sess, monkeypatch):
-    drawn = []
+def _chunk_sizes(sess, monkeypatch):
+    """A list that gets the number of tokens of every chunk the session's sampler returns from now on."""
+    sizes = []
     original = sess.sampler.chunks
 
-    def counting(*args, **kwargs):
+    def recording(*args, **kwargs):
         for tokens in original(*args, **kwargs):
-            drawn.append(tokens.shape[1])
+            sizes.append(tokens.shape[1])
             yield tokens
 
-    monkeypatch.setattr(sess.sampler, "chunks", counting)
+    monkeypatch.setattr(sess.sampler, "chunks", recording)
+    return sizes
+
+
+def test_stop_ends_sampling_early(sess, monkeypatch):
+    drawn = _chunk_sizes(sess, monkeypatch)
     text = gpt2.generate(sess, length=600, seed=0, top_k=1, stop=" ", return_as_list=True)[0]
     assert " " not in text and sum(drawn) < 600
 
@@ -123,15 +129,7 @@ def test_bad_steering_is_a_one_line_error(sess, kwargs, message):
 
 
 def test_first_piece_needs_one_prompt_pass(sess, monkeypatch):
-    calls = []
-    original = sess.sampler.chunks
-
-    def recording(*args, **kwargs):
-        for tokens in original(*args, **kwargs):
-            calls.append(tokens.shape[1])
-            yield tokens
-
-    monkeypatch.setattr(sess.sampler, "chunks", recording)
+    calls = _chunk_sizes(sess, monkeypatch)
     stream = gpt2.generate_stream(sess, prefix="Hello there", length=50, seed=2, include_prefix=False)
     first = next(stream)
     assert first and calls == [1]  # one compiled call: the prompt's forward pass and one draw
