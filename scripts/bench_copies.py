@@ -63,7 +63,7 @@ def _guard(tokens, timed, batch=1, calls=200):
 
     box = {}
     build = timed(lambda: box.update(index=GuardIndex(tokens, GUARD_N)), repeat=1)
-    keys, nexts = (tf.constant(a) for a in box["index"].tensors())
+    keys, nexts = box["index"].tensors()
     call = tf.function(lambda tail: banned(tail, tf.constant(GUARD_N), keys, nexts, 50257), jit_compile=True)
     tail = tf.constant(text_tail(np.stack([tokens[i:i + GUARD_N] for i in range(batch)])))
     assert call(tail).numpy().any()  # compiles, and the training data's own next token is banned

@@ -43,14 +43,19 @@ class GuardIndex:
         fresh[1:] = (keys[1:] != keys[:-1]) | (nexts[1:] != nexts[:-1])  # each pair once
         self.keys = keys[fresh]
         self.nexts = nexts[fresh].astype(np.int32)
+        self._tensors = None
 
     @property
     def nbytes(self):
         return self.keys.nbytes + self.nexts.nbytes
 
     def tensors(self):
-        """(keys int64 `[pairs + 1]`, nexts int32 `[pairs + 1]`): the arrays with a sentinel key at the end."""
-        return np.append(self.keys, _SENTINEL), np.append(self.nexts, 0).astype(np.int32)
+        """(keys int64 `[pairs + 1]`, nexts int32 `[pairs + 1]`): the arrays with a sentinel key at the end, as
+        tensors made once (every `sample` call passes them to the loop; the index may be hundreds of MB)."""
+        if self._tensors is None:
+            self._tensors = (tf.constant(np.append(self.keys, _SENTINEL)),
+                             tf.constant(np.append(self.nexts, 0).astype(np.int32)))
+        return self._tensors
 
 
 def check_span(n, name="avoid_copies"):

@@ -67,20 +67,20 @@ class SamplingOptions:
         if bool(self.avoid_copies) != (guard is not None) or (guard is not None and guard.n != self.avoid_copies):
             raise ValueError(f"avoid_copies={self.avoid_copies!r} needs the guard index of that many tokens "
                              f"(got {guard and guard.n}); build it with copy_guard.GuardIndex(training tokens, N)")
-        keys, nexts = guard.tensors() if guard is not None else no_guard()
+        keys, nexts = guard.tensors() if guard is not None else (tf.constant(a) for a in no_guard())
         return Knobs(
             tf.constant(self.temperature, tf.float32), tf.constant(self.top_k, tf.int32),
             tf.constant(self.top_p, tf.float32), tf.constant(self.min_p, tf.float32),
             tf.constant(self.repetition_penalty, tf.float32), tf.constant(self.presence_penalty, tf.float32),
             tf.constant(self.frequency_penalty, tf.float32), tf.constant(bias_vector(self.logit_bias, n_vocab)),
             tf.constant(stop_table(self.stop_tokens)), tf.constant(self.avoid_copies, tf.int32),
-            tf.constant(keys), tf.constant(nexts))
+            keys, nexts)
 
 
-def text_tail(tokens):
-    """int32 `[batch, WINDOW]`: each row's last WINDOW tokens (prompt included), left-padded with NO_TOKEN."""
-    last = np.asarray(tokens, np.int32)[:, -WINDOW:]
-    return np.pad(last, [(0, 0), (WINDOW - last.shape[1], 0)], constant_values=NO_TOKEN)
+def text_tail(tokens, width=WINDOW):
+    """int32 `[batch, width]`: each row's last `width` tokens, left-padded with NO_TOKEN."""
+    last = np.asarray(tokens, np.int32)[:, -width:]
+    return np.pad(last, [(0, 0), (width - last.shape[1], 0)], constant_values=NO_TOKEN)
 
 
 def bias_vector(logit_bias, n_vocab):

@@ -24,7 +24,6 @@ from .copy_guard import WINDOW, banned
 from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
 from .options import text_tail
-from .options import NO_TOKEN as _NO_TOKEN
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
 # tokens/s (124M, 256 new tokens, `sample`'s second call); each batch size compiles its own XLA program, once.
@@ -309,5 +308,4 @@ class _Decoding:
 
     def recent(self):
         """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with -1."""
-        last = self.out[:, -MAX_STOP_TOKENS:]
-        return np.pad(last, [(0, 0), (MAX_STOP_TOKENS - last.shape[1], 0)], constant_values=_NO_TOKEN)
+        return text_tail(self.out, MAX_STOP_TOKENS)
