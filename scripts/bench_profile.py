@@ -36,7 +36,7 @@ def bench_profile(args, timed, measured):
     """{name: value} per batch size in `args.batches`; prints one line per part as it goes."""
     import tensorflow as tf
 
-    from gpt2_simple.generation.draws import _draw
+    from gpt2_simple.generation.draws import _draw, row_seeds
     from gpt2_simple.model.hparams import PRESETS
     from gpt2_simple.model.model import GPT2
 
@@ -61,15 +61,15 @@ def bench_profile(args, timed, measured):
     result = {}
     for batch in args.batches:
         x = tf.constant(np.random.default_rng(0).normal(size=(batch, hp.n_embd)).astype(np.float32))
-        logits = tf.constant(np.random.default_rng(1).normal(size=(batch, 1, hp.n_vocab)).astype(np.float32))
+        logits = tf.constant(np.random.default_rng(1).normal(size=(batch, hp.n_vocab)).astype(np.float32))
         cache = [tf.zeros([batch * hp.n_head, 256, hp.head_dim])] * hp.n_layer
         token = tf.zeros([batch, 1], tf.int32)
-        seed = tf.constant([1, 0], tf.int64)
+        seeds = tf.constant(row_seeds(1, batch))
         parts = {
             "blocks": (blocks, (x,), block_mb),
             "blocks_transposed": (blocks_transposed, (x,), block_mb),
             "output": (lambda x: tf.matmul(x, model.wte, transpose_b=True), (x,), wte_mb),
-            "draw": (lambda l, k: _draw(l, 0, tf.constant(1.0), k, tf.constant(0.0), seed, sort=True),
+            "draw": (lambda l, k: _draw(l, 0, tf.constant(1.0), k, tf.constant(0.0), seeds, sort=True),
                      (logits, tf.constant(40)), 0.0),
             "step": (lambda t, k, v: model.forward(t, k, v, tf.constant(128))[0], (token, cache, cache),
                      block_mb + wte_mb),

@@ -25,7 +25,8 @@ Sections:
   adafactor_recompute, lora, lora_recompute), `--memory_folder DIR` keeps the checkpoint for the next run.
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
-  token, and the same workload in-process (`scripts/bench_serve.py`);
+  token, the same workload in-process, and mixed traffic (prompts of 3 to 200 tokens, mixed
+  options, half seeded) from 16 clients against one (`scripts/bench_serve.py`);
 - copies: the copy index (`generation/copies.py`) on `--copies_mb` megabytes of synthetic text:
   build time, memory, the check of a 200-token sample, the `avoid_copies=16` guard's index and
   one compiled `banned()` call, and a suffix array for comparison (`scripts/bench_copies.py`);

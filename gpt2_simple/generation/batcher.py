@@ -2,9 +2,11 @@
 
 This module owns running requests on the model one batch at a time. Requests (`Job`s) wait in
 a bounded queue (`QueueFull` when it is full: the server answers 503); the worker thread takes
-the oldest and, when it has no seed, every waiting job that can share its batch: the same prompt
-length (the model has no padding mask) and the same sampling options, up to `max_rows` rows.
-A seeded job runs alone, so its tokens equal `generate(seed=...)`'s. Each row's text is settled
+the oldest and every waiting job that can share its batch, up to `max_rows` rows. Jobs share a
+batch whatever their options, seeds and prompt lengths (prompts are left-padded and masked, each
+row carries its own options and seed), so each row draws what it would alone: a seeded row
+equals `generate(seed=...)`'s. Only the copy guard is one a batch, and prompts of different lengths
+share a batch only while every row fits in the context (no sliding window). Each row's text is settled
 by a `stream.TextStream`, and pieces are handed to the job's `emit` callback as the compiled
 chunks return. A cancelled job leaves the queue at once, or ends its rows at the next chunk;
 `stop()` cancels everything and ends the thread. HTTP is `serve.py`'s.
@@ -16,6 +18,7 @@ import threading
 
 import numpy as np
 
+from .draws import batch_seed, row_seeds
 from .options import SamplingOptions
 from .scores import covered
 from .stop_strings import StopStrings
@@ -31,7 +34,7 @@ class QueueFull(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """The sampling options of a job; jobs with equal options and prompt lengths may share a batch."""
+    """The sampling options of a job (its rows' own, in a batch of any options)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -72,8 +75,9 @@ class Job:
     guard: object = None  # the `copy_guard.GuardIndex` of `options.avoid_copies` tokens, or None
     cancelled: bool = False
 
-    def batch_key(self):
-        return None if self.seed is not None else (len(self.tokens), self.options)
+    def group(self):
+        """Jobs share a batch only within a group: one copy guard a batch, and scoring-only jobs apart."""
+        return self.options.avoid_copies, self.guard, self.options.max_tokens == 0
 
 
 class Batcher:
@@ -82,6 +86,7 @@ class Batcher:
     def __init__(self, sampler, encoder, *, max_queue=64, max_rows=16, scorer=None):
         self.sampler, self.encoder, self.scorer = sampler, encoder, scorer
         self.max_queue, self.max_rows = max_queue, max_rows
+        self.n_ctx = sampler.model.hparams.n_ctx
         self._waiting = collections.deque()
         self._running = []
         self._lock = threading.Condition()
@@ -154,22 +159,30 @@ class Batcher:
     def _take(self):
         """The oldest job and the waiting jobs that can share its batch (called under the lock)."""
         batch = [self._waiting.popleft()]
-        key, rows = batch[0].batch_key(), batch[0].n
-        if key is None:
-            return batch
+        rows = batch[0].n
         for job in list(self._waiting):
-            if job.batch_key() == key and rows + job.n <= self.max_rows:
+            if rows + job.n <= self.max_rows and self._can_share(batch + [job]):
                 self._waiting.remove(job)
                 batch.append(job)
                 rows += job.n
         return batch
 
+    def _can_share(self, jobs):
+        """Whether `jobs` decode as one batch with each row drawing what it would alone.
+
+        Left-padded rows slide their window when the longest row's does (`Sampler._slide`), so
+        prompts of different lengths share only when no row's text outgrows the context.
+        """
+        if len({job.group() for job in jobs}) > 1:
+            return False
+        lengths = {len(job.tokens) for job in jobs}
+        return len(lengths) == 1 or max(lengths) + max(job.options.max_tokens for job in jobs) <= self.n_ctx
+
     def _run(self, jobs):
         """Sample every row of `jobs` in one batch, emitting pieces as chunks return; then score the rows that ask."""
-        enc, options = self.encoder, jobs[0].options
         rows = [(job, i) for job in jobs for i in range(job.n)]
-        stops = StopStrings(list(options.stop))
-        texts = [TextStream(enc, job.tokens, stops=stops, lstrip=False) for job, _ in rows]
+        stops = {job: StopStrings(list(job.options.stop)) for job in jobs}
+        texts = [TextStream(self.encoder, job.tokens, stops=stops[job], lstrip=False) for job, _ in rows]
         drawn = [[] for _ in rows]
         done = [False] * len(rows)
         scored = []  # (row, finish_reason): their "done" waits for the scoring pass
@@ -182,38 +195,48 @@ class Batcher:
             else:
                 job.emit(("done", i, reason, len(drawn[r]), None))
 
+        def end(r):  # the row's max_tokens are drawn, or the batch has ended
+            piece = texts[r].finish()
+            if piece:
+                rows[r][0].emit(("text", rows[r][1], piece))
+            finish(r, "stop" if texts[r].ended else "length")
+
         for tokens in self._chunks(jobs, rows, stops, done):
             self.tokens += tokens.shape[1]
             for r, (job, i) in enumerate(rows):
                 if done[r] or job.cancelled:
                     continue
-                piece = texts[r].feed(tokens[r])
-                drawn[r] += tokens[r].tolist()
+                new = tokens[r][:job.options.max_tokens - len(drawn[r])]  # a row may want fewer than the batch
+                piece = texts[r].feed(new)
+                drawn[r] += new.tolist()
                 if piece:
                     job.emit(("text", i, piece))
                 if texts[r].ended:
                     finish(r, "stop")
-        for r, (job, i) in enumerate(rows):
+                elif len(drawn[r]) == job.options.max_tokens:
+                    end(r)
+        for r, (job, _) in enumerate(rows):
             if not done[r] and not job.cancelled:
-                piece = texts[r].finish()
-                if piece:
-                    job.emit(("text", i, piece))
-                finish(r, "stop" if texts[r].ended else "length")
+                end(r)
         self._score(rows, scored, texts, drawn)
 
     def _chunks(self, jobs, rows, stops, done):
-        """The sampler's chunks for `rows` (none when `max_tokens` is 0: the prompts are only scored)."""
-        options = jobs[0].options
-        if options.max_tokens == 0:
+        """The sampler's chunks for `rows`, each with its job's options and seed (none when every
+        `max_tokens` is 0: the prompts are only scored)."""
+        length = max(job.options.max_tokens for job in jobs)
+        if length == 0:
             return
-        seed = None if jobs[0].seed is None else int(jobs[0].seed) * 1_000_003  # generate's first batch
 
         def ended(_):
             return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)]
 
-        context = np.asarray([job.tokens for job, _ in rows], np.int32)
-        yield from self.sampler.chunks(context, options.max_tokens, seed=seed, chunk=CHUNK, stop=ended,
-                                       options=options.sampling(stops.tokens(self.encoder)), guard=jobs[0].guard)
+        sampling = {job: job.options.sampling(stops[job].tokens(self.encoder)) for job in jobs}
+        # A seeded job's rows draw what generate(seed=...)'s first batch draws.
+        fresh = np.random.default_rng()
+        seeds = np.concatenate([row_seeds(fresh.integers(2**62) if job.seed is None else batch_seed(job.seed), job.n)
+                                for job in jobs])
+        yield from self.sampler.chunks([job.tokens for job, _ in rows], length, seed=seeds, chunk=CHUNK, stop=ended,
+                                       options=[sampling[job] for job, _ in rows], guard=jobs[0].guard)
 
     def _score(self, rows, scored, texts, drawn):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""

@@ -27,6 +27,7 @@ from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
 from .copies import SampleMarks
 from .copy_guard import check_span
+from .draws import batch_seed
 from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .stop_strings import StopStrings
 
@@ -142,9 +143,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
     try:
         for b in range(nsamples // batch_size):
-            batch_seed = None if seed is None else int(seed) * 1_000_003 + b
             tokens = sampler.sample(
-                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed,
+                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed(seed, b),
                 chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended, options=options,
                 guard=guard)
             for row in tokens:

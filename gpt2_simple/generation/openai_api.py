@@ -21,7 +21,7 @@ from .scores import MAX_TOP
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
-MAX_SEED = 2**42  # times generate's 1_000_003 it stays an int64
+MAX_SEED = 2**42  # through `draws.batch_seed` it stays an int64
 MAX_LOGPROBS = MAX_TOP  # OpenAI allows 5; older lm-evaluation-harness versions ask for 10
 
 

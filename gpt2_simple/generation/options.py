@@ -18,27 +18,53 @@ NO_TOKEN = -1  # pads stop sequences on the left (matches anything) and the rece
 
 
 class Knobs(NamedTuple):
-    """The options' tensors, as the compiled loops take them."""
+    """The options' tensors, as the compiled loops take them: one value a row, so mixed requests share a batch."""
 
-    temperature: tf.Tensor  # float32 []
-    top_k: tf.Tensor  # int32 []
-    top_p: tf.Tensor  # float32 []
-    min_p: tf.Tensor  # float32 []
-    repetition_penalty: tf.Tensor  # float32 []
-    presence_penalty: tf.Tensor  # float32 []
-    frequency_penalty: tf.Tensor  # float32 []
-    logit_bias: tf.Tensor  # float32 [n_vocab]
-    stops: tf.Tensor  # int32 [MAX_STOPS, MAX_STOP_TOKENS], left-padded with NO_TOKEN
-    avoid_copies: tf.Tensor  # int32 []: N of the copy guard, 0 = off
+    temperature: tf.Tensor  # float32 [batch]
+    top_k: tf.Tensor  # int32 [batch]
+    top_p: tf.Tensor  # float32 [batch]
+    min_p: tf.Tensor  # float32 [batch]
+    repetition_penalty: tf.Tensor  # float32 [batch]
+    presence_penalty: tf.Tensor  # float32 [batch]
+    frequency_penalty: tf.Tensor  # float32 [batch]
+    logit_bias: tf.Tensor  # float32 [batch, n_vocab]
+    stops: tf.Tensor  # int32 [batch, MAX_STOPS, MAX_STOP_TOKENS], left-padded with NO_TOKEN
+    avoid_copies: tf.Tensor  # int32 []: N of the copy guard, 0 = off (one guard a batch)
     guard_keys: tf.Tensor  # int64 [pairs + 1]: the guard's index (`copy_guard.GuardIndex.tensors`)
     guard_nexts: tf.Tensor  # int32 [pairs + 1]
 
     @staticmethod
     def specs(n_vocab):
-        scalar, count = tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
-        return Knobs(scalar, count, scalar, scalar, scalar, scalar, scalar, tf.TensorSpec([n_vocab], tf.float32),
-                     tf.TensorSpec([MAX_STOPS, MAX_STOP_TOKENS], tf.int32), count,
+        rows, counts = tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int32)
+        return Knobs(rows, counts, rows, rows, rows, rows, rows, tf.TensorSpec([None, n_vocab], tf.float32),
+                     tf.TensorSpec([None, MAX_STOPS, MAX_STOP_TOKENS], tf.int32), tf.TensorSpec([], tf.int32),
                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32))
+
+    @staticmethod
+    def of(rows, n_vocab, guard=None):
+        """The tensors of `rows`, one `SamplingOptions` a row, all with the same `avoid_copies`.
+
+        `guard` is the `copy_guard.GuardIndex` of `avoid_copies` tokens when the guard is on, else None.
+        """
+        n = {o.avoid_copies for o in rows}
+        if len(n) > 1:
+            raise ValueError(f"avoid_copies differs between the rows of a batch ({sorted(n)}); one guard serves a batch")
+        n = n.pop()
+        if bool(n) != (guard is not None) or (guard is not None and guard.n != n):
+            raise ValueError(f"avoid_copies={n!r} needs the guard index of that many tokens "
+                             f"(got {guard and guard.n}); build it with copy_guard.GuardIndex(training tokens, N)")
+        keys, nexts = guard.tensors() if guard is not None else (tf.constant(a) for a in no_guard())
+
+        def column(field, dtype):
+            return tf.constant([getattr(o, field) for o in rows], dtype)
+
+        return Knobs(
+            column("temperature", tf.float32), column("top_k", tf.int32), column("top_p", tf.float32),
+            column("min_p", tf.float32), column("repetition_penalty", tf.float32),
+            column("presence_penalty", tf.float32), column("frequency_penalty", tf.float32),
+            tf.constant(np.stack([bias_vector(o.logit_bias, n_vocab) for o in rows])),
+            tf.constant(np.stack([stop_table(o.stop_tokens) for o in rows])), tf.constant(n, tf.int32),
+            keys, nexts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,20 +87,6 @@ class SamplingOptions:
         """From `generate`-style arguments: `logit_bias` a dict or None, `stop_tokens` any sequences."""
         return cls(logit_bias=tuple(sorted((logit_bias or {}).items())),
                    stop_tokens=tuple(tuple(int(t) for t in seq) for seq in stop_tokens), **options)
-
-    def knobs(self, n_vocab, guard=None):
-        """The tensors, with `guard` (a `copy_guard.GuardIndex` of `avoid_copies` tokens) when the guard is on."""
-        if bool(self.avoid_copies) != (guard is not None) or (guard is not None and guard.n != self.avoid_copies):
-            raise ValueError(f"avoid_copies={self.avoid_copies!r} needs the guard index of that many tokens "
-                             f"(got {guard and guard.n}); build it with copy_guard.GuardIndex(training tokens, N)")
-        keys, nexts = guard.tensors() if guard is not None else (tf.constant(a) for a in no_guard())
-        return Knobs(
-            tf.constant(self.temperature, tf.float32), tf.constant(self.top_k, tf.int32),
-            tf.constant(self.top_p, tf.float32), tf.constant(self.min_p, tf.float32),
-            tf.constant(self.repetition_penalty, tf.float32), tf.constant(self.presence_penalty, tf.float32),
-            tf.constant(self.frequency_penalty, tf.float32), tf.constant(bias_vector(self.logit_bias, n_vocab)),
-            tf.constant(stop_table(self.stop_tokens)), tf.constant(self.avoid_copies, tf.int32),
-            keys, nexts)
 
 
 def text_tail(tokens, width=WINDOW):

@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from .. import xla_choice
 from .copy_guard import WINDOW, banned
-from .draws import _draw, adjust_logits, filter_logits, penalize  # noqa: F401  (filter_logits, penalize: this module's API)
-from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
+from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
+from .options import MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
 from .options import text_tail
 
 # Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
@@ -52,7 +52,8 @@ class Sampler:
         hp = model.hparams
         inputs = [
             tf.TensorSpec([], tf.int32),  # n: tokens to draw
-            tf.TensorSpec([2], tf.int64),  # (seed, index of the first token drawn)
+            (tf.TensorSpec([None, 2], tf.int64),  # each row's (seed, stream row): `draws.row_seeds`
+             tf.TensorSpec([], tf.int64)),  # the index of the first token drawn
             Knobs.specs(hp.n_vocab),  # the sampling options' tensors
             (tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: the text's tokens (the repetition penalty's)
              tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
@@ -61,14 +62,15 @@ class Sampler:
              tf.TensorSpec([None], tf.bool)),  # ended: rows that need no more tokens
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
+        pads = tf.TensorSpec([None], tf.int32)  # each row's left padding (prompts of different lengths)
         self._decode = tf.function(
             self.decode_chunk,
-            input_signature=[tf.TensorSpec([None, None], tf.int32), caches, caches] + inputs,
+            input_signature=[tf.TensorSpec([None, None], tf.int32), pads, caches, caches] + inputs,
             autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
         )
         self._decode_fixed = tf.function(
             self.decode_fixed,
-            input_signature=[tf.TensorSpec([None, 1], tf.int32), caches, caches, tf.TensorSpec([], tf.int32)] + inputs,
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), pads, caches, caches, tf.TensorSpec([], tf.int32)] + inputs,
             jit_compile=True, autograph=False,
         )
 
@@ -76,28 +78,31 @@ class Sampler:
     def tracing_count(self):
         return self._decode.experimental_get_tracing_count() + self._decode_fixed.experimental_get_tracing_count()
 
-    def decode_chunk(self, pending, keys, values, n, seed, knobs, steering):
+    def decode_chunk(self, pending, pads, keys, values, n, seed, knobs, steering):
         """Feed `pending` (any length), growing the caches, then draw up to `n` tokens: see `_loop`."""
-        return self._loop(pending, keys, values, None, n, seed, knobs, steering)
+        return self._loop(pending, pads, keys, values, None, n, seed, knobs, steering)
 
-    def decode_fixed(self, token, keys, values, start, n, seed, knobs, steering):
+    def decode_fixed(self, token, pads, keys, values, start, n, seed, knobs, steering):
         """Feed `token` at position `start` into caches of a fixed window, then draw up to `n` (<= window - start).
 
         The caches are n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
         the loop writes positions up to start + n - 1 < window. See `_loop`.
         """
-        return self._loop(token, keys, values, start, n, seed, knobs, steering)
+        return self._loop(token, pads, keys, values, start, n, seed, knobs, steering)
 
-    def _loop(self, pending, keys, values, start, n, seed, knobs, steering):
+    def _loop(self, pending, pads, keys, values, start, n, seed, knobs, steering):
         """The one decoding loop: feed `pending`, then draw up to `n` (<= n_ctx) tokens one at a time.
 
         Args:
             pending: int32 `[batch, p]`, tokens not yet in the caches (a prompt, or the last drawn token).
+            pads: int32 `[batch]`, each row's left padding (`GPT2.forward`'s): its first positions,
+                which its tokens never see.
             keys, values: the caches (`GPT2.forward`'s layout).
             start: None to grow the caches (the graph loop, whose first step reads a whole prompt);
                 or the int32 position of `pending` in caches of a fixed window (the XLA loop: one
                 shape for the whole loop, written in place).
-            n, seed: tokens to draw (n >= 1, some row live on entry); (seed, index of the first).
+            n, seed: tokens to draw (n >= 1, some row live on entry); (each row's seed and stream
+                row, `draws.row_seeds`; the index of the first token drawn).
             knobs: `SamplingOptions.knobs()`; steering: the loop's state (seen, recent, counts, tail, ended).
 
         Returns:
@@ -107,12 +112,13 @@ class Sampler:
         """
         hp = self.model.hparams
         steer = _Steering(hp.n_vocab, knobs)
+        seeds, first = seed
         fixed = start is not None
         columns = tf.range(hp.n_ctx)[None, :]
 
         def body(i, fed, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward(fed, keys, values, start + i if fixed else None)
-            token = steer.draw(logits, steering, i, seed, sort=fixed)
+            logits, keys, values = self.model.forward(fed, keys, values, start + i if fixed else None, pads)
+            token = steer.draw(logits[:, -1, :], steering, first + tf.cast(i, tf.int64), seeds, sort=fixed)
             drawn = tf.where(tf.equal(columns, i), token, drawn)  # column i (a fixed shape, for XLA)
             return i + 1, token, keys, values, drawn, steer.update(token, steering)
 
@@ -131,13 +137,16 @@ class Sampler:
         """Draw `length` tokens after `context` for every row.
 
         Args:
-            context: int `[batch, ctx_len]`, ctx_len >= 1 and < n_ctx.
+            context: int `[batch, ctx_len]`, ctx_len >= 1 and < n_ctx; or rows of different
+                lengths (a list of lists, or left-padded with NO_TOKEN), decoded as one batch in
+                which each row draws what it would alone.
             length: number of new tokens (>= 1); may exceed the context (sliding window).
-            seed: int for reproducible draws, or None.
+            seed: int for reproducible draws, or None; or int64 `[batch, 2]`, each row's (seed,
+                stream row): a row with (s, r) draws what row r of a call with `seed=s` draws.
             chunk: tokens drawn per compiled call; `stop` is checked between chunks.
             stop: optional `stop(tokens [batch, so_far])` -> a bool, or one bool per row: the
                 rows that have ended. Sampling ends early once every row has.
-            options: a `SamplingOptions`, or its fields as keyword arguments (`kwargs`):
+            options: a `SamplingOptions`, or one a row (equal `avoid_copies`), or the fields as keyword arguments (`kwargs`):
                 temperature, top_k, top_p, min_p: see `filter_logits`.
                 repetition_penalty: see `draws.penalize`; 1.0 is off (and draws exactly as without it).
                 presence_penalty, frequency_penalty: OpenAI's, subtracted from the logit of each
@@ -161,14 +170,16 @@ class Sampler:
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
         forward pass of the prompt, which is what a stream shows first.
         """
+        context = left_padded(context)
+        batch = len(context)
         options = options or SamplingOptions.make(**kwargs)
-        context = np.asarray(context, np.int32)
-        seed = int(np.random.default_rng().integers(2**62)) if seed is None else int(seed)
+        options = [options] * batch if isinstance(options, SamplingOptions) else list(options)
+        seed = int(np.random.default_rng().integers(2**62)) if seed is None else seed
+        seeds = tf.constant(row_seeds(seed, batch) if np.ndim(seed) == 0 else np.asarray(seed, np.int64))
         chunk = int(chunk or length)
-        knobs = options.knobs(self.model.hparams.n_vocab, guard)
-        state = _Decoding(history=context, pending=context, caches=self._empty_cache(context.shape[0]),
-                          out=np.zeros([context.shape[0], 0], np.int32), ended=np.zeros(len(context), bool),
-                          length=length)
+        knobs = Knobs.of(options, self.model.hparams.n_vocab, guard)
+        state = _Decoding(history=context, pending=context, caches=self._empty_cache(batch),
+                          out=np.zeros([batch, 0], np.int32), ended=np.zeros(batch, bool), length=length)
         while state.drawn < length and not state.ended.all():
             room = self._room(state)
             if room < 1:
@@ -176,7 +187,7 @@ class Sampler:
                 continue
             # Up to the next multiple of `chunk`, where `stop` is checked.
             n = min(chunk - state.drawn % chunk, length - state.drawn, room)
-            tokens, ended = self._decode_next(state, n, tf.constant([seed, state.drawn], tf.int64), knobs)
+            tokens, ended = self._decode_next(state, n, (seeds, tf.constant(state.drawn, tf.int64)), knobs)
             state.add(tokens)
             yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
             state.ended |= ended  # the rows that drew a stop sequence
@@ -191,7 +202,8 @@ class Sampler:
     def _slide(self, state):
         """The context is full: continue from the newest half of the text (sliding window)."""
         keep = max(self.model.hparams.n_ctx // 2, 1)
-        state.pending, state.caches, state.start = state.history[:, -keep:], self._empty_cache(len(state.history)), None
+        state.prompt(state.history[:, -keep:])
+        state.caches, state.start = self._empty_cache(len(state.history)), None
 
     def _decode_next(self, state, n, seed, knobs):
         """Draw up to `n` tokens with the loop that fits: (numpy int32 `[batch, <= n]`, numpy bool `[batch]` ended)."""
@@ -199,17 +211,17 @@ class Sampler:
         n_vocab = self.model.hparams.n_vocab
         steering = (tf.constant(state.seen(n_vocab)), tf.constant(state.recent()), tf.constant(state.counts(n_vocab)),
                     tf.constant(text_tail(state.history)), tf.constant(state.ended))
-        pending, (keys, values) = tf.constant(state.pending), state.caches
+        pending, pads, (keys, values) = tf.constant(np.maximum(state.pending, 0)), tf.constant(state.pads), state.caches
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
-            drawn, count, ended, keys, values = self._decode(pending, keys, values, tf.constant(n), seed, knobs,
+            drawn, count, ended, keys, values = self._decode(pending, pads, keys, values, tf.constant(n), seed, knobs,
                                                              steering)
             if fixed:  # from here on, the XLA loop over caches of a fixed window
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
             drawn, count, ended, keys, values = self._decode_fixed(
-                pending, keys, values, tf.constant(state.start), tf.constant(n), seed, knobs, steering)
+                pending, pads, keys, values, tf.constant(state.start), tf.constant(n), seed, knobs, steering)
             state.start += int(count)
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
@@ -229,6 +241,16 @@ class Sampler:
         return [tf.pad(c, [[0, 0], [0, window - c.shape[1]], [0, 0]]) for c in caches]
 
 
+def left_padded(rows):
+    """int32 `[batch, longest]`: `rows` (token lists of any lengths, or an array) right-aligned, padded with NO_TOKEN."""
+    if isinstance(rows, np.ndarray) or len({len(row) for row in rows}) == 1:
+        return np.asarray(rows, np.int32)
+    padded = np.full([len(rows), max(map(len, rows))], NO_TOKEN, np.int32)
+    for out, row in zip(padded, rows):
+        out[len(out) - len(row):] = row
+    return padded
+
+
 def cache_window(positions, n_ctx):
     """The XLA loop's cache length for `positions` positions: a power of two from 128, at most n_ctx.
 
@@ -245,22 +267,22 @@ class _Steering:
     def __init__(self, n_vocab, knobs):
         self.n_vocab, self.knobs = n_vocab, knobs
 
-    def draw(self, logits, steering, i, seed, sort=False):
-        """The i-th token of a call from the model's `logits` `[batch, t, n_vocab]`: int32 `[batch, 1]`.
+    def draw(self, logits, steering, index, seeds, sort=False):
+        """Draw number `index` of each row's stream (`draws._draw`) from the model's `logits` `[batch, n_vocab]`: int32 `[batch, 1]`.
 
         Every per-step change to the logits happens here: `draws.adjust_logits`, the copy guard
         (a banned token's logit is -inf, before the filters), then the filters.
         """
         k = self.knobs
         seen, _, counts, tail, _ = steering
-        adjusted = adjust_logits(logits[:, -1, :], seen, counts,
+        adjusted = adjust_logits(logits, seen, counts,
                                  (k.repetition_penalty, k.presence_penalty, k.frequency_penalty, k.logit_bias))
         adjusted = tf.cond(
             k.avoid_copies > 0,
             lambda: tf.where(banned(tail, k.avoid_copies, k.guard_keys, k.guard_nexts, self.n_vocab),
                              -float("inf"), adjusted),
             lambda: adjusted)
-        return _draw(adjusted[:, None, :], i, k.temperature, k.top_k, k.top_p, seed, sort=sort, min_p=k.min_p)
+        return _draw(adjusted, index, k.temperature, k.top_k, k.top_p, seeds, sort=sort, min_p=k.min_p)
 
     def update(self, token, steering):
         """After drawing `token` [batch, 1]: (seen, recent, counts, tail, ended) including it."""
@@ -276,13 +298,21 @@ class _Steering:
 class _Decoding:
     """Where one `Sampler.sample` call stands between compiled chunks."""
 
-    history: np.ndarray  # int32 [batch, so_far]: every token so far, prompt included
-    pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches
+    history: np.ndarray  # int32 [batch, so_far]: every token so far, prompt included, left-padded with NO_TOKEN
+    pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches (NO_TOKEN: padding)
     caches: tuple  # (keys, values): n_layer tensors each, growing or of a fixed window of positions
     out: np.ndarray  # int32 [batch, drawn]: the new tokens only
     ended: np.ndarray  # bool [batch]: rows that need no more tokens
     start: int = None  # with fixed caches: the position of `pending`
     length: int = 0  # the tokens this call draws in all
+    pads: np.ndarray = None  # int32 [batch]: each row's left padding in the caches
+
+    def __post_init__(self):
+        self.prompt(self.pending)
+
+    def prompt(self, pending):
+        """Start the caches over from `pending` (a left-padded prompt)."""
+        self.pending, self.pads = pending, np.sum(pending == NO_TOKEN, axis=1, dtype=np.int32)
 
     @property
     def drawn(self):
@@ -296,7 +326,8 @@ class _Decoding:
     def seen(self, n_vocab):
         """bool `[batch, n_vocab]`: the tokens of each row's text so far (the penalty's set)."""
         seen = np.zeros([len(self.history), n_vocab], bool)
-        np.put_along_axis(seen, self.history.astype(np.int64), True, axis=1)
+        rows, columns = np.nonzero(self.history != NO_TOKEN)
+        seen[rows, self.history[rows, columns]] = True
         return seen
 
     def counts(self, n_vocab):

@@ -89,17 +89,22 @@ class ServingModule(tf.Module):
             tokens = tf.identity(tokens)
         top_p = tf.where(top_p >= 1.0, 0.0, top_p)
         seed = tf.where(seed < 0, tf.random.uniform([], 0, 2**62, dtype=tf.int64), seed)
-        empty = tf.zeros([tf.shape(tokens)[0] * hp.n_head, 0, hp.head_dim], tf.float32)
-        cache = [empty] * hp.n_layer
-        seed = tf.stack([seed, tf.constant(0, tf.int64)])  # (seed, index of the first new token)
         batch = tf.shape(tokens)[0]
-        off = tf.constant(0.0)  # min_p, OpenAI's penalties and the copy guard: not in the export's signature
+        cache = [tf.zeros([batch * hp.n_head, 0, hp.head_dim], tf.float32)] * hp.n_layer
+        seeds = tf.stack([tf.fill([batch], seed), tf.range(batch, dtype=tf.int64)], axis=1)  # `draws.row_seeds`
+
+        def rows(value):
+            return tf.fill([batch], value)
+
+        off = rows(0.0)  # min_p, OpenAI's penalties and the copy guard: not in the export's signature
         keys, nexts = no_guard()
-        knobs = Knobs(temperature, top_k, top_p, off, repetition_penalty, off, off, tf.zeros([hp.n_vocab]), stop_tokens,
+        knobs = Knobs(rows(temperature), rows(top_k), rows(top_p), off, rows(repetition_penalty), off, off,
+                      tf.zeros([batch, hp.n_vocab]), tf.tile(stop_tokens[None], [batch, 1, 1]),
                       tf.constant(0), tf.constant(keys), tf.constant(nexts))
         steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
                     tf.zeros([batch, hp.n_vocab], tf.float32), tf.fill([batch, WINDOW], -1), tf.zeros([batch], tf.bool))
-        drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, cache, cache, length, seed, knobs, steering)
+        drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, tf.zeros([batch], tf.int32), cache, cache, length,
+                                                           (seeds, tf.constant(0, tf.int64)), knobs, steering)
         new = drawn[:, :count]
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
 

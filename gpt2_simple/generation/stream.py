@@ -13,6 +13,7 @@ import numpy as np
 
 from .copies import MarkedText, SampleMarks
 from .copy_guard import check_span
+from .draws import batch_seed
 from .generate import _check_penalty, check_adjustments, check_options
 from .options import SamplingOptions
 from .stop_strings import StopStrings
@@ -118,9 +119,9 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
     text = TextStream(enc, context, prefix, stops=stops, truncate=truncate, include_prefix=include_prefix)
-    batch_seed = None if seed is None else int(seed) * 1_000_003  # generate's seed for its first batch
     chunks = sampler.chunks(
-        np.asarray([context], np.int32), length, seed=batch_seed, chunk=STREAM_CHUNK, stop=lambda _: text.ended,
+        np.asarray([context], np.int32), length, seed=batch_seed(seed), chunk=STREAM_CHUNK,  # generate's first batch
+        stop=lambda _: text.ended,
         options=SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
                                      repetition_penalty=repetition_penalty, stop_tokens=stops.tokens(enc),
                                      avoid_copies=avoid_copies, **adjust), guard=guard)

@@ -109,7 +109,7 @@ class Attention(_Layer):
         x = tf.transpose(tf.reshape(x, [batch, self.n_head, seq, x.shape[-1]]), [0, 2, 1, 3])
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
-    def __call__(self, x, keys=None, values=None, start=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None):
         """Self-attention of `x` over the cached positions and its own: (output, keys, values).
 
         Args:
@@ -119,6 +119,8 @@ class Attention(_Layer):
                 at position `cached`); or an int32 scalar to write them in place at positions
                 start..start+seq-1 of caches of a fixed window, whose later positions are ignored
                 (XLA's decoding loop: one shape for the whole loop, written without a copy).
+            pads: None, or int32 `[batch]`: each row's count of left padding, the cache positions
+                its queries never see (a batch of prompts of different lengths).
 
         Returns:
             (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
@@ -132,7 +134,10 @@ class Attention(_Layer):
         else:
             k, v = _write_at(keys, k, start), _write_at(values, v, start)
         # Query i (at absolute position start+i) sees keys 0..start+i.
-        visible = (start + tf.range(n_q))[:, None] >= tf.range(tf.shape(k)[1])[None, :]  # [seq, cached+seq]
+        slots = tf.range(tf.shape(k)[1])
+        visible = (start + tf.range(n_q))[:, None] >= slots[None, :]  # [seq, cached+seq]
+        if pads is not None:  # and each row sees none of its padding: [batch * n_head, seq, cached+seq]
+            visible = visible & tf.repeat(slots[None, :] >= pads[:, None], self.n_head, axis=0)[:, None, :]
         scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
         scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)  # softmax in float32
         a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # [batch * n_head, seq, head_dim]
@@ -167,9 +172,9 @@ class Block(_Layer):
         self.ln_2 = LayerNorm(f"{scope}/ln_2", registry, init, hparams.n_embd)
         self.mlp = MLP(f"{scope}/mlp", registry, init, hparams.n_embd)
 
-    def __call__(self, x, keys=None, values=None, start=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None):
         """(output, keys, values): see `Attention.__call__`."""
-        a, keys, values = self.attn(self.ln_1(x), keys, values, start)
+        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads)
         x = x + a
         return x + self.mlp(self.ln_2(x)), keys, values
 
@@ -203,7 +208,7 @@ class GPT2(tf.Module):
         self.checkpoint_path = None
         self.lora_base = None
 
-    def forward(self, tokens, keys=None, values=None, start=None):
+    def forward(self, tokens, keys=None, values=None, start=None, pads=None):
         """Logits for `tokens`, continuing after the cached positions: the one cached forward pass.
 
         Args:
@@ -213,6 +218,9 @@ class GPT2(tf.Module):
             start: None to grow the caches by `tokens`' positions (they follow the cached ones);
                 or an int32 scalar, the position of `tokens[:, 0]`, to write them in place into
                 caches of a fixed window (XLA's decoding loop; see `Attention.__call__`).
+            pads: None, or int32 `[batch]`: each row starts after that many left-padding positions,
+                which it never attends to; its real tokens take positions from 0 (a row equals its
+                own unpadded forward pass).
 
         Returns:
             (logits float32 `[batch, seq, n_vocab]`, keys, values), the caches now holding `tokens`.
@@ -221,10 +229,13 @@ class GPT2(tf.Module):
         tokens = tf.cast(tokens, tf.int32) if tokens.dtype != tf.int32 else tokens
         keys, values = keys or [None] * len(self.h), values or [None] * len(self.h)
         first = start if start is not None else (0 if keys[0] is None else tf.shape(keys[0])[1])
-        x = self._embed(tokens, first + tf.range(tf.shape(tokens)[1]))  # [batch, seq, n_embd]
+        positions = first + tf.range(tf.shape(tokens)[1])  # [seq]
+        if pads is not None:  # [batch, seq]; a padding slot's position is 0 (nothing sees it)
+            positions = tf.maximum(positions[None, :] - pads[:, None], 0)
+        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
         new_keys, new_values = [], []
         for block, k, v in zip(self.h, keys, values):
-            x, k, v = block(x, k, v, start)
+            x, k, v = block(x, k, v, start, pads)
             new_keys.append(k)
             new_values.append(v)
         return self._logits(x), new_keys, new_values
@@ -252,7 +263,10 @@ class GPT2(tf.Module):
         return self.ln_f(x) if features else self._logits(x)
 
     def _embed(self, tokens, positions):
-        """Token plus position embeddings in float32 (also when the tables are stored in 16 bits)."""
+        """Token plus position embeddings in float32 (also when the tables are stored in 16 bits).
+
+        `positions`: int32 `[seq]`, or `[batch, seq]` for rows with their own positions.
+        """
         return tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
 
     def _logits(self, x):

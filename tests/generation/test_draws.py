@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_simple.generation.draws import _draw, _gumbel, _to_uniform, filter_logits
+from gpt2_simple.generation.draws import _draw, _gumbel, _to_uniform, filter_logits, row_seeds
 from gpt2_simple.generation.sample import Sampler
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
@@ -137,9 +137,9 @@ def test_draws_fit_the_filtered_softmax_on_the_real_vocabulary(loop, options):
     batch, draws = 500, 8  # 4,000 draws: 500 rows (each its own noise) at 8 indices, seed fixed
     sort = loop == "xla"
     draw = tf.function(lambda lg, i: _draw(lg, i, options["temperature"], options["top_k"], options["top_p"],
-                                           tf.constant([3, 0], tf.int64), sort=sort), jit_compile=sort)
-    rows = tf.tile(tf.constant(logits), [batch, 1, 1])
-    tokens = np.concatenate([draw(rows, tf.constant(i)).numpy()[:, 0] for i in range(draws)])  # traced once
+                                           tf.constant(row_seeds(3, batch)), sort=sort), jit_compile=sort)
+    rows = tf.tile(tf.constant(logits[:, -1]), [batch, 1])
+    tokens = np.concatenate([draw(rows, tf.constant(i, tf.int64)).numpy()[:, 0] for i in range(draws)])  # traced once
     outside = np.setdiff1d(tokens, likely)
     assert not len(outside), outside  # 4,000 draws at 2e-9: an unlikely token drawn at all is a failure
     counts = np.array([np.sum(tokens == k) for k in likely])

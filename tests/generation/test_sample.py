@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from gpt2_simple.generation.options import SamplingOptions
 from gpt2_simple.generation.sample import Sampler, _draw, filter_logits, penalize
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
@@ -92,7 +93,7 @@ def test_xla_loop_draws_the_same_tokens_as_the_growing_loop(options):
 @pytest.mark.slow
 def test_draws_follow_the_softmax_distribution():
     logits = tf.math.log(tf.constant([[0.5, 0.25, 0.15, 0.07, 0.03]]))
-    draws = np.array([int(_draw(logits[:, None, :], i, 1.0, 0, 0.0, tf.constant([7, 0], tf.int64))[0, 0])
+    draws = np.array([int(_draw(logits, i, 1.0, 0, 0.0, tf.constant([[7, 0]], tf.int64))[0, 0])
                       for i in range(4000)])
     counts = np.bincount(draws, minlength=5)
     expected = 4000 * np.array([0.5, 0.25, 0.15, 0.07, 0.03])
@@ -221,3 +222,41 @@ def test_xla_loop_over_each_cache_window_draws_the_growing_loops_tokens():
         np.testing.assert_array_equal(xla.sample(context, length, seed=5), expected)
     np.testing.assert_array_equal(xla.sample(context, 400, seed=5, chunk=90), growing.sample(context, 400, seed=5))
     assert xla.tracing_count == 2  # a new window compiles, but never retraces
+
+
+def _strong_init(rng):
+    """Weights 15x OpenAI's initial scale (LayerNorms as usual): each token depends strongly on its context and positions."""
+    def init(name, shape):
+        leaf = name.rsplit("/", 1)[-1]
+        return np.full(shape, float(leaf == "g"), np.float32) if leaf in "gb" else rng.normal(0, 0.3, shape).astype(np.float32)
+    return init
+
+
+MIXED = [  # one row each: a prompt length, options and (seed, stream row)
+    (1, dict(temperature=0.9), (11, 0)),
+    (9, dict(temperature=0.7, top_k=5), (4, 2)),
+    (3, dict(temperature=1.0, top_p=0.8, repetition_penalty=1.3), (11, 1)),
+    (20, dict(temperature=1.2, min_p=0.05, presence_penalty=0.5, frequency_penalty=0.4), (9, 0)),
+    (5, dict(temperature=0.8, logit_bias={3: 6.0}, stop_tokens=[[3, 3]]), (2, 5)),
+]
+
+
+@pytest.mark.parametrize("xla_max_batch", [8, 0], ids=["xla", "growing"])
+def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone(xla_max_batch):
+    # Prompts of five lengths (left-padded), five sets of options and five seeds in one batch. A batch's
+    # logits differ from a lone row's in the last bits (matrix kernels sum in another order), so
+    # only two noisy logits within ~1e-6 of each other could draw differently; with fixed seeds
+    # this test is deterministic. It fails without the padding mask or the per-row positions.
+    rng = np.random.default_rng(0)
+    sampler = Sampler(GPT2(HParams(n_vocab=97, n_ctx=64, n_embd=16, n_head=2, n_layer=2), init=_strong_init(rng)),
+                      xla_max_batch=xla_max_batch)
+    prompts = [rng.integers(0, 97, size=n).tolist() for n, _, _ in MIXED]
+    options = [SamplingOptions.make(**o) for _, o, _ in MIXED]
+    mixed = sampler.sample(prompts, 30, seed=[s for _, _, s in MIXED], options=options, chunk=7)
+    assert mixed.shape == (5, 30)  # a row that stops does not end the others
+    for row, prompt, opts, (seed, stream) in zip(mixed, prompts, options, (s for _, _, s in MIXED)):
+        alone = sampler.sample([prompt] * (stream + 1), 30, seed=seed, options=opts, chunk=7)[stream]
+        np.testing.assert_array_equal(row[:len(alone)], alone)  # alone, a call ends once all its rows have stopped
+    stopped = [i for i, t in enumerate(mixed[4]) if i and t == mixed[4][i - 1] == 3]  # the last row's stop sequence
+    assert stopped, "the stop sequence never came: the row's logit_bias was not applied"
+    assert sampler.sample(prompts, 100, seed=1, options=options).shape == (5, 100)  # slides past n_ctx

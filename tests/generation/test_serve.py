@@ -192,20 +192,38 @@ def test_unknown_fields_are_ignored_and_unknown_routes_are_json(client):
         assert r.status_code in (404, 405) and r.json()["error"]["message"]
 
 
-def test_requests_that_can_share_a_batch_are_batched(client):
+MIXED = [  # prompts of different lengths, options, seeds and max_tokens
+    dict(prompt="Once", max_tokens=8, temperature=0.9, seed=5),
+    dict(prompt="A longer prompt than the others, with many more tokens in it", max_tokens=12, temperature=0.7,
+         top_k=20, seed=8),
+    dict(prompt="Same length", max_tokens=6, top_p=0.9, presence_penalty=0.5),  # unseeded
+    dict(prompt="x", max_tokens=10, temperature=1.2, frequency_penalty=0.3, seed=2, n=2),
+]
+
+
+def test_requests_of_any_prompts_options_and_seeds_share_a_batch(client, sess):
     before = health(client)
-    results = []
+    results = {}
     with LongStream(client):
-        threads = [threading.Thread(target=lambda: results.append(post(client, prompt="Same length", max_tokens=8)))
-                   for _ in range(3)]
+        threads = [threading.Thread(target=lambda i=i, body=body: results.update({i: post(client, **body)}))
+                   for i, body in enumerate(MIXED)]
         for t in threads:
             t.start()
-        wait_health(client, lambda s: s["queued"] == 3)
+        wait_health(client, lambda s: s["queued"] == len(MIXED))
     for t in threads:
         t.join()
     after = health(client)
-    assert [r.status_code for r in results] == [200] * 3
-    assert (after["batches"] - before["batches"], after["rows"] - before["rows"]) == (2, 4)  # the long one, then 3 as 1
+    assert [results[i].status_code for i in range(len(MIXED))] == [200] * len(MIXED)
+    assert (after["batches"] - before["batches"], after["rows"] - before["rows"]) == (2, 1 + 5)  # the long one, then 1
+    for i, body in enumerate(MIXED):
+        choices = results[i].json()["choices"]
+        assert results[i].json()["usage"]["completion_tokens"] <= body["max_tokens"] * body.get("n", 1)
+        if "seed" not in body:
+            continue
+        options = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens", "n")}
+        expected = gpt2.generate(sess, prefix=body["prompt"], length=body["max_tokens"], nsamples=body.get("n", 1),
+                                 batch_size=body.get("n", 1), include_prefix=False, return_as_list=True, **options)
+        assert [c["text"].lstrip("\n") for c in choices] == expected  # each row drew what it draws alone
 
 
 def test_a_full_queue_answers_503_with_retry_after(client):
