@@ -227,16 +227,23 @@ class Batcher:
         if length == 0:
             return
 
-        def ended(_):
-            return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)]
+        # XLA compiles a program for each batch size: up to its largest, a batch is filled to the
+        # next power of two with one-token rows that have ended, so that traffic meets 5 sizes, not 16.
+        size = len(rows) if len(rows) > self.sampler.xla_max_batch else 1 << (len(rows) - 1).bit_length()
+        fillers = size - len(rows)
 
-        sampling = {job: job.options.sampling(stops[job].tokens(self.encoder)) for job in jobs}
+        def ended(_):
+            return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)] + [True] * fillers
+
+        sampling = [job.options.sampling(stops[job].tokens(self.encoder)) for job in jobs]
         # A seeded job's rows draw what generate(seed=...)'s first batch draws.
         fresh = np.random.default_rng()
         seeds = np.concatenate([row_seeds(fresh.integers(2**62) if job.seed is None else batch_seed(job.seed), job.n)
-                                for job in jobs])
-        yield from self.sampler.chunks([job.tokens for job, _ in rows], length, seed=seeds, chunk=CHUNK, stop=ended,
-                                       options=[sampling[job] for job, _ in rows], guard=jobs[0].guard)
+                                for job in jobs] + [row_seeds(0, fillers)])
+        yield from self.sampler.chunks(
+            [job.tokens for job, _ in rows] + [[self.encoder.eot_token]] * fillers, length, seed=seeds, chunk=CHUNK,
+            stop=ended, options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers,
+            guard=jobs[0].guard)
 
     def _score(self, rows, scored, texts, drawn):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""

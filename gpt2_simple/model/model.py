@@ -208,7 +208,7 @@ class GPT2(tf.Module):
         self.checkpoint_path = None
         self.lora_base = None
 
-    def forward(self, tokens, keys=None, values=None, start=None, pads=None):
+    def forward(self, tokens, keys=None, values=None, start=None, pads=None, last_only=False):
         """Logits for `tokens`, continuing after the cached positions: the one cached forward pass.
 
         Args:
@@ -221,6 +221,8 @@ class GPT2(tf.Module):
             pads: None, or int32 `[batch]`: each row starts after that many left-padding positions,
                 which it never attends to; its real tokens take positions from 0 (a row equals its
                 own unpadded forward pass).
+            last_only: the logits of the last position only (`[batch, 1, n_vocab]`): decoding
+                needs no others, and a prompt's output projection is a quarter of 124M's work.
 
         Returns:
             (logits float32 `[batch, seq, n_vocab]`, keys, values), the caches now holding `tokens`.
@@ -238,7 +240,7 @@ class GPT2(tf.Module):
             x, k, v = block(x, k, v, start, pads)
             new_keys.append(k)
             new_values.append(v)
-        return self._logits(x), new_keys, new_values
+        return self._logits(x[:, -1:] if last_only else x), new_keys, new_values
 
     def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
         """Logits for training: no cache, optional low-precision compute and recomputation.
