@@ -95,6 +95,16 @@ def text_tail(tokens, width=WINDOW):
     return np.pad(last, [(0, 0), (width - last.shape[1], 0)], constant_values=NO_TOKEN)
 
 
+def left_padded(rows):
+    """int32 `[batch, longest]`: `rows` (token lists of any lengths, or an array) right-aligned, padded with NO_TOKEN."""
+    if isinstance(rows, np.ndarray) or len({len(row) for row in rows}) == 1:
+        return np.asarray(rows, np.int32)
+    padded = np.full([len(rows), max(map(len, rows))], NO_TOKEN, np.int32)
+    for out, row in zip(padded, rows):
+        out[len(out) - len(row):] = row
+    return padded
+
+
 def bias_vector(logit_bias, n_vocab):
     """{token id: bias}, ((id, bias), ...) or None -> float32 `[n_vocab]`; ValueError naming an id out of range."""
     vector = np.zeros(n_vocab, np.float32)

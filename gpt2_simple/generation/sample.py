@@ -9,10 +9,9 @@ are `generate.py`'s.
 Longer outputs than the context are produced in chunks by `Sampler.sample`: when the cache is
 full, the newest half of the context becomes the new prompt (a sliding window).
 
-Steering happens inside the compiled loops, as tensor inputs, so changing it never retraces: a
-repetition penalty over the tokens seen so far (`draws.penalize`), and stop sequences (token ids,
-matched by `options.stop_hits`) that end a row; a loop returns as soon as every row of its batch has ended. Stop *strings* are
-text, checked by the callers between chunks (`stop=`), which also tell the loop which rows ended.
+Steering (penalties, stop sequences ending a row: `options.stop_hits`) is tensor inputs of the
+loops, one value a row, so changing it never retraces; a loop returns once every row has ended.
+Stop *strings* are text, checked by the callers between chunks (`stop=`).
 """
 import dataclasses
 
@@ -22,12 +21,11 @@ import tensorflow as tf
 from .. import xla_choice
 from .copy_guard import WINDOW, banned
 from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
-from .options import MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector, stop_hits, stop_table  # noqa: F401
-from .options import text_tail
+from .options import (MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector,  # noqa: F401
+                      left_padded, stop_hits, stop_table, text_tail)
 
-# Batches up to this size decode with the XLA loop: at batch 8 it made 1.37x the growing loop's
-# tokens/s (124M, 256 new tokens, `sample`'s second call), at batch 16 1.32x (16 prompts of 3 to
-# 200 tokens, the server's mixed traffic); each batch size compiles its own XLA program, once.
+# Batches up to this size decode with the XLA loop (124M: 1.37x the growing loop's tokens/s at batch 8,
+# 1.32x at 16 mixed prompts of 3 to 200 tokens); each batch size compiles its own XLA program, once.
 XLA_MAX_BATCH = 16
 
 
@@ -233,11 +231,8 @@ class Sampler:
         return drawn.numpy()[:, :int(count)], ended.numpy()
 
     def _prefill_rows(self, state):
-        """Read a left-padded prompt row by row, so that padding costs no compute, into the XLA loop's caches.
-
-        Read as one batch, prompts of 3 and 200 tokens cost 400 tokens' work. Each row's caches
-        take its tokens but the last, behind its padding; the last column becomes `pending`.
-        """
+        """Read a left-padded prompt row by row into the XLA loop's caches (padding costs no compute):
+        each row's tokens but the last, behind its padding; the last column becomes `pending`."""
         hp = self.model.hparams
         keys, values = [[] for _ in range(hp.n_layer)], [[] for _ in range(hp.n_layer)]
         for row, pad in zip(state.pending, state.pads):
@@ -261,16 +256,6 @@ class Sampler:
         """
         window = cache_window(state.start + state.length - state.drawn, self.model.hparams.n_ctx)
         return [tf.pad(c, [[0, 0], [0, window - c.shape[1]], [0, 0]]) for c in caches]
-
-
-def left_padded(rows):
-    """int32 `[batch, longest]`: `rows` (token lists of any lengths, or an array) right-aligned, padded with NO_TOKEN."""
-    if isinstance(rows, np.ndarray) or len({len(row) for row in rows}) == 1:
-        return np.asarray(rows, np.int32)
-    padded = np.full([len(rows), max(map(len, rows))], NO_TOKEN, np.int32)
-    for out, row in zip(padded, rows):
-        out[len(out) - len(row):] = row
-    return padded
 
 
 def cache_window(positions, n_ctx):
