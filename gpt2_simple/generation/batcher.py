@@ -76,8 +76,8 @@ class Job:
     cancelled: bool = False
 
     def group(self):
-        """Jobs share a batch only within a group: one copy guard a batch, and scoring-only jobs apart."""
-        return self.options.avoid_copies, self.guard, self.options.max_tokens == 0
+        """Jobs share a batch only within a group: one copy guard a batch (it carries its N), and scoring-only jobs apart."""
+        return self.guard, self.options.max_tokens == 0
 
 
 class Batcher:
@@ -236,10 +236,8 @@ class Batcher:
             return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)] + [True] * fillers
 
         sampling = [job.options.sampling(stops[job].tokens(self.encoder)) for job in jobs]
-        # A seeded job's rows draw what generate(seed=...)'s first batch draws.
-        fresh = np.random.default_rng()
-        seeds = np.concatenate([row_seeds(fresh.integers(2**62) if job.seed is None else batch_seed(job.seed), job.n)
-                                for job in jobs] + [row_seeds(0, fillers)])
+        # A seeded job's rows draw what generate(seed=...)'s first batch draws; an unseeded job gets a fresh seed.
+        seeds = np.concatenate([row_seeds(batch_seed(job.seed), job.n) for job in jobs] + [row_seeds(0, fillers)])
         yield from self.sampler.chunks(
             [job.tokens for job, _ in rows] + [[self.encoder.eot_token]] * fillers, length, seed=seeds, chunk=CHUNK,
             stop=ended, options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers,

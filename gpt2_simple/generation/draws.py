@@ -153,7 +153,8 @@ def batch_seed(seed, b=0):
 
 
 def row_seeds(seed, batch):
-    """int64 `[batch, 2]`: the rows of one call seeded with `seed`, streams 0..batch-1 (`generate`'s draws)."""
+    """int64 `[batch, 2]`: the rows of one call seeded with `seed` (None: a fresh seed), streams 0..batch-1 (`generate`'s draws)."""
+    seed = np.random.default_rng().integers(2**62) if seed is None else seed
     return np.stack([np.full(batch, seed, np.int64), np.arange(batch, dtype=np.int64)], axis=1)
 
 

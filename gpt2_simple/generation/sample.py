@@ -104,7 +104,7 @@ class Sampler:
                 shape for the whole loop, written in place).
             n, seed: tokens to draw (n >= 1, some row live on entry); (each row's seed and stream
                 row, `draws.row_seeds`; the index of the first token drawn).
-            knobs: `SamplingOptions.knobs()`; steering: the loop's state (seen, recent, counts, tail, ended).
+            knobs: `Knobs.of(...)`, one value a row; steering: the loop's state (seen, recent, counts, tail, ended).
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `count` columns are the drawn tokens, count, bool
@@ -176,7 +176,6 @@ class Sampler:
         batch = len(context)
         options = options or SamplingOptions.make(**kwargs)
         options = [options] * batch if isinstance(options, SamplingOptions) else list(options)
-        seed = int(np.random.default_rng().integers(2**62)) if seed is None else seed
         seeds = tf.constant(row_seeds(seed, batch) if np.ndim(seed) == 0 else np.asarray(seed, np.int64))
         chunk = int(chunk or length)
         knobs = Knobs.of(options, self.model.hparams.n_vocab, guard)
