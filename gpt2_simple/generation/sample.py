@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import xla_choice
+from ..model import columns
 from .copy_guard import WINDOW, banned
 from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import (MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector,  # noqa: F401
@@ -115,13 +116,14 @@ class Sampler:
         steer = _Steering(hp.n_vocab, knobs)
         seeds, first = seed
         fixed = start is not None
-        columns = tf.range(hp.n_ctx)[None, :]
+        slots = tf.range(hp.n_ctx)[None, :]
+
+        forward = columns.decoder(self.model) if fixed else lambda *a: self.model.forward(*a, last_only=True)
 
         def body(i, fed, keys, values, drawn, steering):
-            logits, keys, values = self.model.forward(fed, keys, values, start + i if fixed else None, pads,
-                                                      last_only=True)
+            logits, keys, values = forward(fed, keys, values, start + i if fixed else None, pads)
             token = steer.draw(logits[:, -1, :], steering, first + tf.cast(i, tf.int64), seeds, sort=fixed)
-            drawn = tf.where(tf.equal(columns, i), token, drawn)  # column i (a fixed shape, for XLA)
+            drawn = tf.where(tf.equal(slots, i), token, drawn)  # column i (a fixed shape, for XLA)
             return i + 1, token, keys, values, drawn, steer.update(token, steering)
 
         drawn = tf.zeros([tf.shape(pending)[0], hp.n_ctx], tf.int32)

@@ -126,22 +126,28 @@ class Attention(_Layer):
             (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
         """
         q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x), 3, axis=-1))  # [batch * n_head, seq, head_dim]
-        n_q = tf.shape(q)[1]
         if start is None:
             if keys is not None:
                 k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
-            start = tf.shape(k)[1] - n_q
+            start = tf.shape(k)[1] - tf.shape(q)[1]
         else:
             k, v = _write_at(keys, k, start), _write_at(values, v, start)
-        # Query i (at absolute position start+i) sees keys 0..start+i.
-        slots = tf.range(tf.shape(k)[1])
-        visible = (start + tf.range(n_q))[:, None] >= slots[None, :]  # [seq, cached+seq]
-        if pads is not None:  # and each row sees none of its padding: [batch * n_head, seq, cached+seq]
-            visible = visible & tf.repeat(slots[None, :] >= pads[:, None], self.n_head, axis=0)[:, None, :]
-        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
-        scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)  # softmax in float32
-        a = tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)  # [batch * n_head, seq, head_dim]
-        return self.c_proj(self._merge_heads(a, tf.shape(x)[0])), k, v
+        return self.c_proj(self._merge_heads(attend(q, k, v, start, pads, self.n_head), tf.shape(x)[0])), k, v
+
+
+def attend(q, k, v, start, pads, n_head):
+    """Masked attention of queries `q` at positions start.. over the caches `k`, `v`: `[batch * n_head, seq, head_dim]`.
+
+    Query i (at position start+i) sees keys 0..start+i, and none of its row's `pads` (int32
+    `[batch]` or None) left-padding positions. The softmax runs in float32.
+    """
+    slots = tf.range(tf.shape(k)[1])
+    visible = (start + tf.range(tf.shape(q)[1]))[:, None] >= slots[None, :]  # [seq, cached+seq]
+    if pads is not None:  # [batch * n_head, seq, cached+seq]
+        visible = visible & tf.repeat(slots[None, :] >= pads[:, None], n_head, axis=0)[:, None, :]
+    scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)
+    return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)
 
 
 def _write_at(cache, new, start):

@@ -120,3 +120,29 @@ def test_caches_of_a_fixed_window_written_in_place_equal_growing_ones(tiny_hpara
     assert keys[1].shape == (2 * 2, 16, 8)
     np.testing.assert_allclose(keys[1][:, :12].numpy(), keys_full[1].numpy(), rtol=1e-5, atol=1e-5)
     assert not keys[1][:, 12:].numpy().any()  # positions after the last written stay zero
+
+@pytest.mark.parametrize("pads", [None, [0, 2, 4]], ids=["unpadded", "left-padded"])
+def test_the_column_step_equals_the_forward_pass(tiny_hparams, pads):
+    from gpt2_simple.model import columns
+
+    rng = np.random.default_rng(5)
+    model = GPT2(HParams(**tiny_hparams), init=lambda name, shape: rng.normal(0, 0.3, shape).astype(np.float32))
+    pads = None if pads is None else tf.constant(pads, tf.int32)
+    tokens = tf.constant(rng.integers(0, 97, size=(3, 9)), tf.int32)
+    _, keys, values = model.forward(tokens[:, :5], pads=pads)
+    keys, values = ([tf.pad(c, [[0, 0], [0, 16 - 5], [0, 0]]) for c in caches] for caches in (keys, values))
+    by_rows = tf.function(lambda *a: model.forward(*a, last_only=True), jit_compile=True)
+    by_columns = tf.function(lambda *a: columns.step(model, columns.block_matrices(model), *a), jit_compile=True)
+    spread = 0.0
+    for t in range(5, 9):
+        want = by_rows(tokens[:, t:t + 1], keys, values, tf.constant(t), pads)
+        got = by_columns(tokens[:, t:t + 1], keys, values, tf.constant(t), pads)
+        np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-5)
+        for a, b in zip(got[1] + got[2], want[1] + want[2]):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        spread = max(spread, float(np.ptp(want[0].numpy())))
+        keys, values = want[1], want[2]
+    assert spread > 1  # logits far apart: a wrong transpose or mask shows by far more than atol
+    assert columns.usable(model)
+    model.enable_lora(2)
+    assert not columns.usable(model)  # adapters decode by GPT2.forward

@@ -1,0 +1,96 @@
+"""One decoding step with the activations as columns, `[features, batch]`: XLA's fast orientation.
+
+This module owns the XLA decoding loop's forward pass of one token; `GPT2.forward` (model.py)
+stays the one definition of the model, and this step computes the same logits in another
+orientation. XLA's CPU backend multiplies `[batch, nx] @ [nx, nf]` (the stored layout) on one
+core, at about half the speed it reaches for `[nf, nx] @ [nx, batch]`: the four block products
+of 124M take 41.6 ms at batch 8 one way and 21.6 ms the other (`benchmark.py --only profile`).
+So the loop transposes each block matrix once per call (`block_matrices`, before its first step;
+XLA keeps the copies as the loop's inputs) and each step keeps its activations as columns. The
+output projection needs no copy: `wte` `[n_vocab, n_embd]` is already `[nf, nx]`.
+
+The copies cost the block weights' size while the call runs (340 MB at 124M), and nothing after it.
+Measured on 2 cores (`benchmark.py`): 124M batch 1 35.7 -> 39.5 tokens/s, batch 8 106 -> 125;
+355M batch 1 11.2 -> 15.6; 774M batch 1 6.6 -> 7.7.
+"""
+import tensorflow as tf
+
+from .model import LAYER_NORM_EPSILON, _write_at, attend, gelu
+
+
+# The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
+# 6.2 GB of weights in a free Colab's 12.7 GB, so 1558M decodes by `GPT2.forward`.
+MAX_COPY_BYTES = 3 * 2**30
+
+
+def usable(model):
+    """Whether `step` runs `model`: float32 weights, no adapters, copies under MAX_COPY_BYTES.
+
+    Other models decode by `GPT2.forward`, which computes the same logits.
+    """
+    copy_bytes = 4 * sum(layer.w.shape.num_elements() for b in model.h
+                         for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj))
+    return (model.lora is None and all(w.dtype == tf.float32 for w in model.weights.values())
+            and copy_bytes <= MAX_COPY_BYTES)
+
+
+def decoder(model):
+    """`forward(token, keys, values, start, pads)`: the XLA loop's forward pass of one token a row,
+    `step` where `usable`, else `GPT2.forward` (`last_only`). Call it where the loop is traced:
+    the matrices are transposed there, once per call of the compiled loop."""
+    if not usable(model):
+        return lambda *args: model.forward(*args, last_only=True)
+    matrices = block_matrices(model)
+    return lambda token, keys, values, start, pads: step(model, matrices, token, keys, values, start, pads)
+
+
+def block_matrices(model):
+    """Each block's (c_attn, attn c_proj, c_fc, mlp c_proj) weights transposed to `[nf, nx]`."""
+    return [tuple(tf.transpose(layer.w) for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj))
+            for b in model.h]
+
+
+def step(model, matrices, token, keys, values, start, pads):
+    """`model.forward(token, keys, values, start, pads, last_only=True)` for one token a row.
+
+    Args:
+        matrices: `block_matrices(model)`.
+        token: int32 `[batch, 1]`; keys, values, start, pads: as `GPT2.forward`'s (fixed window).
+
+    Returns:
+        (logits float32 `[batch, 1, n_vocab]`, keys, values).
+    """
+    hp = model.hparams
+    position = start if pads is None else tf.maximum(start - pads, 0)  # [] or [batch]
+    x = _transposed(model._embed(token[:, 0], position))  # [n_embd, batch]
+    new_keys, new_values = [], []
+    for block, (w_attn, w_proj, w_fc, w_out), k, v in zip(model.h, matrices, keys, values):
+        attn = block.attn
+        qkv = _transposed(_dense(w_attn, attn.c_attn.b, _norm(block.ln_1, x)))  # [batch, 3 * n_embd]
+        q, kk, vv = (tf.reshape(t, [-1, 1, hp.head_dim]) for t in tf.split(qkv, 3, axis=1))  # [batch * n_head, 1, head_dim]
+        k, v = _write_at(k, kk, start), _write_at(v, vv, start)
+        a = attend(q, k, v, start, pads, hp.n_head)  # [batch * n_head, 1, head_dim]
+        x = x + _dense(w_proj, attn.c_proj.b, _transposed(tf.reshape(a, [-1, hp.n_embd])))
+        x = x + _dense(w_out, block.mlp.c_proj.b, gelu(_dense(w_fc, block.mlp.c_fc.b, _norm(block.ln_2, x))))
+        new_keys.append(k)
+        new_values.append(v)
+    return model._logits(_transposed(x)[:, None, :]), new_keys, new_values
+
+
+def _norm(layer, x):
+    """`layer` (a LayerNorm) over the features of columns `x` `[n_embd, batch]`."""
+    mean, variance = tf.nn.moments(x, axes=[0], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * layer.g[:, None] + layer.b[:, None]
+
+
+def _dense(w, b, x):
+    """`w @ x + b` for columns: `[nf, nx] @ [nx, batch]`. `- (-b)`: see `Conv1D.__call__`."""
+    return tf.matmul(w, x) - tf.negative(b)[:, None]
+
+
+def _transposed(x):
+    """The transpose of a matrix, by a gather: XLA folds a `tf.transpose` into the product that
+    makes or takes it, and that product then runs in the slow orientation (4.7x slower for the
+    output projection at batch 8); a gather it leaves alone."""
+    rows, cols = tf.shape(x)[0], tf.shape(x)[1]
+    return tf.gather(tf.reshape(x, [-1]), tf.range(rows)[None, :] * cols + tf.range(cols)[:, None])
