@@ -34,8 +34,9 @@ Sections:
 - logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
   16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`);
 - profile: one decoding step split into parts, each compiled by XLA alone, with its time, cores
-  busy and weight bandwidth: the blocks' matrix products in the stored and the transposed layout,
-  the output projection, the draw, the whole step (`scripts/bench_profile.py`); `--only profile`.
+  busy and weight bandwidth: the blocks' matrix products in the stored layout and as the XLA loop
+  runs them (activations as columns), the output projection, the draw, the whole step by
+  `GPT2.forward` and by the XLA loop's `columns.step` (`scripts/bench_profile.py`); `--only profile`.
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
