@@ -260,13 +260,13 @@ class Sampler:
 
 
 def cache_window(positions, n_ctx):
-    """The XLA loop's cache length for `positions` positions: a power of two from 128, at most n_ctx.
+    """The XLA loop's cache length for `positions` positions: a multiple of 128, at most n_ctx.
 
-    A step reads its whole cache, so a short call does not pay for the full context (at batch 8
-    the caches of 124M hold 604 MB, more than its weights), and a window at most doubles the
-    positions read. Each window compiles its own XLA program, once per batch size.
+    A step reads its whole cache (single-threaded in XLA), so a short call does not pay for the
+    full context (at batch 8 the caches of 124M hold 604 MB, more than its weights), nor for more
+    than 127 unwritten positions. Each window compiles its own XLA program, once per batch size.
     """
-    return min(max(128, 1 << (max(positions, 1) - 1).bit_length()), n_ctx)
+    return min(128 * -(-max(positions, 1) // 128), n_ctx)
 
 
 class _Steering:

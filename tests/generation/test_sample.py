@@ -202,22 +202,22 @@ def test_too_many_stop_sequences_is_an_error_naming_the_limit():
         Sampler(_model()).sample(np.array([[1]]), 3, stop_tokens=[[i] for i in range(9)])
 
 
-def test_cache_windows_are_powers_of_two_from_128_up_to_the_context():
+def test_cache_windows_are_multiples_of_128_up_to_the_context():
     from gpt2_simple.generation.sample import cache_window
 
     assert [cache_window(p, 1024) for p in (1, 33, 128, 129, 288, 512, 513, 1000, 1024, 5000)] == \
-        [128, 128, 128, 256, 512, 512, 1024, 1024, 1024, 1024]
+        [128, 128, 128, 256, 384, 512, 640, 1024, 1024, 1024]
     assert [cache_window(p, 16) for p in (1, 16, 40)] == [16, 16, 16]
     assert [cache_window(p, 300) for p in (100, 200, 300)] == [128, 256, 300]
 
 
 @pytest.mark.slow
 def test_xla_loop_over_each_cache_window_draws_the_growing_loops_tokens():
-    # n_ctx 512: windows of 128, 256 and 512 positions, a call that slides, and chunks (one window per call).
+    # n_ctx 512: windows of 128, 256, 384 and 512 positions, a call that slides, and chunks (one window per call).
     model = GPT2(HParams(n_vocab=97, n_ctx=512, n_embd=16, n_head=2, n_layer=2), seed=0)
     xla, growing = Sampler(model), Sampler(model, xla_max_batch=0)
     context = np.random.default_rng(0).integers(0, 97, size=(2, 100))
-    for length in (20, 150, 400, 700):
+    for length in (20, 150, 250, 400, 700):
         expected = growing.sample(context, length, seed=5)
         np.testing.assert_array_equal(xla.sample(context, length, seed=5), expected)
     np.testing.assert_array_equal(xla.sample(context, 400, seed=5, chunk=90), growing.sample(context, 400, seed=5))
