@@ -10,7 +10,8 @@ Sections:
 - encoder: MB/s of our encoder (one process and all cores), tiktoken, and gpt-2-simple 0.8.1's
   encoder when it is installed (loaded from its file, so TensorFlow stays out of it);
 - train: fine-tuning tokens/s for a random-weight model of the chosen size, batch 1, full
-  context, and its model FLOPs utilisation (6 * params * tokens / time / matmul peak);
+  context, and its model FLOPs utilisation (6 * params * tokens / time / matmul peak); the first
+  step over a steady one, with its Python tracing time and the fresh memory it maps (GB);
 - generate: tokens/s at batch 1 and 8 (32-token prompt, 256 new tokens), first and second call,
   against the bound of each (weights bytes / read bandwidth at batch 1; 8 tokens per weight read,
   or the matmul peak if that binds first, at batch 8),
@@ -101,9 +102,13 @@ def bench_limits(args):
     and a gemv over GPT-2's 50257 x 768 output matrix (154 MB) in NumPy's BLAS and in
     TensorFlow; `read_gbps` is the best of them. A copy reads and writes each byte, so it
     runs slower than reading alone and is not the bound of a weight-reading workload.
+    `first_touch_gbps` writes 1 GiB that the process has never touched: each page is mapped at its
+    first write, which a first training step pays for its buffers (in a virtual machine that
+    hands freed memory back to its host, far slower than writing memory again).
     """
     import tensorflow as tf
 
+    first_touch = timed(lambda: np.ones(2**28, np.float32), repeat=1)
     n = 2048
     a = tf.random.normal([n, n])
     b = tf.random.normal([n, n])
@@ -119,7 +124,7 @@ def bench_limits(args):
     tf_gemv = timed(lambda: tf.matmul(tx, tw, transpose_b=True).numpy(), repeat=5)
     result = {"matmul_gflops": 2 * n**3 / seconds / 1e9, "copy_gbps": 2 * big.nbytes / copy_seconds / 1e9,
               "read_sum_gbps": big.nbytes / sum_seconds / 1e9, "read_gemv_numpy_gbps": w.nbytes / numpy_gemv / 1e9,
-              "read_gemv_tf_gbps": w.nbytes / tf_gemv / 1e9}
+              "read_gemv_tf_gbps": w.nbytes / tf_gemv / 1e9, "first_touch_gbps": 2**30 / first_touch / 1e9}
     result["read_gbps"] = max(result["read_sum_gbps"], result["read_gemv_numpy_gbps"], result["read_gemv_tf_gbps"])
     return result
 
@@ -218,10 +223,14 @@ def bench_train(args, limits=None):
     step = _full_step(model)
     n_ctx = model.hparams.n_ctx
     tokens = tf.constant(np.random.default_rng(0).integers(0, 50257, size=(1, 1, n_ctx)), tf.int32)
-    first = timed(lambda: step(tokens).numpy(), repeat=1)
+    # The first step: tracing (Python), then one call that compiles, maps its buffers and runs.
+    trace = timed(lambda: step.get_concrete_function(tokens), repeat=1)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    first = trace + timed(lambda: step(tokens).numpy(), repeat=1)
+    fresh_gb = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) * resource.getpagesize() / 1e9
     seconds, cores = measured(lambda: step(tokens).numpy(), repeat=3)
-    result = {"first_step_s": first, "step_s": seconds, "tokens_per_s": n_ctx / seconds, "step_cores_busy": cores,
-              "first_step_vs_steady": first / seconds}
+    result = {"first_step_s": first, "first_step_trace_s": trace, "first_step_fresh_gb": fresh_gb, "step_s": seconds,
+              "tokens_per_s": n_ctx / seconds, "step_cores_busy": cores, "first_step_vs_steady": first / seconds}
     # gpt-2-simple's (and finetune's) default: 5 minibatches accumulated per optimizer step.
     five = tf.tile(tokens, [5, 1, 1])
     result["accumulate5_tokens_per_s"] = 5 * n_ctx / timed(lambda: step(five).numpy(), repeat=2)

@@ -63,16 +63,13 @@ class Sampler:
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
         pads = tf.TensorSpec([None], tf.int32)  # each row's left padding (prompts of different lengths)
-        self._decode = tf.function(
-            self.decode_chunk,
-            input_signature=[tf.TensorSpec([None, None], tf.int32), pads, caches, caches] + inputs,
-            autograph=False,  # plain TF ops only; converting the model's code costs seconds per trace
-        )
+        self._decode = tf.function(  # autograph off: plain TF ops only; converting the model costs seconds a trace
+            self.decode_chunk, input_signature=[tf.TensorSpec([None, None], tf.int32), pads, caches, caches] + inputs,
+            autograph=False)
         self._decode_fixed = tf.function(
             self.decode_fixed,
-            input_signature=[tf.TensorSpec([None, 1], tf.int32), pads, caches, caches, tf.TensorSpec([], tf.int32)] + inputs,
-            jit_compile=True, autograph=False,
-        )
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), pads, caches, caches, tf.TensorSpec([], tf.int32)]
+            + inputs + [columns.matrix_specs(model)], jit_compile=True, autograph=False)
         self._prefill = tf.function(lambda tokens: model.forward(tokens)[1:], autograph=False,
                                     input_signature=[tf.TensorSpec([1, None], tf.int32)])
 
@@ -84,15 +81,15 @@ class Sampler:
         """Feed `pending` (any length), growing the caches, then draw up to `n` tokens: see `_loop`."""
         return self._loop(pending, pads, keys, values, None, n, seed, knobs, steering)
 
-    def decode_fixed(self, token, pads, keys, values, start, n, seed, knobs, steering):
+    def decode_fixed(self, token, pads, keys, values, start, n, seed, knobs, steering, matrices):
         """Feed `token` at position `start` into caches of a fixed window, then draw up to `n` (<= window - start).
 
         The caches are n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
         the loop writes positions up to start + n - 1 < window. See `_loop`.
         """
-        return self._loop(token, pads, keys, values, start, n, seed, knobs, steering)
+        return self._loop(token, pads, keys, values, start, n, seed, knobs, steering, matrices)
 
-    def _loop(self, pending, pads, keys, values, start, n, seed, knobs, steering):
+    def _loop(self, pending, pads, keys, values, start, n, seed, knobs, steering, matrices=()):
         """The one decoding loop: feed `pending`, then draw up to `n` (<= n_ctx) tokens one at a time.
 
         Args:
@@ -106,6 +103,7 @@ class Sampler:
             n, seed: tokens to draw (n >= 1, some row live on entry); (each row's seed and stream
                 row, `draws.row_seeds`; the index of the first token drawn).
             knobs: `Knobs.of(...)`, one value a row; steering: the loop's state (seen, recent, counts, tail, ended).
+            matrices: `columns.loop_matrices`, made once per `chunks` call (not per compiled call), or none.
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `count` columns are the drawn tokens, count, bool
@@ -118,7 +116,7 @@ class Sampler:
         fixed = start is not None
         slots = tf.range(hp.n_ctx)[None, :]
 
-        forward = columns.decoder(self.model) if fixed else lambda *a: self.model.forward(*a, last_only=True)
+        forward = columns.decoder(self.model, matrices)
 
         def body(i, fed, keys, values, drawn, steering):
             logits, keys, values = forward(fed, keys, values, start + i if fixed else None, pads)
@@ -225,8 +223,9 @@ class Sampler:
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
-            drawn, count, ended, keys, values = self._decode_fixed(
-                pending, pads, keys, values, tf.constant(state.start), tf.constant(n), seed, knobs, steering)
+            state.matrices = state.matrices or columns.loop_matrices(self.model)
+            drawn, count, ended, keys, values = self._decode_fixed(pending, pads, keys, values, tf.constant(state.start),
+                                                                   tf.constant(n), seed, knobs, steering, state.matrices)
             state.start += int(count)
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
@@ -314,6 +313,7 @@ class _Decoding:
     start: int = None  # with fixed caches: the position of `pending`
     length: int = 0  # the tokens this call draws in all
     pads: np.ndarray = None  # int32 [batch]: each row's left padding in the caches
+    matrices: list = None  # the XLA loop's transposed block matrices, made at its first call (`columns.loop_matrices`)
 
     def __post_init__(self):
         self.prompt(self.pending)

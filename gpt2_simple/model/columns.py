@@ -5,11 +5,13 @@ stays the one definition of the model, and this step computes the same logits in
 orientation. XLA's CPU backend multiplies `[batch, nx] @ [nx, nf]` (the stored layout) on one
 core, at about half the speed it reaches for `[nf, nx] @ [nx, batch]`: the four block products
 of 124M take 41.6 ms at batch 8 one way and 21.6 ms the other (`benchmark.py --only profile`).
-So the loop transposes each block matrix once per call (`block_matrices`, before its first step;
-XLA keeps the copies as the loop's inputs) and each step keeps its activations as columns. The
-output projection needs no copy: `wte` `[n_vocab, n_embd]` is already `[nf, nx]`.
+So each `Sampler.chunks` call transposes the block matrices once (`loop_matrices`), and passes
+them to every compiled call of the loop, whose steps keep their activations as columns. The output
+projection needs no copy: `wte` `[n_vocab, n_embd]` is already `[nf, nx]`.
 
 The copies cost the block weights' size while the call runs (340 MB at 124M), and nothing after it.
+Made inside each compiled call instead, they cost a stream or a server request, which draws 4
+tokens a call, twice the time of the whole generation (124M, 64 tokens: 3.9 s against 1.95).
 Measured on 2 cores (`benchmark.py`): 124M batch 1 35.7 -> 39.5 tokens/s, batch 8 106 -> 125;
 355M batch 1 11.2 -> 15.6; 774M batch 1 6.6 -> 7.7.
 """
@@ -33,14 +35,25 @@ def usable(model):
             and copy_bytes <= MAX_COPY_BYTES)
 
 
-def decoder(model):
-    """`forward(token, keys, values, start, pads)`: the XLA loop's forward pass of one token a row,
-    `step` where `usable`, else `GPT2.forward` (`last_only`). Call it where the loop is traced:
-    the matrices are transposed there, once per call of the compiled loop."""
-    if not usable(model):
+def decoder(model, matrices):
+    """`forward(token, keys, values, start, pads)`: a decoding loop's forward pass of the last position,
+    `step` over `matrices` (`loop_matrices`), or `GPT2.forward` (`last_only`) when there are none."""
+    if not matrices:
         return lambda *args: model.forward(*args, last_only=True)
-    matrices = block_matrices(model)
     return lambda token, keys, values, start, pads: step(model, matrices, token, keys, values, start, pads)
+
+
+def loop_matrices(model):
+    """The XLA loop's `matrices` input: `block_matrices` where `usable`, else none (`GPT2.forward` decodes)."""
+    return block_matrices(model) if usable(model) else []
+
+
+def matrix_specs(model):
+    """The `tf.TensorSpec`s of `loop_matrices(model)`, for the compiled loop's signature."""
+    if not usable(model):
+        return []
+    return [tuple(tf.TensorSpec(layer.w.shape[::-1], tf.float32)
+                  for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)) for b in model.h]
 
 
 def block_matrices(model):
