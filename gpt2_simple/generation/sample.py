@@ -223,7 +223,7 @@ class Sampler:
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
-            state.matrices = state.matrices or columns.loop_matrices(self.model)
+            state.matrices = columns.loop_matrices(self.model) if state.matrices is None else state.matrices
             drawn, count, ended, keys, values = self._decode_fixed(pending, pads, keys, values, tf.constant(state.start),
                                                                    tf.constant(n), seed, knobs, steering, state.matrices)
             state.start += int(count)

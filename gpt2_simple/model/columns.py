@@ -29,8 +29,7 @@ def usable(model):
 
     Other models decode by `GPT2.forward`, which computes the same logits.
     """
-    copy_bytes = 4 * sum(layer.w.shape.num_elements() for b in model.h
-                         for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj))
+    copy_bytes = 4 * sum(layer.w.shape.num_elements() for b in model.h for layer in _matrix_layers(b))
     return (model.lora is None and all(w.dtype == tf.float32 for w in model.weights.values())
             and copy_bytes <= MAX_COPY_BYTES)
 
@@ -52,14 +51,17 @@ def matrix_specs(model):
     """The `tf.TensorSpec`s of `loop_matrices(model)`, for the compiled loop's signature."""
     if not usable(model):
         return []
-    return [tuple(tf.TensorSpec(layer.w.shape[::-1], tf.float32)
-                  for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)) for b in model.h]
+    return [tuple(tf.TensorSpec(layer.w.shape[::-1], tf.float32) for layer in _matrix_layers(b)) for b in model.h]
 
 
 def block_matrices(model):
     """Each block's (c_attn, attn c_proj, c_fc, mlp c_proj) weights transposed to `[nf, nx]`."""
-    return [tuple(tf.transpose(layer.w) for layer in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj))
-            for b in model.h]
+    return [tuple(tf.transpose(layer.w) for layer in _matrix_layers(b)) for b in model.h]
+
+
+def _matrix_layers(block):
+    """A block's four `Conv1D`s whose matrices `step` takes transposed: c_attn, attn c_proj, c_fc, mlp c_proj."""
+    return block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
 
 
 def step(model, matrices, token, keys, values, start, pads):
