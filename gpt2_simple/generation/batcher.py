@@ -6,7 +6,10 @@ the oldest and every waiting job that can share its batch, up to `max_rows` rows
 batch whatever their options, seeds and prompt lengths (prompts are left-padded and masked, each
 row carries its own options and seed), so each row draws what it would alone: a seeded row
 equals `generate(seed=...)`'s. Only the copy guard is one a batch, and prompts of different lengths
-share a batch only while every row fits in the context (no sliding window). Each row's text is settled
+share a batch only while every row fits in the context (no sliding window). Batching is continuous:
+between chunks, waiting jobs of the batch's group take the slots of rows that have ended, or grow
+the batch (`Sampler.chunks`' `join`), so a request that arrives mid-batch starts within a chunk
+instead of waiting for the batch's longest row. Each row's text is settled
 by a `stream.TextStream`, and pieces are handed to the job's `emit` callback as the compiled
 chunks return. A cancelled job leaves the queue at once, or ends its rows at the next chunk;
 `stop()` cancels everything and ends the thread. HTTP is `serve.py`'s.
@@ -18,6 +21,7 @@ import threading
 
 import numpy as np
 
+from .decoding import Joining
 from .draws import batch_seed, row_seeds
 from .options import SamplingOptions
 from .scores import covered
@@ -80,6 +84,17 @@ class Job:
         return self.guard, self.options.max_tokens == 0
 
 
+@dataclasses.dataclass(eq=False)
+class _Row:
+    """One row of a running batch: its job, which of the job's `n` samples it is, its text and draws."""
+
+    job: Job
+    i: int
+    text: TextStream
+    drawn: list = dataclasses.field(default_factory=list)
+    done: bool = False
+
+
 class Batcher:
     """The worker thread and its queue. Thread-safe: `submit` and `cancel` come from the server."""
 
@@ -89,6 +104,7 @@ class Batcher:
         self.n_ctx = sampler.model.hparams.n_ctx
         self._waiting = collections.deque()
         self._running = []
+        self._stops = {}  # the running batch's jobs' StopStrings (worker thread only)
         self._lock = threading.Condition()
         self._stopping = False
         self.batches = self.rows = self.tokens = 0  # run so far (batching shows as rows > batches)
@@ -179,50 +195,62 @@ class Batcher:
         return len(lengths) == 1 or max(lengths) + max(job.options.max_tokens for job in jobs) <= self.n_ctx
 
     def _run(self, jobs):
-        """Sample every row of `jobs` in one batch, emitting pieces as chunks return; then score the rows that ask."""
-        rows = [(job, i) for job in jobs for i in range(job.n)]
-        stops = {job: StopStrings(list(job.options.stop)) for job in jobs}
-        texts = [TextStream(self.encoder, job.tokens, stops=stops[job], lstrip=False) for job, _ in rows]
-        drawn = [[] for _ in rows]
-        done = [False] * len(rows)
+        """Sample every row of `jobs` in one batch, emitting pieces as chunks return; then score the rows that ask.
+
+        Waiting jobs of the batch's group join it between chunks, in the slots of rows that have
+        ended (`_join`), so a request arriving mid-batch starts within a chunk, not after the batch.
+        """
+        self._stops = {}
+        rows = [self._row(job, i) for job in jobs for i in range(job.n)]  # one a slot; None: a filler
         scored = []  # (row, finish_reason): their "done" waits for the scoring pass
 
-        def finish(r, reason):
-            done[r] = True
-            job, i = rows[r]
-            if job.scored:
-                scored.append((r, reason))
+        def finish(row, reason):
+            row.done = True
+            if row.job.scored:
+                scored.append((row, reason))
             else:
-                job.emit(("done", i, reason, len(drawn[r]), None))
+                row.job.emit(("done", row.i, reason, len(row.drawn), None))
 
-        def end(r):  # the row's max_tokens are drawn, or the batch has ended
-            piece = texts[r].finish()
+        def end(row):  # the row's max_tokens are drawn, or the batch has ended
+            piece = row.text.finish()
             if piece:
-                rows[r][0].emit(("text", rows[r][1], piece))
-            finish(r, "stop" if texts[r].ended else "length")
+                row.job.emit(("text", row.i, piece))
+            finish(row, "stop" if row.text.ended else "length")
 
-        for tokens in self._chunks(jobs, rows, stops, done):
+        for tokens in self._chunks(jobs, rows):
             self.tokens += tokens.shape[1]
-            for r, (job, i) in enumerate(rows):
-                if done[r] or job.cancelled:
+            for slot, row in enumerate(rows):
+                if row is None or row.done or row.job.cancelled:
                     continue
-                new = tokens[r][:job.options.max_tokens - len(drawn[r])]  # a row may want fewer than the batch
-                piece = texts[r].feed(new)
-                drawn[r] += new.tolist()
+                new = tokens[slot][:row.job.options.max_tokens - len(row.drawn)]  # a row may want fewer than the batch
+                piece = row.text.feed(new)
+                row.drawn += new.tolist()
                 if piece:
-                    job.emit(("text", i, piece))
-                if texts[r].ended:
-                    finish(r, "stop")
-                elif len(drawn[r]) == job.options.max_tokens:
-                    end(r)
-        for r, (job, _) in enumerate(rows):
-            if not done[r] and not job.cancelled:
-                end(r)
-        self._score(rows, scored, texts, drawn)
+                    row.job.emit(("text", row.i, piece))
+                if row.text.ended:
+                    finish(row, "stop")
+                elif len(row.drawn) == row.job.options.max_tokens:
+                    end(row)
+        for row in rows:
+            if row is not None and not row.done and not row.job.cancelled:
+                end(row)
+        self._score(scored)
 
-    def _chunks(self, jobs, rows, stops, done):
+    def _stops_of(self, job):
+        """The job's `StopStrings`, one for all its rows (made once a batch)."""
+        if job not in self._stops:
+            self._stops[job] = StopStrings(list(job.options.stop))
+        return self._stops[job]
+
+    def _row(self, job, i):
+        return _Row(job, i, TextStream(self.encoder, job.tokens, stops=self._stops_of(job), lstrip=False))
+
+    def _sampling(self, job):
+        return job.options.sampling(self._stops_of(job).tokens(self.encoder))
+
+    def _chunks(self, jobs, rows):
         """The sampler's chunks for `rows`, each with its job's options and seed (none when every
-        `max_tokens` is 0: the prompts are only scored)."""
+        `max_tokens` is 0: the prompts are only scored); waiting jobs join between chunks."""
         length = max(job.options.max_tokens for job in jobs)
         if length == 0:
             return
@@ -231,27 +259,50 @@ class Batcher:
         # next power of two with one-token rows that have ended, so that traffic meets 5 sizes, not 16.
         size = len(rows) if len(rows) > self.sampler.xla_max_batch else 1 << (len(rows) - 1).bit_length()
         fillers = size - len(rows)
+        rows += [None] * fillers
 
-        def ended(_):
-            return [d or job.cancelled or self._stopping for d, (job, _) in zip(done, rows)] + [True] * fillers
+        def ended(out):
+            rows.extend([None] * (len(out) - len(rows)))  # the sampler grew the batch for joining rows
+            return [row is None or row.done or row.job.cancelled or self._stopping for row in rows]
 
-        sampling = [job.options.sampling(stops[job].tokens(self.encoder)) for job in jobs]
+        sampling = [self._sampling(job) for job in jobs]
         # A seeded job's rows draw what generate(seed=...)'s first batch draws; an unseeded job gets a fresh seed.
         seeds = np.concatenate([row_seeds(batch_seed(job.seed), job.n) for job in jobs] + [row_seeds(0, fillers)])
         yield from self.sampler.chunks(
-            [job.tokens for job, _ in rows] + [[self.encoder.eot_token]] * fillers, length, seed=seeds, chunk=CHUNK,
-            stop=ended, options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers,
-            guard=jobs[0].guard)
+            [job.tokens for job in jobs for _ in range(job.n)] + [[self.encoder.eot_token]] * fillers, length,
+            seed=seeds, chunk=CHUNK, stop=ended, guard=jobs[0].guard, join=lambda slots, fits: self._join(
+                jobs[0].group(), rows, slots, fits),
+            options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers)
 
-    def _score(self, rows, scored, texts, drawn):
+    def _join(self, group, rows, slots, fits):
+        """Waiting jobs of `group` that fit the running batch (`Sampler.chunks`' `join`): their rows, for `slots` in order."""
+        slots = slots[:self.max_rows - sum(row is not None and not row.done and not row.job.cancelled for row in rows)]
+        joining, taken = [], []
+        with self._lock:
+            for job in list(self._waiting) if not self._stopping else ():
+                if job.group() != group or len(joining) + job.n > len(slots):
+                    continue
+                rows_of_job = [Joining(job.tokens, self._sampling(job), tuple(pair), job.options.max_tokens)
+                               for pair in row_seeds(batch_seed(job.seed), job.n)]
+                if fits(joining + rows_of_job):
+                    self._waiting.remove(job)
+                    joining += rows_of_job
+                    taken += [(job, i) for i in range(job.n)]
+            self._running += list(dict.fromkeys(job for job, _ in taken))
+            self.rows += len(taken)
+        for slot, (job, i) in zip(slots, taken):
+            rows.extend([None] * (slot + 1 - len(rows)))
+            rows[slot] = self._row(job, i)
+        return joining
+
+    def _score(self, scored):
         """One forward pass over the finished rows that asked for scores, then their "done" events."""
-        scored = [(r, reason) for r, reason in scored if not rows[r][0].cancelled]
+        scored = [(row, reason) for row, reason in scored if not row.job.cancelled]
         if not scored:
             return
         sequences = []
-        for r, reason in scored:
-            shown = covered(self.encoder, drawn[r], texts[r].text, reason == "stop")
-            sequences.append(rows[r][0].tokens + drawn[r][:shown])
-        for (r, reason), scores in zip(scored, self.scorer.score(sequences)):
-            job, i = rows[r]
-            job.emit(("done", i, reason, len(drawn[r]), scores))
+        for row, reason in scored:
+            shown = covered(self.encoder, row.drawn, row.text.text, reason == "stop")
+            sequences.append(row.job.tokens + row.drawn[:shown])
+        for (row, reason), scores in zip(scored, self.scorer.score(sequences)):
+            row.job.emit(("done", row.i, reason, len(row.drawn), scores))

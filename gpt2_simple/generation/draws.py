@@ -135,8 +135,9 @@ def _draw(logits, index, temperature, top_k, top_p, seeds, sort=False, min_p=0.0
     """The token drawn from `logits` `[batch, n_vocab]` as draw number `index` of each row's stream: int32 [batch, 1].
 
     `seeds` is int64 `[batch, 2]`, each row's (seed, stream row): `row_seeds`. A token's randomness
-    depends only on those and its index (int64 scalar), not on chunking, on which loop draws it or
-    on the other rows of the batch. The options are `filter_logits`' (scalars or one a row).
+    depends only on those and its index, not on chunking, on which loop draws it or
+    on the other rows of the batch. `index` is an int64 scalar, or `[batch, 1]`: one a row (a row
+    that joined a running batch counts its own draws). The options are `filter_logits`' (scalars or one a row).
     """
     scaled, kept = _scale_and_keep(logits, temperature, top_k, top_p, min_p, sort=sort)
     # The Gumbel-max trick: argmax(logits + Gumbel noise) is a draw from softmax(logits). Unlike

@@ -13,14 +13,13 @@ Steering (penalties, stop sequences ending a row: `options.stop_hits`) is tensor
 loops, one value a row, so changing it never retraces; a loop returns once every row has ended.
 Stop *strings* are text, checked by the callers between chunks (`stop=`).
 """
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 
 from .. import xla_choice
 from ..model import columns
 from .copy_guard import WINDOW, banned
+from .decoding import Decoding, Joining  # noqa: F401  (Joining: what a `join` callback returns)
 from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import (MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector,  # noqa: F401
                       left_padded, stop_hits, stop_table, text_tail)
@@ -53,7 +52,7 @@ class Sampler:
         inputs = [
             tf.TensorSpec([], tf.int32),  # n: tokens to draw
             (tf.TensorSpec([None, 2], tf.int64),  # each row's (seed, stream row): `draws.row_seeds`
-             tf.TensorSpec([], tf.int64)),  # the index of the first token drawn
+             tf.TensorSpec([None], tf.int64)),  # the index of each row's first token drawn in its stream
             Knobs.specs(hp.n_vocab),  # the sampling options' tensors
             (tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: the text's tokens (the repetition penalty's)
              tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
@@ -101,7 +100,7 @@ class Sampler:
                 or the int32 position of `pending` in caches of a fixed window (the XLA loop: one
                 shape for the whole loop, written in place).
             n, seed: tokens to draw (n >= 1, some row live on entry); (each row's seed and stream
-                row, `draws.row_seeds`; the index of the first token drawn).
+                row, `draws.row_seeds`; int64 `[batch]`, the index in its stream of each row's first token drawn).
             knobs: `Knobs.of(...)`, one value a row; steering: the loop's state (seen, recent, counts, tail, ended).
             matrices: `columns.loop_matrices`, made once per `chunks` call (not per compiled call), or none.
 
@@ -120,7 +119,7 @@ class Sampler:
 
         def body(i, fed, keys, values, drawn, steering):
             logits, keys, values = forward(fed, keys, values, start + i if fixed else None, pads)
-            token = steer.draw(logits[:, -1, :], steering, first + tf.cast(i, tf.int64), seeds, sort=fixed)
+            token = steer.draw(logits[:, -1, :], steering, (first + tf.cast(i, tf.int64))[:, None], seeds, sort=fixed)
             drawn = tf.where(tf.equal(slots, i), token, drawn)  # column i (a fixed shape, for XLA)
             return i + 1, token, keys, values, drawn, steer.update(token, steering)
 
@@ -166,34 +165,44 @@ class Sampler:
         return np.concatenate(list(self.chunks(  # length >= 1: at least one chunk
             context, length, seed=seed, chunk=chunk, stop=stop, options=options, guard=guard, **kwargs)), axis=1)
 
-    def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, **kwargs):
+    def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, join=None,
+               **kwargs):
         """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
 
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
         forward pass of the prompt, which is what a stream shows first.
+
+        `join(slots, fits)`, if given, is asked between the fixed-window loop's chunks, while a row
+        is live, for rows to start now (continuous batching): `slots` are the ended rows, then the rows the batch may
+        grow by (up to `xla_max_batch`); it returns `Joining` rows, which take `slots` in order,
+        and `fits(rows)` says whether those rows can join (their texts fit the context). A joined
+        row draws what it would alone; the chunks after it have the grown batch's rows.
         """
         context = left_padded(context)
         batch = len(context)
         options = options or SamplingOptions.make(**kwargs)
         options = [options] * batch if isinstance(options, SamplingOptions) else list(options)
-        seeds = tf.constant(row_seeds(seed, batch) if np.ndim(seed) == 0 else np.asarray(seed, np.int64))
+        state = Decoding(history=context, pending=context, caches=self._empty_cache(batch),
+                         out=np.zeros([batch, 0], np.int32), ended=np.zeros(batch, bool),
+                         seeds=row_seeds(seed, batch) if np.ndim(seed) == 0 else np.asarray(seed, np.int64),
+                         options=options, until=np.full(batch, length))
         chunk = int(chunk or length)
         knobs = Knobs.of(options, self.model.hparams.n_vocab, guard)
-        state = _Decoding(history=context, pending=context, caches=self._empty_cache(batch),
-                          out=np.zeros([batch, 0], np.int32), ended=np.zeros(batch, bool), length=length)
-        while state.drawn < length and not state.ended.all():
+        while not state.ended.all() and state.left():
             room = self._room(state)
             if room < 1:
                 self._slide(state)
                 continue
             # Up to the next multiple of `chunk`, where `stop` is checked.
-            n = min(chunk - state.drawn % chunk, length - state.drawn, room)
-            tokens, ended = self._decode_next(state, n, (seeds, tf.constant(state.drawn, tf.int64)), knobs)
+            n = min(chunk - state.drawn % chunk, state.left(), room)
+            tokens, ended = self._decode_next(state, n, knobs)
             state.add(tokens)
             yield tokens  # before `stop` looks: a consumer may update what it answers from these tokens
-            state.ended |= ended  # the rows that drew a stop sequence
+            state.ended |= ended | (state.until <= state.drawn)  # the rows that drew a stop sequence or all they want
             if stop is not None:
                 state.ended |= np.broadcast_to(np.asarray(stop(state.out), bool), state.ended.shape)
+            if join is not None and state.start is not None and not state.ended.all() and self._join(state, join):
+                knobs = Knobs.of(state.options, self.model.hparams.n_vocab, guard)
 
     def _room(self, state):
         """How many tokens the next call may draw: feeding `pending` and n - 1 drawn tokens must fit."""
@@ -206,7 +215,7 @@ class Sampler:
         state.prompt(state.history[:, -keep:])
         state.caches, state.start = self._empty_cache(len(state.history)), None
 
-    def _decode_next(self, state, n, seed, knobs):
+    def _decode_next(self, state, n, knobs):
         """Draw up to `n` tokens with the loop that fits: (numpy int32 `[batch, <= n]`, numpy bool `[batch]` ended)."""
         fixed = len(state.pending) <= self.xla_max_batch
         n_vocab = self.model.hparams.n_vocab
@@ -215,6 +224,7 @@ class Sampler:
         if state.start is None and fixed and state.pads.any():
             self._prefill_rows(state)
         pending, pads, (keys, values) = tf.constant(np.maximum(state.pending, 0)), tf.constant(state.pads), state.caches
+        seed = (tf.constant(state.seeds), tf.constant(state.index()))
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
             drawn, count, ended, keys, values = self._decode(pending, pads, keys, values, tf.constant(n), seed, knobs,
@@ -229,6 +239,45 @@ class Sampler:
             state.start += int(count)
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
+
+    def _fits(self, state, rows):
+        """Whether `rows` (`Joining`) can join the fixed-window call `state` now: no text outgrows the context."""
+        wanted = max([state.left()] + [row.length for row in rows])
+        return all(row.tokens for row in rows) and state.shifted_start(rows) + wanted <= self.model.hparams.n_ctx
+
+    def _join(self, state, join):
+        """Ask `join` for rows to put in the ended slots, growing the batch to a power of two: whether any joined.
+
+        The caches follow the state: rows move right when a longer prompt needs room before
+        `pending` (more left padding, the same positions), the window grows to what the rows want,
+        and each joining row's prompt is read into its slot (`_prefill`, as `_prefill_rows` reads).
+        """
+        hp = self.model.hparams
+        slots = [int(s) for s in np.flatnonzero(state.ended)] + list(range(len(state.ended), self.xla_max_batch))
+        joining = join(slots, lambda rows: self._fits(state, rows)) if slots else []
+        if not joining:
+            return False
+        assert self._fits(state, joining), "join returned rows that do not fit"
+        taken, window = slots[:len(joining)], state.caches[0][0].shape[1]
+        size = max(len(state.ended), min(1 << max(taken).bit_length(), self.xla_max_batch))
+        grow, shift = size - len(state.ended), state.shifted_start(joining) - state.start
+        state.grow(size)
+        state.shift(shift)
+        for slot, row in zip(taken, joining):
+            state.place(slot, row)
+        fitted = max(window, cache_window(state.start + state.left(), hp.n_ctx))
+        reads = [self._prefill(tf.constant([row.tokens[:-1]])) if len(row.tokens) > 1 else self._empty_cache(1)
+                 for row in joining]
+        rows = tf.constant([[slot * hp.n_head + h] for slot in taken for h in range(hp.n_head)])
+        caches = []
+        for kind, old in enumerate(state.caches):
+            caches.append([tf.tensor_scatter_nd_update(
+                tf.pad(c, [[0, grow * hp.n_head], [shift, max(0, fitted - window - shift)], [0, 0]])[:, :fitted], rows,
+                tf.concat([tf.pad(read[kind][layer], [[0, 0], [state.pads[slot], fitted - state.start], [0, 0]])
+                           for slot, read in zip(taken, reads)], axis=0))
+                for layer, c in enumerate(old)])
+        state.caches = tuple(caches)
+        return True
 
     def _prefill_rows(self, state):
         """Read a left-padded prompt row by row into the XLA loop's caches (padding costs no compute):
@@ -252,9 +301,9 @@ class Sampler:
         """The prompt's caches padded with zeros to the XLA loop's window of positions (one layout for both loops).
 
         The window holds every position the rest of the call writes (`cache_window`): each later
-        step draws at most the tokens left (`n <= length - drawn`) until the call ends or slides.
+        step draws at most the tokens left (`n <= state.left()`) until the call ends, slides or a row joins.
         """
-        window = cache_window(state.start + state.length - state.drawn, self.model.hparams.n_ctx)
+        window = cache_window(state.start + state.left(), self.model.hparams.n_ctx)
         return [tf.pad(c, [[0, 0], [0, window - c.shape[1]], [0, 0]]) for c in caches]
 
 
@@ -299,52 +348,3 @@ class _Steering:
         recent = tf.concat([recent[:, 1:], token], axis=1)
         tail = tf.concat([tail[:, 1:], token], axis=1)
         return seen, recent, counts, tail, ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1)
-
-
-@dataclasses.dataclass
-class _Decoding:
-    """Where one `Sampler.sample` call stands between compiled chunks."""
-
-    history: np.ndarray  # int32 [batch, so_far]: every token so far, prompt included, left-padded with NO_TOKEN
-    pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches (NO_TOKEN: padding)
-    caches: tuple  # (keys, values): n_layer tensors each, growing or of a fixed window of positions
-    out: np.ndarray  # int32 [batch, drawn]: the new tokens only
-    ended: np.ndarray  # bool [batch]: rows that need no more tokens
-    start: int = None  # with fixed caches: the position of `pending`
-    length: int = 0  # the tokens this call draws in all
-    pads: np.ndarray = None  # int32 [batch]: each row's left padding in the caches
-    matrices: list = None  # the XLA loop's transposed block matrices, made at its first call (`columns.loop_matrices`)
-
-    def __post_init__(self):
-        self.prompt(self.pending)
-
-    def prompt(self, pending):
-        """Start the caches over from `pending` (a left-padded prompt)."""
-        self.pending, self.pads = pending, np.sum(pending == NO_TOKEN, axis=1, dtype=np.int32)
-
-    @property
-    def drawn(self):
-        return self.out.shape[1]
-
-    def add(self, tokens):
-        self.out = np.concatenate([self.out, tokens], axis=1)
-        self.history = np.concatenate([self.history, tokens], axis=1)
-        self.pending = tokens[:, -1:]
-
-    def seen(self, n_vocab):
-        """bool `[batch, n_vocab]`: the tokens of each row's text so far (the penalty's set)."""
-        seen = np.zeros([len(self.history), n_vocab], bool)
-        rows, columns = np.nonzero(self.history != NO_TOKEN)
-        seen[rows, self.history[rows, columns]] = True
-        return seen
-
-    def counts(self, n_vocab):
-        """float32 `[batch, n_vocab]`: how often each row has drawn each token (the additive penalties')."""
-        counts = np.zeros([len(self.out), n_vocab], np.float32)
-        for row, tokens in zip(counts, self.out):
-            np.add.at(row, tokens, 1.0)
-        return counts
-
-    def recent(self):
-        """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with -1."""
-        return text_tail(self.out, MAX_STOP_TOKENS)

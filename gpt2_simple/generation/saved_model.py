@@ -104,7 +104,7 @@ class ServingModule(tf.Module):
         steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
                     tf.zeros([batch, hp.n_vocab], tf.float32), tf.fill([batch, WINDOW], -1), tf.zeros([batch], tf.bool))
         drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, tf.zeros([batch], tf.int32), cache, cache, length,
-                                                           (seeds, tf.constant(0, tf.int64)), knobs, steering)
+                                                           (seeds, tf.zeros([batch], tf.int64)), knobs, steering)
         new = drawn[:, :count]
         return {"tokens": new, "lengths": _lengths_before_stop(new, stop_tokens)}
 

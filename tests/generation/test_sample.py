@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpt2_simple.generation.options import SamplingOptions
+from gpt2_simple.generation.decoding import Decoding, Joining
+from gpt2_simple.generation.options import NO_TOKEN, SamplingOptions
 from gpt2_simple.generation.sample import Sampler, _draw, filter_logits, penalize
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
@@ -277,3 +278,60 @@ def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone(xla_max_batch):
     stopped = [i for i, t in enumerate(mixed[4]) if i and t == mixed[4][i - 1] == 3]  # the last row's stop sequence
     assert stopped, "the stop sequence never came: the row's logit_bias was not applied"
     assert sampler.sample(prompts, 100, seed=1, options=options).shape == (5, 100)  # slides past n_ctx
+
+
+def test_rows_that_join_a_running_call_draw_what_they_draw_alone():
+    # Continuous batching: between chunks of the fixed-window loop, rows join a call into a grown
+    # batch or the slot of a row that has ended, with prompts longer than the call's position (every
+    # row then moves right), their own options and seeds. Each draws what it draws alone; without the
+    # per-row draw index, the shift or the slot's cleared history, a joined row draws other tokens.
+    rng = np.random.default_rng(1)
+    sampler = Sampler(GPT2(HParams(n_vocab=97, n_ctx=64, n_embd=16, n_head=2, n_layer=2), init=_strong_init(rng)),
+                      xla_max_batch=8)
+
+    def row(n, length, seed, **options):
+        return Joining(rng.integers(0, 97, size=n).tolist(), SamplingOptions.make(**options), seed, length)
+
+    first = row(4, 12, (5, 0), temperature=0.9)
+    late = [row(2, 10, (3, 1), temperature=0.7, top_k=5),  # joins a grown batch
+            row(9, 20, (8, 0), repetition_penalty=1.3, presence_penalty=0.4),  # longer than the position: a shift
+            row(5, 12, (1, 0), repetition_penalty=3.0, frequency_penalty=4.0, stop_tokens=[[7, 7]])]  # into A's slot
+    too_long = row(60, 10, (2, 0))  # would outgrow the context: refused by `fits`
+    owner, asked = {0: first}, []
+
+    def join(slots, fits):
+        asked.append(list(slots))
+        assert not fits([too_long])
+        wanted = late[:2] if len(asked) == 1 else late[2:] if 0 in slots and owner[0] is first else []
+        assert fits(wanted)
+        owner.update(zip(slots, wanted))
+        return wanted
+
+    def stop(out):  # A ends after 6 tokens; its slot is then free
+        return [owner[0] is first and out.shape[1] >= 6] + [False] * (len(out) - 1)
+
+    drawn = {id(r): [] for r in [first] + late}
+    for tokens in sampler.chunks([first.tokens], first.length, seed=np.array([first.seed]), chunk=3, stop=stop,
+                                 options=first.options, join=join):
+        for slot, r in list(owner.items()):
+            drawn[id(r)] += tokens[slot].tolist()
+    assert asked[0] == list(range(1, 8)) and any(0 in slots for slots in asked[1:])
+    for r in [first] + late:
+        alone = sampler.sample([r.tokens], r.length, seed=np.array([r.seed]), options=r.options)[0]
+        n = 6 if r is first else len(alone)  # alone, a row that draws its stop sequence ends the call
+        np.testing.assert_array_equal(drawn[id(r)][:n], alone[:n])
+
+
+def test_a_row_placed_in_an_ended_slot_starts_clean():
+    # The slot's last row drew tokens: the new row's text, draws, penalties' sets and stop tail are its own.
+    state = Decoding(history=np.array([[4, 5, 6], [NO_TOKEN, 8, 9]], np.int32), pending=np.array([[6], [9]], np.int32),
+                     caches=None, out=np.array([[5, 6], [8, 9]], np.int32), ended=np.array([True, False]),
+                     seeds=np.zeros([2, 2], np.int64), options=[SamplingOptions.make()] * 2, until=np.array([2, 4]),
+                     start=2)
+    state.pads = np.array([0, 1], np.int32)
+    state.place(0, Joining([7, 3], SamplingOptions.make(top_k=2), (9, 1), 3))
+    assert state.history[0].tolist() == [NO_TOKEN, 7, 3] and state.pending[0].tolist() == [3] and state.pads[0] == 1
+    assert state.seen(10)[0].nonzero()[0].tolist() == [3, 7] and state.counts(10)[0].sum() == 0
+    assert state.recent()[0].tolist() == [NO_TOKEN] * len(state.recent()[0])
+    assert state.index().tolist() == [0, 2] and state.seeds[0].tolist() == [9, 1] and state.until.tolist() == [5, 4]
+    assert not state.ended[0] and state.options[0].top_k == 2 and state.left() == 3

@@ -226,6 +226,49 @@ def test_requests_of_any_prompts_options_and_seeds_share_a_batch(client, sess):
         assert [c["text"].lstrip("\n") for c in choices] == expected  # each row drew what it draws alone
 
 
+def test_requests_that_arrive_mid_batch_join_it_and_draw_what_they_draw_alone(sess):
+    # Continuous batching: jobs waiting when a chunk of the running batch returns join it (one batch,
+    # grown from 1 row to 4), with a longer prompt, other options and their own seeds; each row
+    # draws what generate(seed=...) draws alone. Before, they waited for the first batch to end.
+    from gpt2_simple.generation.batcher import Batcher, Job, Options
+
+    batcher = Batcher(sess.sampler, sess.encoder).start()
+    late = [("A longer prompt than the first one, by some way", Options(max_tokens=10, temperature=0.7, top_k=20), 8, 2),
+            ("x", Options(max_tokens=6, temperature=1.2, frequency_penalty=0.3), 2, 1)]
+    texts, finished, all_done = {}, [], threading.Event()
+
+    def emit_of(key):
+        def emit(event):
+            if event[0] == "text":
+                texts[key, event[1]] = texts.get((key, event[1]), "") + event[2]
+            else:  # "done", or an "error" the assertions below show
+                finished.append((key, event))
+                if len(finished) == 4:
+                    all_done.set()
+        return emit
+
+    def first(event):  # the worker's first event of the running batch: the late jobs arrive now
+        if not late_jobs:
+            late_jobs.extend(Job(sess.encoder.encode(p), n, o, emit_of(i), seed=seed) for i, (p, o, seed, n) in enumerate(late))
+            for job in late_jobs:
+                batcher.submit(job)
+        emit_of("first")(event)
+
+    late_jobs = []
+    try:
+        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
+        assert all_done.wait(120), finished
+    finally:
+        batcher.stop()
+    assert sorted(e[0] for _, e in finished) == ["done"] * 4, finished
+    assert (batcher.batches, batcher.rows) == (1, 4)  # they joined the first batch
+    for i, (prompt, options, seed, n) in enumerate(late):
+        expected = gpt2.generate(sess, prefix=prompt, length=options.max_tokens, nsamples=n, batch_size=n, seed=seed,
+                                 temperature=options.temperature, top_k=options.top_k,
+                                 frequency_penalty=options.frequency_penalty, include_prefix=False, return_as_list=True)
+        assert [texts.get((i, row), "").lstrip("\n") for row in range(n)] == expected
+
+
 def test_a_full_queue_answers_503_with_retry_after(client):
     results = []
     with LongStream(client):

@@ -1,0 +1,120 @@
+"""Where one `Sampler.chunks` call stands between its compiled chunks: the rows' tokens and options.
+
+This module owns a call's numpy state: each row's text so far, what it feeds next, its padding,
+its seed, and where its own draws begin. Rows may join a running call (continuous batching: the
+server's waiting requests take the slots of rows that have ended), so a row's draws are counted
+from the chunk it joined at, and each row draws what it would alone. The caches are tensors and
+stay with `sample.Sampler`, which keeps them in step with this state.
+"""
+import dataclasses
+
+import numpy as np
+
+from .options import MAX_STOP_TOKENS, NO_TOKEN, SamplingOptions, text_tail
+
+
+@dataclasses.dataclass(frozen=True)
+class Joining:
+    """A row that joins a running call: its prompt, options, (seed, stream row) and tokens wanted."""
+
+    tokens: list
+    options: SamplingOptions
+    seed: tuple
+    length: int
+
+
+@dataclasses.dataclass
+class Decoding:
+    """Where one `Sampler.chunks` call stands between compiled chunks."""
+
+    history: np.ndarray  # int32 [batch, so_far]: every token so far, prompt included, left-padded with NO_TOKEN
+    pending: np.ndarray  # int32 [batch, p]: fed to the model next, not yet in the caches (NO_TOKEN: padding)
+    caches: tuple  # (keys, values): n_layer tensors each, growing or of a fixed window of positions
+    out: np.ndarray  # int32 [batch, drawn]: the new tokens only (a joined row's begin at its `offsets`)
+    ended: np.ndarray  # bool [batch]: rows that need no more tokens
+    seeds: np.ndarray  # int64 [batch, 2]: each row's (seed, stream row), `draws.row_seeds`
+    options: list  # each row's `SamplingOptions`
+    until: np.ndarray  # int [batch]: the `out` column each row's wanted tokens end at
+    start: int = None  # with fixed caches: the position of `pending`
+    pads: np.ndarray = None  # int32 [batch]: each row's left padding in the caches
+    offsets: np.ndarray = None  # int [batch]: the `out` column each row joined at (0: from the call's start)
+    matrices: list = None  # the XLA loop's transposed block matrices, made at its first call (`columns.loop_matrices`)
+
+    def __post_init__(self):
+        self.prompt(self.pending)
+        self.offsets = np.zeros(len(self.history), np.int64) if self.offsets is None else self.offsets
+
+    def prompt(self, pending):
+        """Start the caches over from `pending` (a left-padded prompt)."""
+        self.pending, self.pads = pending, np.sum(pending == NO_TOKEN, axis=1, dtype=np.int32)
+
+    @property
+    def drawn(self):
+        return self.out.shape[1]
+
+    def left(self):
+        """How many more tokens the live rows want at most (0 once none does)."""
+        return max(0, int(self.until[~self.ended].max(initial=0)) - self.drawn)
+
+    def index(self):
+        """int64 `[batch]`: the index of each row's next draw in its own stream (`draws._draw`)."""
+        return (self.drawn - self.offsets).astype(np.int64)
+
+    def add(self, tokens):
+        self.out = np.concatenate([self.out, tokens], axis=1)
+        self.history = np.concatenate([self.history, tokens], axis=1)
+        self.pending = tokens[:, -1:]
+
+    def own(self):
+        """int32 `[batch, drawn]`: `out` with NO_TOKEN before each row joined: each row's own draws."""
+        return np.where(np.arange(self.drawn)[None, :] >= self.offsets[:, None], self.out, NO_TOKEN)
+
+    def seen(self, n_vocab):
+        """bool `[batch, n_vocab]`: the tokens of each row's text so far (the penalty's set)."""
+        seen = np.zeros([len(self.history), n_vocab], bool)
+        rows, columns = np.nonzero(self.history != NO_TOKEN)
+        seen[rows, self.history[rows, columns]] = True
+        return seen
+
+    def counts(self, n_vocab):
+        """float32 `[batch, n_vocab]`: how often each row has drawn each token (the additive penalties')."""
+        counts = np.zeros([len(self.out), n_vocab], np.float32)
+        for row, tokens in zip(counts, self.own()):
+            np.add.at(row, tokens[tokens != NO_TOKEN], 1.0)
+        return counts
+
+    def recent(self):
+        """int32 `[batch, MAX_STOP_TOKENS]`: each row's last drawn tokens, left-padded with NO_TOKEN."""
+        return text_tail(self.own(), MAX_STOP_TOKENS)
+
+    # -----------------------------------------------------------------------------------------
+    # Rows joining a running call (the fixed-window loop only: `start` is set, pending is one column)
+
+    def shifted_start(self, joining):
+        """The position of `pending` once `joining` rows are in: each row's prompt but its last token must fit before it."""
+        return max([self.start] + [len(row.tokens) - 1 for row in joining])
+
+    def grow(self, size):
+        """Add ended filler rows up to `size` rows (the caches are the caller's)."""
+        extra = size - len(self.history)
+
+        def more(array, value):
+            return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])
+
+        self.history, self.pending, self.out = more(self.history, NO_TOKEN), more(self.pending, 0), more(self.out, 0)
+        self.ended, self.seeds, self.until = more(self.ended, True), more(self.seeds, 0), more(self.until, 0)
+        self.pads, self.offsets = more(self.pads, self.start), more(self.offsets, self.drawn)
+        self.options = self.options + self.options[:1] * extra  # one guard a batch: the fillers carry the batch's
+
+    def shift(self, by):
+        """Move every row `by` positions right (more left padding), so that a longer prompt fits before `start`."""
+        self.history = np.pad(self.history, [(0, 0), (by, 0)], constant_values=NO_TOKEN)
+        self.pads, self.start = self.pads + by, self.start + by
+
+    def place(self, slot, row):
+        """Put `row` (a `Joining`) in `slot`: its prompt ends at `pending`, and its draws start at index 0."""
+        self.history[slot] = NO_TOKEN
+        self.history[slot, self.history.shape[1] - len(row.tokens):] = row.tokens
+        self.pending[slot], self.pads[slot] = row.tokens[-1], self.start - (len(row.tokens) - 1)
+        self.ended[slot], self.seeds[slot], self.options[slot] = False, row.seed, row.options
+        self.offsets[slot], self.until[slot] = self.drawn, self.drawn + row.length
