@@ -103,7 +103,8 @@ class Batcher:
         self.max_queue, self.max_rows = max_queue, max_rows
         self.n_ctx = sampler.model.hparams.n_ctx
         self._waiting = collections.deque()
-        self._running = []
+        self._running = []  # the running batch's jobs, joined ones included
+        self._slots = []  # its rows, one a slot (`_Row`, or None: a filler)
         self._stops = {}  # the running batch's jobs' StopStrings (worker thread only)
         self._lock = threading.Condition()
         self._stopping = False
@@ -120,7 +121,8 @@ class Batcher:
 
     @property
     def running(self):
-        return sum(job.n for job in self._running)
+        """Rows of the running batch still drawing (joined ones included, ended ones not)."""
+        return sum(row is not None and not row.done and not row.job.cancelled for row in self._slots)
 
     def submit(self, job):
         """Queue `job`. Raises QueueFull (or RuntimeError once stopping)."""
@@ -170,7 +172,7 @@ class Batcher:
                     job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
             finally:
                 with self._lock:
-                    self._running = []
+                    self._running, self._slots = [], []
 
     def _take(self):
         """The oldest job and the waiting jobs that can share its batch (called under the lock)."""
@@ -195,13 +197,13 @@ class Batcher:
         return len(lengths) == 1 or max(lengths) + max(job.options.max_tokens for job in jobs) <= self.n_ctx
 
     def _run(self, jobs):
-        """Sample every row of `jobs` in one batch, emitting pieces as chunks return; then score the rows that ask.
+        """Sample every row of `jobs` in one batch, emitting pieces as chunks return, and score the rows that ask as they end.
 
         Waiting jobs of the batch's group join it between chunks, in the slots of rows that have
         ended (`_join`), so a request arriving mid-batch starts within a chunk, not after the batch.
         """
         self._stops = {}
-        rows = [self._row(job, i) for job in jobs for i in range(job.n)]  # one a slot; None: a filler
+        self._slots = rows = [self._row(job, i) for job in jobs for i in range(job.n)]  # one a slot; None: a filler
         scored = []  # (row, finish_reason): their "done" waits for the scoring pass
 
         def finish(row, reason):
@@ -231,6 +233,8 @@ class Batcher:
                     finish(row, "stop")
                 elif len(row.drawn) == row.job.options.max_tokens:
                     end(row)
+            self._score(scored)  # the rows that ended in this chunk, not at the end of a batch others keep joining
+            scored.clear()
         for row in rows:
             if row is not None and not row.done and not row.job.cancelled:
                 end(row)
