@@ -1,6 +1,7 @@
 """Text out: the compiled decoding loop, gpt-2-simple's `generate`, streaming, and serving.
 
 This stage owns drawing tokens (`sample.py`: the key/value-cache loop, stop sequences;
+`decoding.py`: a call's rows between chunks, and rows joining it;
 `draws.py`: top-k/top-p/min_p, the penalties and logit bias, seeded draws; `options.py`: the
 `SamplingOptions` carried to the loops), gpt-2-simple's
 `load_gpt2`/`generate`/`generate_to_file` (`generate.py`) with stop strings (`stop_strings.py`),

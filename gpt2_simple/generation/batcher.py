@@ -279,19 +279,23 @@ class Batcher:
             options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers)
 
     def _join(self, group, rows, slots, fits):
-        """Waiting jobs of `group` that fit the running batch (`Sampler.chunks`' `join`): their rows, for `slots` in order."""
+        """Waiting jobs that can join the running batch, in queue order (`Sampler.chunks`' `join`): their rows, for `slots`.
+
+        The first waiting job that cannot join (another group, more rows than are free, or a text
+        that would outgrow the context) stops the joining: the batch drains and that job runs next,
+        so no job waits forever behind newer ones.
+        """
         slots = slots[:self.max_rows - sum(row is not None and not row.done and not row.job.cancelled for row in rows)]
         joining, taken = [], []
         with self._lock:
             for job in list(self._waiting) if not self._stopping else ():
-                if job.group() != group or len(joining) + job.n > len(slots):
-                    continue
                 rows_of_job = [Joining(job.tokens, self._sampling(job), tuple(pair), job.options.max_tokens)
                                for pair in row_seeds(batch_seed(job.seed), job.n)]
-                if fits(joining + rows_of_job):
-                    self._waiting.remove(job)
-                    joining += rows_of_job
-                    taken += [(job, i) for i in range(job.n)]
+                if job.group() != group or len(joining) + job.n > len(slots) or not fits(joining + rows_of_job):
+                    break
+                self._waiting.remove(job)
+                joining += rows_of_job
+                taken += [(job, i) for i in range(job.n)]
             self._running += list(dict.fromkeys(job for job, _ in taken))
             self.rows += len(taken)
         for slot, (job, i) in zip(slots, taken):

@@ -269,6 +269,41 @@ def test_requests_that_arrive_mid_batch_join_it_and_draw_what_they_draw_alone(se
         assert [texts.get((i, row), "").lstrip("\n") for row in range(n)] == expected
 
 
+def test_a_job_that_cannot_join_yet_is_not_overtaken_by_newer_ones(sess):
+    # Joining is in queue order: a waiting job of 2 rows cannot join a 2-row batch that runs 1, and
+    # the 1-row job behind it must not take the free row; the batch drains and the older job runs
+    # next. Otherwise a job could wait forever while newer ones keep joining.
+    from gpt2_simple.generation.batcher import Batcher, Job, Options
+
+    batcher = Batcher(sess.sampler, sess.encoder, max_rows=2).start()
+    order, all_done = [], threading.Event()
+
+    def emit_of(name):
+        def emit(event):
+            if event[0] != "text":
+                order.append((name, event[0]))
+                if len(order) == 4:
+                    all_done.set()
+        return emit
+
+    def first(event):  # the running batch's first event: two jobs arrive, the older one with n=2
+        if not late:
+            late.extend([Job(sess.encoder.encode("Two rows"), 2, Options(max_tokens=4), emit_of("older")),
+                         Job(sess.encoder.encode("One"), 1, Options(max_tokens=4), emit_of("newer"))])
+            for job in late:
+                batcher.submit(job)
+        emit_of("first")(event)
+
+    late = []
+    try:
+        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
+        assert all_done.wait(120), order
+    finally:
+        batcher.stop()
+    assert order == [("first", "done"), ("older", "done"), ("older", "done"), ("newer", "done")]
+    assert (batcher.batches, batcher.rows) == (3, 4)
+
+
 def test_a_full_queue_answers_503_with_retry_after(client):
     results = []
     with LongStream(client):
