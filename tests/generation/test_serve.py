@@ -226,6 +226,39 @@ def test_requests_of_any_prompts_options_and_seeds_share_a_batch(client, sess):
         assert [c["text"].lstrip("\n") for c in choices] == expected  # each row drew what it draws alone
 
 
+def _run_with_late_jobs(sess, batcher, make_late, events):
+    """Run a seeded 12-token job on `batcher` (then stopped); at its first event, submit the jobs
+    `make_late(emit_of)` makes, so they arrive mid-batch. Returns (text by (key, row), [(key, event)]
+    of the first `events` "done" or "error" events, in order)."""
+    from gpt2_simple.generation.batcher import Job, Options
+
+    texts, finished, all_done, late = {}, [], threading.Event(), []
+
+    def emit_of(key):
+        def emit(event):
+            if event[0] == "text":
+                texts[key, event[1]] = texts.get((key, event[1]), "") + event[2]
+            else:  # "done", or an "error" the callers' assertions show
+                finished.append((key, event))
+                if len(finished) == events:
+                    all_done.set()
+        return emit
+
+    def first(event):
+        if not late:
+            late.extend(make_late(emit_of))
+            for job in late:
+                batcher.submit(job)
+        emit_of("first")(event)
+
+    try:
+        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
+        assert all_done.wait(120), finished
+    finally:
+        batcher.stop()
+    return texts, finished
+
+
 def test_requests_that_arrive_mid_batch_join_it_and_draw_what_they_draw_alone(sess):
     # Continuous batching: jobs waiting when a chunk of the running batch returns join it (one batch,
     # grown from 1 row to 4), with a longer prompt, other options and their own seeds; each row
@@ -235,31 +268,8 @@ def test_requests_that_arrive_mid_batch_join_it_and_draw_what_they_draw_alone(se
     batcher = Batcher(sess.sampler, sess.encoder).start()
     late = [("A longer prompt than the first one, by some way", Options(max_tokens=10, temperature=0.7, top_k=20), 8, 2),
             ("x", Options(max_tokens=6, temperature=1.2, frequency_penalty=0.3), 2, 1)]
-    texts, finished, all_done = {}, [], threading.Event()
-
-    def emit_of(key):
-        def emit(event):
-            if event[0] == "text":
-                texts[key, event[1]] = texts.get((key, event[1]), "") + event[2]
-            else:  # "done", or an "error" the assertions below show
-                finished.append((key, event))
-                if len(finished) == 4:
-                    all_done.set()
-        return emit
-
-    def first(event):  # the worker's first event of the running batch: the late jobs arrive now
-        if not late_jobs:
-            late_jobs.extend(Job(sess.encoder.encode(p), n, o, emit_of(i), seed=seed) for i, (p, o, seed, n) in enumerate(late))
-            for job in late_jobs:
-                batcher.submit(job)
-        emit_of("first")(event)
-
-    late_jobs = []
-    try:
-        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
-        assert all_done.wait(120), finished
-    finally:
-        batcher.stop()
+    texts, finished = _run_with_late_jobs(sess, batcher, lambda emit_of: [
+        Job(sess.encoder.encode(p), n, o, emit_of(i), seed=seed) for i, (p, o, seed, n) in enumerate(late)], 4)
     assert sorted(e[0] for _, e in finished) == ["done"] * 4, finished
     assert (batcher.batches, batcher.rows) == (1, 4)  # they joined the first batch
     for i, (prompt, options, seed, n) in enumerate(late):
@@ -276,31 +286,11 @@ def test_a_job_that_cannot_join_yet_is_not_overtaken_by_newer_ones(sess):
     from gpt2_simple.generation.batcher import Batcher, Job, Options
 
     batcher = Batcher(sess.sampler, sess.encoder, max_rows=2).start()
-    order, all_done = [], threading.Event()
-
-    def emit_of(name):
-        def emit(event):
-            if event[0] != "text":
-                order.append((name, event[0]))
-                if len(order) == 4:
-                    all_done.set()
-        return emit
-
-    def first(event):  # the running batch's first event: two jobs arrive, the older one with n=2
-        if not late:
-            late.extend([Job(sess.encoder.encode("Two rows"), 2, Options(max_tokens=4), emit_of("older")),
-                         Job(sess.encoder.encode("One"), 1, Options(max_tokens=4), emit_of("newer"))])
-            for job in late:
-                batcher.submit(job)
-        emit_of("first")(event)
-
-    late = []
-    try:
-        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
-        assert all_done.wait(120), order
-    finally:
-        batcher.stop()
-    assert order == [("first", "done"), ("older", "done"), ("older", "done"), ("newer", "done")]
+    _, finished = _run_with_late_jobs(sess, batcher, lambda emit_of: [
+        Job(sess.encoder.encode("Two rows"), 2, Options(max_tokens=4), emit_of("older")),
+        Job(sess.encoder.encode("One"), 1, Options(max_tokens=4), emit_of("newer"))], 4)
+    assert [(key, e[0]) for key, e in finished] == [("first", "done"), ("older", "done"), ("older", "done"),
+                                                    ("newer", "done")]
     assert (batcher.batches, batcher.rows) == (3, 4)
 
 
