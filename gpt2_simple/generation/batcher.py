@@ -94,6 +94,11 @@ class _Row:
     drawn: list = dataclasses.field(default_factory=list)
     done: bool = False
 
+    @staticmethod
+    def live(row):
+        """Whether the row in a slot (a `_Row`, or None: a filler) still draws: not done, its job not cancelled."""
+        return row is not None and not row.done and not row.job.cancelled
+
 
 class Batcher:
     """The worker thread and its queue. Thread-safe: `submit` and `cancel` come from the server."""
@@ -122,7 +127,7 @@ class Batcher:
     @property
     def running(self):
         """Rows of the running batch still drawing (joined ones included, ended ones not)."""
-        return sum(row is not None and not row.done and not row.job.cancelled for row in self._slots)
+        return sum(map(_Row.live, self._slots))
 
     def submit(self, job):
         """Queue `job`. Raises QueueFull (or RuntimeError once stopping)."""
@@ -222,7 +227,7 @@ class Batcher:
         for tokens in self._chunks(jobs, rows):
             self.tokens += tokens.shape[1]
             for slot, row in enumerate(rows):
-                if row is None or row.done or row.job.cancelled:
+                if not _Row.live(row):
                     continue
                 new = tokens[slot][:row.job.options.max_tokens - len(row.drawn)]  # a row may want fewer than the batch
                 piece = row.text.feed(new)
@@ -236,7 +241,7 @@ class Batcher:
             self._score(scored)  # the rows that ended in this chunk, not at the end of a batch others keep joining
             scored.clear()
         for row in rows:
-            if row is not None and not row.done and not row.job.cancelled:
+            if _Row.live(row):
                 end(row)
         self._score(scored)
 
@@ -267,7 +272,7 @@ class Batcher:
 
         def ended(out):
             rows.extend([None] * (len(out) - len(rows)))  # the sampler grew the batch for joining rows
-            return [row is None or row.done or row.job.cancelled or self._stopping for row in rows]
+            return [not _Row.live(row) or self._stopping for row in rows]
 
         sampling = [self._sampling(job) for job in jobs]
         # A seeded job's rows draw what generate(seed=...)'s first batch draws; an unseeded job gets a fresh seed.
@@ -285,13 +290,15 @@ class Batcher:
         that would outgrow the context) stops the joining: the batch drains and that job runs next,
         so no job waits forever behind newer ones.
         """
-        slots = slots[:self.max_rows - sum(row is not None and not row.done and not row.job.cancelled for row in rows)]
+        slots = slots[:self.max_rows - sum(map(_Row.live, rows))]
         joining, taken = [], []
         with self._lock:
             for job in list(self._waiting) if not self._stopping else ():
+                if job.group() != group or len(joining) + job.n > len(slots):
+                    break
                 rows_of_job = [Joining(job.tokens, self._sampling(job), tuple(pair), job.options.max_tokens)
                                for pair in row_seeds(batch_seed(job.seed), job.n)]
-                if job.group() != group or len(joining) + job.n > len(slots) or not fits(joining + rows_of_job):
+                if not fits(joining + rows_of_job):
                     break
                 self._waiting.remove(job)
                 joining += rows_of_job

@@ -19,7 +19,7 @@ import tensorflow as tf
 from .. import xla_choice
 from ..model import columns
 from .copy_guard import WINDOW, banned
-from .decoding import Decoding, Joining  # noqa: F401  (Joining: what a `join` callback returns)
+from .decoding import Decoding
 from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
 from .options import (MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector,  # noqa: F401
                       left_padded, stop_hits, stop_table, text_tail)
@@ -174,7 +174,7 @@ class Sampler:
 
         `join(slots, fits)`, if given, is asked between the fixed-window loop's chunks, while a row
         is live, for rows to start now (continuous batching): `slots` are the ended rows, then the rows the batch may
-        grow by (up to `xla_max_batch`); it returns `Joining` rows, which take `slots` in order,
+        grow by (up to `xla_max_batch`); it returns `decoding.Joining` rows, which take `slots` in order,
         and `fits(rows)` says whether those rows can join (their texts fit the context). A joined
         row draws what it would alone; the chunks after it have the grown batch's rows.
         """
@@ -188,7 +188,7 @@ class Sampler:
                          options=options, until=np.full(batch, length))
         chunk = int(chunk or length)
         knobs = Knobs.of(options, self.model.hparams.n_vocab, guard)
-        while not state.ended.all() and state.left():
+        while state.left():  # 0 once every row has ended or has all it wants
             room = self._room(state)
             if room < 1:
                 self._slide(state)
@@ -241,7 +241,7 @@ class Sampler:
         return drawn.numpy()[:, :int(count)], ended.numpy()
 
     def _fits(self, state, rows):
-        """Whether `rows` (`Joining`) can join the fixed-window call `state` now: no text outgrows the context."""
+        """Whether `rows` (`decoding.Joining`) can join the fixed-window call `state` now: no text outgrows the context."""
         wanted = max([state.left()] + [row.length for row in rows])
         return all(row.tokens for row in rows) and state.shifted_start(rows) + wanted <= self.model.hparams.n_ctx
 
