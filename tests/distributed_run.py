@@ -24,13 +24,17 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
-CONTROLS = dict(learning_rate_schedule="cosine", warmup_steps=1, weight_decay=0.1, max_grad_norm=0.05)
+# SGD: the weights then move by the learning rate times the all-reduced gradients, which equal
+# one device's up to summation order (Adam would lift that order to steps of its own size).
+CONTROLS = dict(learning_rate_schedule="cosine", warmup_steps=1, weight_decay=0.1, max_grad_norm=0.05,
+                optimizer="sgd", learning_rate=0.5)
 
 
 def run(gpt2, root, name, strategy, extra=None):
     sess = gpt2.start_tf_sess()
+    options = {**FINETUNE, **(extra or {})}
     result = gpt2.finetune(sess, os.path.join(root, "data.txt"), model_dir=os.path.join(root, "models"),
-                           checkpoint_dir=os.path.join(root, name), strategy=strategy, **FINETUNE, **(extra or {}))
+                           checkpoint_dir=os.path.join(root, name), strategy=strategy, **options)
     text = gpt2.generate(sess, length=6, top_k=1, seed=0, return_as_list=True)[0]
     return {"losses": result.losses, "digest": weights_digest(sess.model), "text": text}
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY
+from adam_bound import adam_divergence_bound
 from distributed_run import FINETUNE
 from runs import FAST, TESTS, subprocess_env, write_text
 
@@ -49,14 +50,15 @@ def test_mirrored_on_two_logical_cpus_equals_one_device(workdir):
     np.testing.assert_allclose(_losses(mirrored), _losses(single), rtol=1e-5)
     assert mirrored["text"] == single["text"]
     assert "Training with MirroredStrategy with 2 replicas" in proc.stdout
-    # The mirrored run's checkpoint is in the single-device format and holds the same weights (up
-    # to summation order: the key bias has a zero true gradient, and Adam scales its float noise
-    # to steps of up to the learning rate, so its tolerance is wider).
+    # The mirrored run's checkpoint is in the single-device format and holds the same weights, up
+    # to what Adam makes of summation order: where a true gradient is zero (the key bias) its
+    # float noise becomes a step of up to the learning rate (adam_bound.py). The decay-and-
+    # clipping test compares the weights under SGD, where they are held to float rounding.
     a = gpt2.load_model(os.path.join(root, "single", "run1"))
     b = gpt2.load_model(os.path.join(root, "mirrored", "run1"))
+    bound = adam_divergence_bound(FINETUNE["learning_rate"], steps=3)
     for name in a.weights:
-        atol = 1e-4 if name.endswith("c_attn/b") else 2e-6
-        np.testing.assert_allclose(b.weights[name].numpy(), a.weights[name].numpy(), atol=atol, err_msg=name)
+        assert np.max(np.abs(b.weights[name].numpy() - a.weights[name].numpy())) <= bound, name
 
 
 def _free_ports(n):
