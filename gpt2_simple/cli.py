@@ -199,7 +199,7 @@ def run_generate(args):
     """
     import gpt2_simple as gpt2
     from gpt2_simple.generation.copy_guard import check_span
-    from gpt2_simple.generation.generate import check_options
+    from gpt2_simple.generation.call import check_options
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
     if args.stream and args.copy_threshold is not None:

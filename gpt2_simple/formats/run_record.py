@@ -34,6 +34,17 @@ def read_documents(folder):
     return record if isinstance(record, dict) and record.get("line_by_line") else None
 
 
+def trained_on_documents(folder):
+    """Whether the run in `folder` trained on documents (`line_by_line=True`): the one answer to "as the
+    run trained" for `generate`, `generate_stream`, `evaluate`, the copy index and the server. A model
+    folder, an older run or None: False."""
+    if not folder:
+        return False
+    if read_documents(folder) is not None:
+        return True
+    return bool((read_training(folder) or {}).get("line_by_line"))
+
+
 def write_best(run_dir, step, val_loss):
     write_text(os.path.join(run_dir, BEST_FILE), json.dumps({"step": int(step), "val_loss": float(val_loss)}) + "\n")
 

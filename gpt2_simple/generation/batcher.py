@@ -26,7 +26,7 @@ from .draws import batch_seed, row_seeds
 from .options import SamplingOptions
 from .scores import covered
 from .stop_strings import StopStrings
-from .stream import TextStream
+from .call import TextStream
 
 CHUNK = 4  # tokens per compiled call: how often pieces arrive and cancellation is noticed
 LOG = logging.getLogger("gpt2_simple.serve")

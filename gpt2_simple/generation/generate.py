@@ -15,7 +15,6 @@ Differences from gpt-2-simple 0.8.1, each one of its reported failures:
   document per sample: the end-of-text id comes first, before any prefix, and each sample ends
   at the next end-of-text (or after `length` tokens).
 """
-import re
 import sys
 
 import numpy as np
@@ -23,13 +22,10 @@ import numpy as np
 from encoder import get_encoder
 
 from ..formats.folders import load_model
-from ..formats.run_record import read_documents
 from ..model.names import model_folder, run_folder
+from .call import prepare
 from .copies import SampleMarks
-from .copy_guard import check_span
 from .draws import batch_seed
-from .options import MAX_STOPS, SamplingOptions, bias_vector
-from .stop_strings import StopStrings
 
 DEFAULT_DELIM = "=" * 20 + "\n"
 
@@ -113,43 +109,26 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     Raises:
         ValueError: invalid options (the message names the argument and the fix).
     """
-    enc = sess.encoder
-    sampler = sess.sampler  # raises if no model is loaded
-    n_ctx = sess.model.hparams.n_ctx
-    prefix = prefix or None
-    prompt = enc.encode(prefix) if prefix else []
-    eot = enc.eot_token if read_documents(sess.folder) else None  # documents: one per sample
-    context = prompt if prompt and eot is None else [enc.eot_token] + prompt
-    check_options(nsamples, batch_size, length, temperature, top_k, top_p)
-    if len(context) >= n_ctx:
-        raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
-                         f"shorten the prefix below {n_ctx} tokens")
-    _check_penalty(repetition_penalty)
-    adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
-    guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
-    stops = StopStrings(stop)
+    call = prepare(sess, prefix, length=length, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
+                   include_prefix=include_prefix, stop=stop, repetition_penalty=repetition_penalty,
+                   presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+                   min_p=min_p, avoid_copies=avoid_copies, training_data=training_data, nsamples=nsamples,
+                   batch_size=batch_size)
     if nsamples == 1:
         sample_delim = ""
-    ended = _rows_ended(enc, truncate, stops, eot) if truncate or stops or eot is not None else None
-    stop_tokens = stops.tokens(enc)
-    if eot is not None and len(stop_tokens) < MAX_STOPS:
-        stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
-
-    options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
-                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
-                                   avoid_copies=avoid_copies, **adjust)
-    marks = SampleMarks(sess.copy_index(training_data), enc, copy_threshold) if check_copies or copy_threshold else None
+    ended = call.ended if call.may_end_early() else None
+    marks = SampleMarks(sess.copy_index(training_data), call.enc, copy_threshold) if check_copies or copy_threshold else None
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
     try:
         for b in range(nsamples // batch_size):
-            tokens = sampler.sample(
-                np.tile(np.asarray(context, np.int32), (batch_size, 1)), length, seed=batch_seed(seed, b),
-                chunk=(16 if stops or eot is not None else 64) if ended else None, stop=ended, options=options,
-                guard=guard)
+            tokens = sess.sampler.sample(
+                np.tile(np.asarray(call.context, np.int32), (batch_size, 1)), length, seed=batch_seed(seed, b),
+                chunk=(16 if call.stops or call.eot is not None else 64) if ended else None, stop=ended,
+                options=call.options, guard=call.guard)
             for row in tokens:
-                text = _finish(enc, prompt, _until(row, eot), prefix, truncate, include_prefix, stops)
-                if marks and (text := marks.mark(text, prefix)) is None:
+                text = call.settle(row).text
+                if marks and (text := marks.mark(text, call.prefix)) is None:
                     continue  # a copy, dropped
                 shown = f"{text}\n[{text.copy.mark()}]" if check_copies else text
                 if out_file:
@@ -181,78 +160,3 @@ def generate_to_file(sess, run_name="run1", checkpoint_dir="checkpoint", model_n
         training_data=training_data, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
         logit_bias=logit_bias, min_p=min_p, avoid_copies=avoid_copies,
     )
-
-
-def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
-    """Raise a one-line ValueError for options `generate` cannot take (before any model is loaded)."""
-    checks = [
-        (isinstance(batch_size, int) and batch_size > 0, f"batch_size={batch_size!r} must be a positive integer"),
-        (isinstance(nsamples, int) and nsamples > 0, f"nsamples={nsamples!r} must be a positive integer"),
-        (not (isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0
-              and nsamples % batch_size), f"nsamples={nsamples} is not divisible by batch_size={batch_size}; "
-         f"pass a multiple of it such as nsamples={batch_size * max(1, round(nsamples / batch_size))}"
-         if isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0 else ""),
-        (isinstance(length, int) and length > 0, f"length={length!r} must be a positive number of tokens"),
-        (temperature > 0, f"temperature={temperature!r} must be > 0 (0.7 is a good start)"),
-        (isinstance(top_k, int) and top_k >= 0, f"top_k={top_k!r} must be an integer >= 0 (0 turns it off)"),
-        (0.0 <= top_p <= 1.0, f"top_p={top_p!r} must be in [0, 1] (0 turns it off; 0.9 is typical)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-def check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, n_vocab):
-    """The sampler's keyword arguments for OpenAI's penalties, logit_bias and min_p; ValueError naming a bad one."""
-    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value)):
-            raise ValueError(f"{name}={value!r} must be a finite number (0.0 turns it off; OpenAI allows -2 to 2)")
-    if not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
-        raise ValueError(f"min_p={min_p!r} must be in [0, 1] (0.0 turns it off; 0.05 is typical)")
-    if logit_bias is not None and not isinstance(logit_bias, dict):
-        raise ValueError(f"logit_bias={logit_bias!r} must be a dict {{token id: bias}} or None")
-    bias_vector(logit_bias, n_vocab)  # raises naming an id out of range
-    return {"presence_penalty": float(presence_penalty), "frequency_penalty": float(frequency_penalty),
-            "logit_bias": dict(logit_bias or {}), "min_p": float(min_p)}
-
-
-def _check_penalty(repetition_penalty):
-    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty={repetition_penalty!r} must be a number > 0 (1.0 turns it off; "
-                         "1.2 is typical)")
-
-
-def _rows_ended(enc, truncate, stops, eot=None):
-    """The sampler's `stop`: a row has ended once it holds `eot` (documents), `truncate` or a stop string."""
-    def ended(tokens):
-        return [(eot is not None and eot in row) or _text_ended(enc.decode(list(row)), truncate, stops)
-                for row in tokens]
-
-    return ended
-
-
-def _text_ended(text, truncate, stops):
-    return bool(truncate and truncate in text) or stops.find(text) >= 0
-
-
-def _until(row, eot):
-    """The tokens of a sample up to (without) the first `eot`; all of them when `eot` is None."""
-    row = list(row)
-    return row[: row.index(eot)] if eot is not None and eot in row else row
-
-
-def _finish(enc, context, new, prefix, truncate, include_prefix, stops=None):
-    """Decode one sample and apply the stop strings, then gpt-2-simple's truncate / include_prefix / lstrip rules."""
-    text = enc.decode(list(context) + list(new)) if prefix else enc.decode(new)
-    if stops:
-        has_prefix = prefix and text.startswith(prefix)
-        body = stops.cut(text[len(prefix):] if has_prefix else text)
-        text = prefix + body if has_prefix else body
-    if truncate:
-        body = text[len(prefix):] if prefix and text.startswith(prefix) else text
-        cut = re.search(f"(.*?)(?:{re.escape(truncate)})", body, re.S)
-        body = cut.group(1) if cut else body
-        text = prefix + body if prefix and text.startswith(prefix) else body
-    if prefix and not include_prefix and text.startswith(prefix):
-        text = text[len(prefix):]
-    return text.lstrip("\n")

@@ -36,7 +36,7 @@ def training_tokens(run_dir, enc, dataset=None, line_by_line=None):
         raise FileNotFoundError(f"the training dataset {dataset} recorded in {run_dir} is gone; pass "
                                 "training_data= naming where it is now")
     if line_by_line is None:
-        line_by_line = bool(record.get("line_by_line")) or run_record.read_documents(run_dir) is not None
+        line_by_line = run_record.trained_on_documents(run_dir)
     chunks = load_chunks(enc, dataset, TrainOptions(line_by_line=line_by_line))
     tokens = np.concatenate([np.asarray(c) for c in chunks]) if chunks else np.zeros(0, np.uint16)
     return tokens, (enc.eot_token if line_by_line else None)

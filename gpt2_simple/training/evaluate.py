@@ -133,14 +133,15 @@ def summarize(label, step, losses, windows, byte_lengths, worst):
     return row
 
 
-def evaluate(sess, dataset, *, run_name="run1", checkpoint_dir="checkpoint", checkpoint="all", model_name=None,
+def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", checkpoint="all", model_name=None,
              model_dir="models", batch_size=8, line_by_line=None, text_field="text", worst=5, print_table=True):
     """Score a held-out text with each checkpoint of a run and with its base model, in one table.
 
     Args:
         sess: a `Session`; with checkpoint='session' its loaded model is scored.
         dataset: held-out text in any form `finetune` reads (file, folder or glob).
-        run_name: the run to score, the folder `checkpoint_dir/run_name`.
+        run_name: the run to score, the folder `checkpoint_dir/run_name` (default: the run `sess`
+            holds, from `finetune` or `load_gpt2`; otherwise 'run1').
         checkpoint_dir: the folder that holds the run folders.
         checkpoint: 'all' (every checkpoint the run keeps, plus its base model), 'latest', 'best',
             a checkpoint name such as 'model-1000', or 'session' (the model in `sess`).
@@ -164,11 +165,11 @@ def evaluate(sess, dataset, *, run_name="run1", checkpoint_dir="checkpoint", che
     """
     if not (isinstance(batch_size, int) and batch_size > 0):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer (8 is a good start)")
-    folders = _models_to_score(sess, run_name, checkpoint_dir, checkpoint, model_name, model_dir)
-    first = folders[0]
-    enc = sess.encoder if checkpoint == "session" else get_encoder(first[1])
+    run_dir = sess.folder if checkpoint == "session" else _run_dir(sess, run_name, checkpoint_dir)
+    folders = _models_to_score(sess, run_dir, checkpoint, model_name, model_dir)
+    enc = sess.encoder if checkpoint == "session" else get_encoder(folders[0][1])
     if line_by_line is None:
-        line_by_line = run_record.read_documents(first[1]) is not None
+        line_by_line = run_record.trained_on_documents(run_dir)  # a base model alone: False
     # combine=1: each text file is its own chunk, without the `<|endoftext|>` text training joins files with
     opts = TrainOptions(line_by_line=bool(line_by_line), text_field=text_field, combine=1)
     chunks = documents.load_chunks(enc, dataset, opts)
@@ -187,13 +188,20 @@ def evaluate(sess, dataset, *, run_name="run1", checkpoint_dir="checkpoint", che
     return rows
 
 
-def _models_to_score(sess, run_name, checkpoint_dir, checkpoint, model_name, model_dir):
+def _run_dir(sess, run_name, checkpoint_dir):
+    """The run folder to score: `checkpoint_dir/run_name`; without `run_name`, the run the session holds
+    (when it holds a run, not a base model), else `checkpoint_dir/run1`."""
+    if run_name is None and run_record.read_training(sess.folder) is not None:  # finetune wrote it: a run
+        return sess.folder
+    return run_folder(checkpoint_dir, run_name or "run1")
+
+
+def _models_to_score(sess, run_dir, checkpoint, model_name, model_dir):
     """[(label, folder, checkpoint name)] in table order: the base model first, then the run's checkpoints."""
     if checkpoint == "session":
         if sess.model is None:
             raise ValueError("checkpoint='session' but no model is loaded in sess; call gpt2.load_gpt2(sess) first")
         return [("session", sess.folder, "session")]
-    run_dir = run_folder(checkpoint_dir, run_name)
     base = model_folder(model_dir, model_name) if model_name else None
     if not os.path.isdir(run_dir):
         if base is None:

@@ -5,7 +5,7 @@ from serving import tiny_session
 import gpt2_simple as gpt2
 from encoder import get_encoder
 from gpt2_simple.generation.stop_strings import StopStrings
-from gpt2_simple.generation.stream import TextStream
+from gpt2_simple.generation.call import TextStream
 
 MIXED = "Émoji 😀🤖 and 漢字かな 한국어 — ok\n\nnext"
 

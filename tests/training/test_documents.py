@@ -220,3 +220,32 @@ def test_stream_runs_generate_as_before(documents_run, monkeypatch):
                         or original(self, context, length, **kw))
     gpt2.generate(sess, prefix="red", length=5, seed=1, return_as_list=True)
     assert seen == [(get_encoder(documents_run["model_dir"] + "/tiny").encode("red"), None)]
+
+
+@pytest.mark.slow
+def test_a_streamed_sample_of_a_documents_run_ends_where_generate_ends(documents_run):
+    sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="run1")
+    for prefix in (None, "one two"):
+        for seed in range(6):
+            options = dict(prefix=prefix, seed=seed, length=40, temperature=1.0)
+            whole = gpt2.generate(sess, return_as_list=True, **options)[0]
+            assert "".join(gpt2.generate_stream(sess, **options)) == whole, (prefix, seed)
+            assert whole and "<|endoftext|>" not in whole, whole  # one document
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_documents_run_as_documents_by_default(documents_run):
+    sess = gpt2.start_tf_sess()
+    by_default = gpt2.evaluate(sess, documents_run["data"], run_name="run1", print_table=False)
+    as_documents = gpt2.evaluate(sess, documents_run["data"], run_name="run1", line_by_line=True, print_table=False)
+    assert by_default == as_documents
+    assert "document_loss" in by_default[-1] and by_default[-1]["loss"] < 0.5  # the run memorized its documents
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_run_the_session_holds(documents_run):
+    sess = gpt2.start_tf_sess()
+    gpt2.finetune(sess, documents_run["data"], steps=1, model_name="tiny", model_dir=documents_run["model_dir"],
+                  run_name="held", sample_every=0, line_by_line=True)
+    rows = gpt2.evaluate(sess, documents_run["data"], checkpoint="latest", print_table=False)
+    assert [r["model"] for r in rows] == ["model-1"] and "document_loss" in rows[0]
