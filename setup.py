@@ -8,7 +8,7 @@ what is installed when this file runs (that broke under build isolation and froz
 A TensorFlow installed some other way (tensorflow-macos, a nightly) works with a plain
 `pip install -e .`; without any, `import gpt2_simple` names the command that installs one.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 with open("README.md", encoding="utf-8") as f:
     README = f.read()
@@ -21,10 +21,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["gpt2_simple", "gpt2_simple.model", "gpt2_simple.training", "gpt2_simple.generation",
-              "gpt2_simple.formats", "encoder"],
+    packages=find_packages(include=["gpt2_simple", "gpt2_simple.*", "encoder"]),
     # The bundled sample text, and the server's page (offline: no CDN).
-    package_data={"gpt2_simple": ["data/*.txt", "data/*.md"], "gpt2_simple.generation": ["web/*.html"]},
+    package_data={"gpt2_simple": ["data/*.txt", "data/*.md"], "gpt2_simple.serving": ["web/*.html"]},
     install_requires=[
         "numpy",
         "regex",

@@ -49,7 +49,7 @@ _EXPORTS = {
     "load_model": "formats.folders",
     "mount_gdrive": "colab",
     "reset_session": "session",
-    "serve": "generation.serve",
+    "serve": "serving.serve",
     "start_tf_sess": "session",
 }
 __all__ = sorted(_EXPORTS)

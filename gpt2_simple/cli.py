@@ -108,24 +108,23 @@ def build_parser():
     encode.add_argument("file_path", help=argument_docs(gpt2.encode_dataset).get("file_path"))
     add_flags(encode, gpt2.encode_dataset, NOT_FLAGS["encode_dataset"])
 
-    export = commands.add_parser("export_saved_model", help="export a run or model as a TensorFlow SavedModel "
-                                 "for serving", description=_summary(gpt2.export_saved_model))
-    for name in ("source", "export_dir"):
-        export.add_argument(name, help=argument_docs(gpt2.export_saved_model).get(name))
-    add_flags(export, gpt2.export_saved_model)
-
-    export_hf = commands.add_parser("export_hf", help="write a run or model folder in Hugging Face's layout",
-                                    description=_summary(gpt2.export_hf))
-    for name in ("source", "out_dir"):
-        export_hf.add_argument(name, help=argument_docs(gpt2.export_hf).get(name))
-    add_flags(export_hf, gpt2.export_hf)
-    gguf = commands.add_parser("export_gguf", help="write one GGUF file for llama.cpp", description=_summary(gpt2.export_gguf))
-    for name in ("source", "path"):
-        gguf.add_argument(name, help=argument_docs(gpt2.export_gguf).get(name))
-    add_flags(gguf, gpt2.export_gguf, choices={"dtype": DTYPES})
+    _add_exports(commands, gpt2, DTYPES)
     add_flags(commands.add_parser("serve", help="serve a run or model over HTTP: OpenAI's API and a web page",
                                   description=_summary(gpt2.serve)), gpt2.serve, {"sess"})
     return parser
+
+
+def _add_exports(commands, gpt2, dtypes):
+    """The three export subcommands: each takes its source folder and its destination as positionals."""
+    exports = (("export_saved_model", gpt2.export_saved_model, "export_dir", "export a run or model as a "
+                "TensorFlow SavedModel for serving", {}),
+               ("export_hf", gpt2.export_hf, "out_dir", "write a run or model folder in Hugging Face's layout", {}),
+               ("export_gguf", gpt2.export_gguf, "path", "write one GGUF file for llama.cpp", {"dtype": dtypes}))
+    for command, function, destination, help_text, choices in exports:
+        parser = commands.add_parser(command, help=help_text, description=_summary(function))
+        for name in ("source", destination):
+            parser.add_argument(name, help=argument_docs(function).get(name))
+        add_flags(parser, function, choices=choices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +197,8 @@ def run_generate(args):
     Unlike gpt-2-simple, the folder is never emptied and existing files are never replaced.
     """
     import gpt2_simple as gpt2
-    from gpt2_simple.generation.copy_guard import check_span
     from gpt2_simple.generation.call import check_options
+    from gpt2_simple.generation.copy_guard import check_span
 
     check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
     if args.stream and args.copy_threshold is not None:

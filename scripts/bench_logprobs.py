@@ -13,7 +13,7 @@ PROMPT_TOKENS, NEW_TOKENS = 16, 64
 
 def bench_logprobs(args, timed):
     """{name: value} for each batch size; prints one line per batch as it goes."""
-    from gpt2_simple.generation.batcher import CHUNK
+    from gpt2_simple.serving.batcher import CHUNK
     from gpt2_simple.generation.sample import Sampler
     from gpt2_simple.generation.scores import Scorer
     from gpt2_simple.model.hparams import PRESETS

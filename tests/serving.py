@@ -10,7 +10,7 @@ def running_server(sess, **options):
     """Yield the base URL (http://127.0.0.1:<port>) of `build_app(sess, **options)` served in a thread."""
     import uvicorn
 
-    from gpt2_simple.generation.serve import build_app
+    from gpt2_simple.serving.serve import build_app
 
     app = build_app(sess, **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -6,10 +6,11 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "gpt2_simple")
-STAGES = ("model", "formats", "training", "generation")
-# Which stages each stage may import: data flows model -> formats -> training / generation.
+STAGES = ("model", "formats", "training", "generation", "serving")
+# Which stages each stage may import: data flows model -> formats -> training / generation -> serving.
 ALLOWED = {"model": set(), "formats": {"model"}, "training": {"model", "formats"},
-           "generation": {"model", "formats"}}
+           "generation": {"model", "formats"}, "serving": {"model", "formats", "generation"}}
+MAX_FUNCTION_LINES = 60  # of code: docstrings, comments and blank lines do not count
 
 
 def _modules():
@@ -57,6 +58,72 @@ def test_stages_import_each_other_in_one_direction():
                 edges.add((source, target_stage))
     forbidden = sorted((a, b) for a, b in edges if b not in ALLOWED[a])
     assert forbidden == [], f"stage imports against the data flow: {forbidden}"
+
+
+def _module_graph():
+    """{module: the package's modules it imports}, as paths relative to the package without '.py'."""
+    modules = {relpath[:-3].removesuffix("/__init__"): path for relpath, path in _modules()}
+    graph = {}
+    for name, path in modules.items():
+        relpath = os.path.relpath(path, PACKAGE).replace(os.sep, "/")
+        targets = set()
+        for target in _imported_modules(relpath, path):
+            while target and target not in modules:  # `from .x import name`: the module is x
+                target = target.rpartition("/")[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycle(graph):
+    """One import cycle of `graph` as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_through_others():
+    graph = _module_graph()
+    assert graph["serving/serve"] >= {"serving/batcher", "serving/routes"}  # the graph sees relative imports
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle(graph) is None
+
+
+def _code_lines(node, lines):
+    """Lines of code in a function (`lines`: its module's): its docstring, comments and blank lines left out."""
+    doc = node.body[0]
+    skip = set()
+    if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
+        skip = set(range(doc.lineno, doc.end_lineno + 1))
+    return sum(1 for number in range(node.lineno, node.end_lineno + 1) if number not in skip
+               and lines[number - 1].strip() and not lines[number - 1].strip().startswith("#"))
+
+
+def test_no_function_is_long():
+    long = {}
+    for relpath, path in _modules():
+        source = open(path, encoding="utf-8").read()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (lines := _code_lines(node, source.splitlines())) > MAX_FUNCTION_LINES:
+                    long[f"{relpath}:{node.name}"] = lines
+    assert long == {}
 
 
 def test_every_module_stays_short():

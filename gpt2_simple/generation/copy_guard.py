@@ -8,7 +8,7 @@ binary search (log2(pairs) gathers), looks at up to `cap` pairs from there and s
 their next tokens into a `[batch, n_vocab]` mask: a token is banned when the N tokens before it
 plus itself form a span of the training data. N and the index are tensors, and every shape is
 fixed by them, so it compiles under XLA inside a decoding loop, and turning the guard on or off
-never retraces (`sample._Steering.draw` masks the banned logits). It does not edit logits or sample (the caller masks
+never retraces (`draws.Steer.draw` masks the banned logits). It does not edit logits or sample (the caller masks
 its logits with it), and it does not report copies after the fact (`copies.py`).
 """
 import numpy as np

@@ -4,10 +4,15 @@ This module owns turning one position's logits into one token id: damping repeat
 OpenAI's penalties and logit bias (`adjust_logits`), scaling and filtering them
 (`filter_logits`, with min_p), and drawing from the result with the Gumbel-max trick over counter-based
 noise (`_draw`), so that a token's randomness depends only on the seed and its index, never on
-chunking or on which decoding loop draws it. The loops themselves are `sample.py`'s.
+chunking or on which decoding loop draws it; and `Steer`, which applies all of it (and the copy
+guard's ban) inside a compiled loop, one step at a time, and carries the loop's `Steering` on.
+The loops themselves are `sample.py`'s.
 """
 import numpy as np
 import tensorflow as tf
+
+from .copy_guard import banned
+from .options import Steering, stop_hits
 
 _STATIC_TOP_K = 64  # under XLA, top_k <= this uses a top-k of constant size instead of a sort
 _TOP_P_CANDIDATES = 256  # top_p looks for its nucleus among this many likeliest tokens first
@@ -198,3 +203,35 @@ def _to_uniform(bits):
     """
     top = tf.bitwise.right_shift(bits, tf.constant(41, tf.uint64))
     return (tf.cast(top, tf.float32) + 0.5) * (1.0 / 2**23)
+
+
+class Steer:
+    """Penalties, logit bias, filters and stop sequences inside a compiled loop (a plain helper, traced)."""
+
+    def __init__(self, n_vocab, knobs):
+        self.n_vocab, self.knobs = n_vocab, knobs
+
+    def draw(self, logits, steering, index, seeds, sort=False):
+        """Draw number `index` of each row's stream (`_draw`) from the model's `logits` `[batch, n_vocab]`: int32 `[batch, 1]`.
+
+        Every per-step change to the logits happens here: `adjust_logits`, the copy guard
+        (a banned token's logit is -inf, before the filters), then the filters.
+        """
+        k, tail = self.knobs, steering.tail
+        adjusted = adjust_logits(logits, steering.seen, steering.counts,
+                                 (k.repetition_penalty, k.presence_penalty, k.frequency_penalty, k.logit_bias))
+        adjusted = tf.cond(
+            k.avoid_copies > 0,
+            lambda: tf.where(banned(tail, k.avoid_copies, k.guard_keys, k.guard_nexts, self.n_vocab),
+                             -float("inf"), adjusted),
+            lambda: adjusted)
+        return _draw(adjusted, index, k.temperature, k.top_k, k.top_p, seeds, sort=sort, min_p=k.min_p)
+
+    def update(self, token, steering):
+        """After drawing `token` [batch, 1]: the `Steering` that includes it."""
+        recent = tf.concat([steering.recent[:, 1:], token], axis=1)
+        return Steering(seen=steering.seen | tf.equal(tf.range(self.n_vocab)[None, :], token),
+                        recent=recent,
+                        counts=steering.counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=steering.counts.dtype),
+                        tail=tf.concat([steering.tail[:, 1:], token], axis=1),
+                        ended=steering.ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1))

@@ -35,10 +35,13 @@ class Knobs(NamedTuple):
 
     @staticmethod
     def specs(n_vocab):
-        rows, counts = tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int32)
-        return Knobs(rows, counts, rows, rows, rows, rows, rows, tf.TensorSpec([None, n_vocab], tf.float32),
-                     tf.TensorSpec([None, MAX_STOPS, MAX_STOP_TOKENS], tf.int32), tf.TensorSpec([], tf.int32),
-                     tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32))
+        rows = tf.TensorSpec([None], tf.float32)
+        return Knobs(temperature=rows, top_k=tf.TensorSpec([None], tf.int32), top_p=rows, min_p=rows,
+                     repetition_penalty=rows, presence_penalty=rows, frequency_penalty=rows,
+                     logit_bias=tf.TensorSpec([None, n_vocab], tf.float32),
+                     stops=tf.TensorSpec([None, MAX_STOPS, MAX_STOP_TOKENS], tf.int32),
+                     avoid_copies=tf.TensorSpec([], tf.int32), guard_keys=tf.TensorSpec([None], tf.int64),
+                     guard_nexts=tf.TensorSpec([None], tf.int32))
 
     @staticmethod
     def of(rows, n_vocab, guard=None):
@@ -59,12 +62,31 @@ class Knobs(NamedTuple):
             return tf.constant([getattr(o, field) for o in rows], dtype)
 
         return Knobs(
-            column("temperature", tf.float32), column("top_k", tf.int32), column("top_p", tf.float32),
-            column("min_p", tf.float32), column("repetition_penalty", tf.float32),
-            column("presence_penalty", tf.float32), column("frequency_penalty", tf.float32),
-            tf.constant(np.stack([bias_vector(o.logit_bias, n_vocab) for o in rows])),
-            tf.constant(np.stack([stop_table(o.stop_tokens) for o in rows])), tf.constant(n, tf.int32),
-            keys, nexts)
+            temperature=column("temperature", tf.float32), top_k=column("top_k", tf.int32),
+            top_p=column("top_p", tf.float32), min_p=column("min_p", tf.float32),
+            repetition_penalty=column("repetition_penalty", tf.float32),
+            presence_penalty=column("presence_penalty", tf.float32),
+            frequency_penalty=column("frequency_penalty", tf.float32),
+            logit_bias=tf.constant(np.stack([bias_vector(o.logit_bias, n_vocab) for o in rows])),
+            stops=tf.constant(np.stack([stop_table(o.stop_tokens) for o in rows])),
+            avoid_copies=tf.constant(n, tf.int32), guard_keys=keys, guard_nexts=nexts)
+
+
+class Steering(NamedTuple):
+    """The decoding loop's state, one value a row: what the penalties, the stop sequences and the guard read."""
+
+    seen: tf.Tensor  # bool [batch, n_vocab]: the text's tokens, prompt included (the repetition penalty's)
+    recent: tf.Tensor  # int32 [batch, MAX_STOP_TOKENS]: each row's last drawn tokens, left-padded with NO_TOKEN
+    counts: tf.Tensor  # float32 [batch, n_vocab]: each token's draws so far (OpenAI's penalties)
+    tail: tf.Tensor  # int32 [batch, WINDOW]: each row's last tokens, prompt included (the copy guard's)
+    ended: tf.Tensor  # bool [batch]: rows that need no more tokens
+
+    @staticmethod
+    def specs(n_vocab):
+        return Steering(seen=tf.TensorSpec([None, n_vocab], tf.bool),
+                        recent=tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),
+                        counts=tf.TensorSpec([None, n_vocab], tf.float32), tail=tf.TensorSpec([None, WINDOW], tf.int32),
+                        ended=tf.TensorSpec([None], tf.bool))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,11 +18,10 @@ import tensorflow as tf
 
 from .. import xla_choice
 from ..model import columns
-from .copy_guard import WINDOW, banned
-from .decoding import Decoding
-from .draws import _draw, adjust_logits, filter_logits, penalize, row_seeds  # noqa: F401  (filter_logits, penalize: this module's API)
-from .options import (MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, SamplingOptions, bias_vector,  # noqa: F401
-                      left_padded, stop_hits, stop_table, text_tail)
+from . import joining
+from .decoding import Decoding, cache_window
+from .draws import Steer, row_seeds
+from .options import Knobs, SamplingOptions, Steering, left_padded, text_tail
 
 # Batches up to this size decode with the XLA loop (124M: 1.37x the growing loop's tokens/s at batch 8,
 # 1.32x at 16 mixed prompts of 3 to 200 tokens); each batch size compiles its own XLA program, once.
@@ -54,11 +53,7 @@ class Sampler:
             (tf.TensorSpec([None, 2], tf.int64),  # each row's (seed, stream row): `draws.row_seeds`
              tf.TensorSpec([None], tf.int64)),  # the index of each row's first token drawn in its stream
             Knobs.specs(hp.n_vocab),  # the sampling options' tensors
-            (tf.TensorSpec([None, hp.n_vocab], tf.bool),  # seen: the text's tokens (the repetition penalty's)
-             tf.TensorSpec([None, MAX_STOP_TOKENS], tf.int32),  # recent: each row's last drawn tokens
-             tf.TensorSpec([None, hp.n_vocab], tf.float32),  # counts: each token's draws so far
-             tf.TensorSpec([None, WINDOW], tf.int32),  # tail: each row's last tokens, prompt included (the copy guard's)
-             tf.TensorSpec([None], tf.bool)),  # ended: rows that need no more tokens
+            Steering.specs(hp.n_vocab),  # the loop's state
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
         pads = tf.TensorSpec([None], tf.int32)  # each row's left padding (prompts of different lengths)
@@ -101,7 +96,7 @@ class Sampler:
                 shape for the whole loop, written in place).
             n, seed: tokens to draw (n >= 1, some row live on entry); (each row's seed and stream
                 row, `draws.row_seeds`; int64 `[batch]`, the index in its stream of each row's first token drawn).
-            knobs: `Knobs.of(...)`, one value a row; steering: the loop's state (seen, recent, counts, tail, ended).
+            knobs: `Knobs.of(...)`, one value a row; steering: the loop's `Steering`.
             matrices: `columns.loop_matrices`, made once per `chunks` call (not per compiled call), or none.
 
         Returns:
@@ -110,7 +105,7 @@ class Sampler:
             token is not fed: it is the caller's next `pending`.
         """
         hp = self.model.hparams
-        steer = _Steering(hp.n_vocab, knobs)
+        steer = Steer(hp.n_vocab, knobs)
         seeds, first = seed
         fixed = start is not None
         slots = tf.range(hp.n_ctx)[None, :]
@@ -128,11 +123,11 @@ class Sampler:
         if not fixed:  # the prompt's step, then one token a step; the caches grow
             cache = [tf.TensorShape([None, None, hp.head_dim])] * len(keys)
             invariants = (tf.TensorShape([]), tf.TensorShape([None, None]), cache, cache,
-                          tf.TensorShape([None, hp.n_ctx]), tuple(t.shape for t in steering))
+                          tf.TensorShape([None, hp.n_ctx]), Steering(*(t.shape for t in steering)))
         count, _, keys, values, drawn, steering = tf.while_loop(
-            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1][-1]), body,
+            lambda i, *state: (i < n) & ~tf.reduce_all(state[-1].ended), body,
             (tf.constant(0), pending, keys, values, drawn, steering), shape_invariants=invariants)
-        return drawn, count, steering[-1], keys, values
+        return drawn, count, steering.ended, keys, values
 
     def sample(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, **kwargs):
         """Draw `length` tokens after `context` for every row.
@@ -219,8 +214,9 @@ class Sampler:
         """Draw up to `n` tokens with the loop that fits: (numpy int32 `[batch, <= n]`, numpy bool `[batch]` ended)."""
         fixed = len(state.pending) <= self.xla_max_batch
         n_vocab = self.model.hparams.n_vocab
-        steering = (tf.constant(state.seen(n_vocab)), tf.constant(state.recent()), tf.constant(state.counts(n_vocab)),
-                    tf.constant(text_tail(state.history)), tf.constant(state.ended))
+        steering = Steering(seen=tf.constant(state.seen(n_vocab)), recent=tf.constant(state.recent()),
+                            counts=tf.constant(state.counts(n_vocab)), tail=tf.constant(text_tail(state.history)),
+                            ended=tf.constant(state.ended))
         if state.start is None and fixed and state.pads.any():
             self._prefill_rows(state)
         pending, pads, (keys, values) = tf.constant(np.maximum(state.pending, 0)), tf.constant(state.pads), state.caches
@@ -240,43 +236,21 @@ class Sampler:
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
 
-    def _fits(self, state, rows):
-        """Whether `rows` (`decoding.Joining`) can join the fixed-window call `state` now: no text outgrows the context."""
-        wanted = max([state.left()] + [row.length for row in rows])
-        return all(row.tokens for row in rows) and state.shifted_start(rows) + wanted <= self.model.hparams.n_ctx
-
     def _join(self, state, join):
         """Ask `join` for rows to put in the ended slots, growing the batch to a power of two: whether any joined.
 
-        The caches follow the state: rows move right when a longer prompt needs room before
-        `pending` (more left padding, the same positions), the window grows to what the rows want,
-        and each joining row's prompt is read into its slot (`_prefill`, as `_prefill_rows` reads).
+        `joining.admit` moves the rows and caches: a longer prompt shifts every row right, the
+        window grows to what the rows want, and each joining prompt is read into its slot.
         """
         hp = self.model.hparams
         slots = [int(s) for s in np.flatnonzero(state.ended)] + list(range(len(state.ended), self.xla_max_batch))
-        joining = join(slots, lambda rows: self._fits(state, rows)) if slots else []
-        if not joining:
+        rows = join(slots, lambda rows: joining.fits(state, rows, hp.n_ctx)) if slots else []
+        if not rows:
             return False
-        assert self._fits(state, joining), "join returned rows that do not fit"
-        taken, window = slots[:len(joining)], state.caches[0][0].shape[1]
+        assert joining.fits(state, rows, hp.n_ctx), "join returned rows that do not fit"
+        taken = slots[:len(rows)]
         size = max(len(state.ended), min(1 << max(taken).bit_length(), self.xla_max_batch))
-        grow, shift = size - len(state.ended), state.shifted_start(joining) - state.start
-        state.grow(size)
-        state.shift(shift)
-        for slot, row in zip(taken, joining):
-            state.place(slot, row)
-        fitted = max(window, cache_window(state.start + state.left(), hp.n_ctx))
-        reads = [self._prefill(tf.constant([row.tokens[:-1]])) if len(row.tokens) > 1 else self._empty_cache(1)
-                 for row in joining]
-        rows = tf.constant([[slot * hp.n_head + h] for slot in taken for h in range(hp.n_head)])
-        caches = []
-        for kind, old in enumerate(state.caches):
-            caches.append([tf.tensor_scatter_nd_update(
-                tf.pad(c, [[0, grow * hp.n_head], [shift, max(0, fitted - window - shift)], [0, 0]])[:, :fitted], rows,
-                tf.concat([tf.pad(read[kind][layer], [[0, 0], [state.pads[slot], fitted - state.start], [0, 0]])
-                           for slot, read in zip(taken, reads)], axis=0))
-                for layer, c in enumerate(old)])
-        state.caches = tuple(caches)
+        joining.admit(state, rows, taken, size=size, hparams=hp, prefill=self._prefill, empty=self._empty_cache)
         return True
 
     def _prefill_rows(self, state):
@@ -305,46 +279,3 @@ class Sampler:
         """
         window = cache_window(state.start + state.left(), self.model.hparams.n_ctx)
         return [tf.pad(c, [[0, 0], [0, window - c.shape[1]], [0, 0]]) for c in caches]
-
-
-def cache_window(positions, n_ctx):
-    """The XLA loop's cache length for `positions` positions: a multiple of 128, at most n_ctx.
-
-    A step reads its whole cache (single-threaded in XLA), so a short call does not pay for the
-    full context (at batch 8 the caches of 124M hold 604 MB, more than its weights), nor for more
-    than 127 unwritten positions. Each window compiles its own XLA program, once per batch size.
-    """
-    return min(128 * -(-max(positions, 1) // 128), n_ctx)
-
-
-class _Steering:
-    """Penalties, logit bias, filters and stop sequences inside a compiled loop (a plain helper, traced)."""
-
-    def __init__(self, n_vocab, knobs):
-        self.n_vocab, self.knobs = n_vocab, knobs
-
-    def draw(self, logits, steering, index, seeds, sort=False):
-        """Draw number `index` of each row's stream (`draws._draw`) from the model's `logits` `[batch, n_vocab]`: int32 `[batch, 1]`.
-
-        Every per-step change to the logits happens here: `draws.adjust_logits`, the copy guard
-        (a banned token's logit is -inf, before the filters), then the filters.
-        """
-        k = self.knobs
-        seen, _, counts, tail, _ = steering
-        adjusted = adjust_logits(logits, seen, counts,
-                                 (k.repetition_penalty, k.presence_penalty, k.frequency_penalty, k.logit_bias))
-        adjusted = tf.cond(
-            k.avoid_copies > 0,
-            lambda: tf.where(banned(tail, k.avoid_copies, k.guard_keys, k.guard_nexts, self.n_vocab),
-                             -float("inf"), adjusted),
-            lambda: adjusted)
-        return _draw(adjusted, index, k.temperature, k.top_k, k.top_p, seeds, sort=sort, min_p=k.min_p)
-
-    def update(self, token, steering):
-        """After drawing `token` [batch, 1]: (seen, recent, counts, tail, ended) including it."""
-        seen, recent, counts, tail, ended = steering
-        seen = seen | tf.equal(tf.range(self.n_vocab)[None, :], token)
-        counts = counts + tf.one_hot(token[:, 0], self.n_vocab, dtype=counts.dtype)
-        recent = tf.concat([recent[:, 1:], token], axis=1)
-        tail = tf.concat([tail[:, 1:], token], axis=1)
-        return seen, recent, counts, tail, ended | tf.reduce_any(stop_hits(recent, self.knobs.stops), axis=-1)

@@ -23,7 +23,7 @@ from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
 from .copy_guard import WINDOW, no_guard
-from .options import MAX_STOP_TOKENS, MAX_STOPS, Knobs, stop_hits, stop_table
+from .options import MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, Steering, stop_hits, stop_table
 from .sample import Sampler
 
 SIGNATURE = "serving_default"
@@ -98,11 +98,13 @@ class ServingModule(tf.Module):
 
         off = rows(0.0)  # min_p, OpenAI's penalties and the copy guard: not in the export's signature
         keys, nexts = no_guard()
-        knobs = Knobs(rows(temperature), rows(top_k), rows(top_p), off, rows(repetition_penalty), off, off,
-                      tf.zeros([batch, hp.n_vocab]), tf.tile(stop_tokens[None], [batch, 1, 1]),
-                      tf.constant(0), tf.constant(keys), tf.constant(nexts))
-        steering = (seen_tokens(tokens, hp.n_vocab), tf.fill([batch, MAX_STOP_TOKENS], -1),
-                    tf.zeros([batch, hp.n_vocab], tf.float32), tf.fill([batch, WINDOW], -1), tf.zeros([batch], tf.bool))
+        knobs = Knobs(temperature=rows(temperature), top_k=rows(top_k), top_p=rows(top_p), min_p=off,
+                      repetition_penalty=rows(repetition_penalty), presence_penalty=off, frequency_penalty=off,
+                      logit_bias=tf.zeros([batch, hp.n_vocab]), stops=tf.tile(stop_tokens[None], [batch, 1, 1]),
+                      avoid_copies=tf.constant(0), guard_keys=tf.constant(keys), guard_nexts=tf.constant(nexts))
+        steering = Steering(seen=seen_tokens(tokens, hp.n_vocab), recent=tf.fill([batch, MAX_STOP_TOKENS], NO_TOKEN),
+                            counts=tf.zeros([batch, hp.n_vocab], tf.float32), tail=tf.fill([batch, WINDOW], NO_TOKEN),
+                            ended=tf.zeros([batch], tf.bool))
         drawn, count, _, _, _ = self._sampler.decode_chunk(tokens, tf.zeros([batch], tf.int32), cache, cache, length,
                                                            (seeds, tf.zeros([batch], tf.int64)), knobs, steering)
         new = drawn[:, :count]

@@ -16,8 +16,11 @@ class StopStrings:
         strings: the stop strings, in the order given (empty: none).
     """
 
-    def __init__(self, stop, *, name="stop"):
-        """Check `stop`: None, a non-empty string, or a list of up to MAX_STOPS non-empty strings.
+    def __init__(self, stop, *, name="stop", limit=MAX_STOPS):
+        """Check `stop`: None, a non-empty string, or a list of up to `limit` non-empty strings.
+
+        The one check of stop strings: `generate`'s `stop` (up to MAX_STOPS, what the compiled
+        loop holds) and the server's `stop` field (OpenAI's limit, 4).
 
         Raises:
             ValueError: naming `name` (the argument, flag or JSON field) and the fix.
@@ -25,8 +28,8 @@ class StopStrings:
         strings = [stop] if isinstance(stop, str) else [] if stop is None else stop
         if not isinstance(strings, (list, tuple)) or not all(isinstance(s, str) and s for s in strings):
             raise ValueError(f"{name}={stop!r} must be a non-empty string or a list of non-empty strings")
-        if len(strings) > MAX_STOPS:
-            raise ValueError(f"{name} has {len(strings)} strings; at most {MAX_STOPS} are allowed")
+        if len(strings) > limit:
+            raise ValueError(f"{name} has {len(strings)} strings; at most {limit} are allowed")
         self.strings = list(strings)
 
     def __bool__(self):

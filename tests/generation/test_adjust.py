@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_simple.generation.draws import adjust_logits
-from gpt2_simple.generation.sample import Sampler, bias_vector, filter_logits
+from gpt2_simple.generation.draws import adjust_logits, filter_logits
+from gpt2_simple.generation.options import bias_vector
+from gpt2_simple.generation.sample import Sampler
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
 

@@ -7,7 +7,7 @@ import pytest
 from serving import headless_chromium, running_server
 
 import gpt2_simple as gpt2
-from gpt2_simple.generation.gallery import read_curves, read_samples
+from gpt2_simple.serving.gallery import read_curves, read_samples
 
 pytestmark = pytest.mark.slow  # all of this file (a fine-tuned run, a browser): `pytest -m "not slow"` skips it
 

@@ -6,9 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpt2_simple.generation.decoding import Decoding, Joining
+from gpt2_simple.generation.decoding import Decoding
+from gpt2_simple.generation.joining import Joining, place
 from gpt2_simple.generation.options import NO_TOKEN, SamplingOptions
-from gpt2_simple.generation.sample import Sampler, _draw, filter_logits, penalize
+from gpt2_simple.generation.draws import _draw, filter_logits, penalize
+from gpt2_simple.generation.sample import Sampler
 from gpt2_simple.model.hparams import HParams
 from gpt2_simple.model.model import GPT2
 
@@ -329,7 +331,7 @@ def test_a_row_placed_in_an_ended_slot_starts_clean():
                      seeds=np.zeros([2, 2], np.int64), options=[SamplingOptions.make()] * 2, until=np.array([2, 4]),
                      start=2)
     state.pads = np.array([0, 1], np.int32)
-    state.place(0, Joining([7, 3], SamplingOptions.make(top_k=2), (9, 1), 3))
+    place(state, 0, Joining([7, 3], SamplingOptions.make(top_k=2), (9, 1), 3))
     assert state.history[0].tolist() == [NO_TOKEN, 7, 3] and state.pending[0].tolist() == [3] and state.pads[0] == 1
     assert state.seen(10)[0].nonzero()[0].tolist() == [3, 7] and state.counts(10)[0].sum() == 0
     assert state.recent()[0].tolist() == [NO_TOKEN] * len(state.recent()[0])

@@ -230,7 +230,8 @@ def _run_with_late_jobs(sess, batcher, make_late, events):
     """Run a seeded 12-token job on `batcher` (then stopped); at its first event, submit the jobs
     `make_late(emit_of)` makes, so they arrive mid-batch. Returns (text by (key, row), [(key, event)]
     of the first `events` "done" or "error" events, in order)."""
-    from gpt2_simple.generation.batcher import Job, Options
+    from gpt2_simple.generation.options import SamplingOptions
+    from gpt2_simple.serving.batcher import Job
 
     texts, finished, all_done, late = {}, [], threading.Event(), []
 
@@ -252,7 +253,7 @@ def _run_with_late_jobs(sess, batcher, make_late, events):
         emit_of("first")(event)
 
     try:
-        batcher.submit(Job(sess.encoder.encode("Busy"), 1, Options(max_tokens=12), first, seed=5))
+        batcher.submit(Job(sess.encoder.encode("Busy"), 1, SamplingOptions(), first, max_tokens=12, seed=5))
         assert all_done.wait(120), finished
     finally:
         batcher.stop()
@@ -263,17 +264,19 @@ def test_requests_that_arrive_mid_batch_join_it_and_draw_what_they_draw_alone(se
     # Continuous batching: jobs waiting when a chunk of the running batch returns join it (one batch,
     # grown from 1 row to 4), with a longer prompt, other options and their own seeds; each row
     # draws what generate(seed=...) draws alone. Before, they waited for the first batch to end.
-    from gpt2_simple.generation.batcher import Batcher, Job, Options
+    from gpt2_simple.generation.options import SamplingOptions
+    from gpt2_simple.serving.batcher import Batcher, Job
 
     batcher = Batcher(sess.sampler, sess.encoder).start()
-    late = [("A longer prompt than the first one, by some way", Options(max_tokens=10, temperature=0.7, top_k=20), 8, 2),
-            ("x", Options(max_tokens=6, temperature=1.2, frequency_penalty=0.3), 2, 1)]
+    late = [("A longer prompt than the first one, by some way", SamplingOptions(temperature=0.7, top_k=20), 10, 8, 2),
+            ("x", SamplingOptions(temperature=1.2, frequency_penalty=0.3), 6, 2, 1)]
     texts, finished = _run_with_late_jobs(sess, batcher, lambda emit_of: [
-        Job(sess.encoder.encode(p), n, o, emit_of(i), seed=seed) for i, (p, o, seed, n) in enumerate(late)], 4)
+        Job(sess.encoder.encode(p), n, o, emit_of(i), max_tokens=length, seed=seed)
+        for i, (p, o, length, seed, n) in enumerate(late)], 4)
     assert sorted(e[0] for _, e in finished) == ["done"] * 4, finished
     assert (batcher.batches, batcher.rows) == (1, 4)  # they joined the first batch
-    for i, (prompt, options, seed, n) in enumerate(late):
-        expected = gpt2.generate(sess, prefix=prompt, length=options.max_tokens, nsamples=n, batch_size=n, seed=seed,
+    for i, (prompt, options, length, seed, n) in enumerate(late):
+        expected = gpt2.generate(sess, prefix=prompt, length=length, nsamples=n, batch_size=n, seed=seed,
                                  temperature=options.temperature, top_k=options.top_k,
                                  frequency_penalty=options.frequency_penalty, include_prefix=False, return_as_list=True)
         assert [texts.get((i, row), "").lstrip("\n") for row in range(n)] == expected
@@ -283,12 +286,13 @@ def test_a_job_that_cannot_join_yet_is_not_overtaken_by_newer_ones(sess):
     # Joining is in queue order: a waiting job of 2 rows cannot join a 2-row batch that runs 1, and
     # the 1-row job behind it must not take the free row; the batch drains and the older job runs
     # next. Otherwise a job could wait forever while newer ones keep joining.
-    from gpt2_simple.generation.batcher import Batcher, Job, Options
+    from gpt2_simple.generation.options import SamplingOptions
+    from gpt2_simple.serving.batcher import Batcher, Job
 
     batcher = Batcher(sess.sampler, sess.encoder, max_rows=2).start()
     _, finished = _run_with_late_jobs(sess, batcher, lambda emit_of: [
-        Job(sess.encoder.encode("Two rows"), 2, Options(max_tokens=4), emit_of("older")),
-        Job(sess.encoder.encode("One"), 1, Options(max_tokens=4), emit_of("newer"))], 4)
+        Job(sess.encoder.encode("Two rows"), 2, SamplingOptions(), emit_of("older"), max_tokens=4),
+        Job(sess.encoder.encode("One"), 1, SamplingOptions(), emit_of("newer"), max_tokens=4)], 4)
     assert [(key, e[0]) for key, e in finished] == [("first", "done"), ("older", "done"), ("older", "done"),
                                                     ("newer", "done")]
     assert (batcher.batches, batcher.rows) == (3, 4)

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import client_fixture, running_server, url_of
 
 import gpt2_simple as gpt2
-from gpt2_simple.generation.openai_chat import ChatTemplate
+from gpt2_simple.serving.openai_chat import ChatTemplate
 
 KEY = "chat-key"
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

@@ -7,11 +7,11 @@ finding the text that begins the next turn (generation stops there), and the `ch
 objects and chunks. The sampling options are the completions endpoint's (`openai_api`), so chat
 takes the same `n`, `stop`, `seed`, `temperature`, `top_p`, `top_k` and penalties.
 """
-import dataclasses
 import time
 import uuid
 
 from . import openai_api as api
+from .http import INSTALL
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 # Chat fields the server does not implement, refused only at a value that would change the answer.
@@ -73,7 +73,7 @@ def _compile(source):
     try:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
-        raise ModuleNotFoundError(f"a chat template needs Jinja2; install it with: {_install()}") from None
+        raise ModuleNotFoundError(f"a chat template needs Jinja2; install it with: {INSTALL}") from None
     import jinja2
 
     try:
@@ -86,12 +86,6 @@ def _compile(source):
 
 def _raise(message):
     raise ValueError(message)
-
-
-def _install():
-    from .serve import INSTALL
-
-    return INSTALL
 
 
 def messages_of(body):
@@ -128,12 +122,10 @@ def parse_chat(body, enc, n_ctx, template, *, max_tokens):
     if tokens is None:  # OpenAI's default: as long as the context allows
         tokens = max(1, min(max_tokens, n_ctx - len(prompt)))
     fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "echo", "suffix", "best_of")}
-    req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens), enc, n_ctx, max_tokens=max_tokens)
-    if req.options.max_tokens == 0:
+    req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens), enc, n_ctx, max_tokens=max_tokens,
+                               first_stops=(template.turn_end,) if template.turn_end else ())
+    if req.max_tokens == 0:
         raise api.APIError(400, "max_tokens must be at least 1 for a chat completion", "max_tokens")
-    if template.turn_end:
-        options = dataclasses.replace(req.options, stop=(template.turn_end,) + req.options.stop)
-        req = dataclasses.replace(req, options=options)
     return req
 
 

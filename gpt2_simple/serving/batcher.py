@@ -21,12 +21,12 @@ import threading
 
 import numpy as np
 
-from .decoding import Joining
-from .draws import batch_seed, row_seeds
-from .options import SamplingOptions
-from .scores import covered
-from .stop_strings import StopStrings
-from .call import TextStream
+from ..generation.call import TextStream
+from ..generation.draws import batch_seed, row_seeds
+from ..generation.joining import Joining
+from ..generation.options import SamplingOptions
+from ..generation.scores import covered
+from ..generation.stop_strings import StopStrings
 
 CHUNK = 4  # tokens per compiled call: how often pieces arrive and cancellation is noticed
 LOG = logging.getLogger("gpt2_simple.serve")
@@ -34,31 +34,6 @@ LOG = logging.getLogger("gpt2_simple.serve")
 
 class QueueFull(Exception):
     """The queue holds `max_queue` jobs already."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The sampling options of a job (its rows' own, in a batch of any options)."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.0
-    repetition_penalty: float = 1.0
-    stop: tuple = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple = ()  # ((token id, bias), ...): a tuple, so equal options hash equal
-    min_p: float = 0.0
-    avoid_copies: int = 0  # the copy guard's N (0: off); the job carries the guard's index
-
-    def sampling(self, stop_tokens):
-        """The sampler's `SamplingOptions`, with the stop strings' token sequences."""
-        return SamplingOptions(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
-            stop_tokens=tuple(tuple(seq) for seq in stop_tokens), avoid_copies=self.avoid_copies)
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,8 +47,10 @@ class Job:
 
     tokens: list
     n: int
-    options: Options
+    options: SamplingOptions  # its `stop_tokens` are the token sequences of `stop`
     emit: object
+    max_tokens: int = 16
+    stop: tuple = ()  # stop strings: the text ends before the first
     seed: int = None
     scored: bool = False
     guard: object = None  # the `copy_guard.GuardIndex` of `options.avoid_copies` tokens, or None
@@ -81,7 +58,7 @@ class Job:
 
     def group(self):
         """Jobs share a batch only within a group: one copy guard a batch (it carries its N), and scoring-only jobs apart."""
-        return self.guard, self.options.max_tokens == 0
+        return self.guard, self.max_tokens == 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -199,7 +176,7 @@ class Batcher:
         if len({job.group() for job in jobs}) > 1:
             return False
         lengths = {len(job.tokens) for job in jobs}
-        return len(lengths) == 1 or max(lengths) + max(job.options.max_tokens for job in jobs) <= self.n_ctx
+        return len(lengths) == 1 or max(lengths) + max(job.max_tokens for job in jobs) <= self.n_ctx
 
     def _run(self, jobs):
         """Sample every row of `jobs` in one batch, emitting pieces as chunks return, and score the rows that ask as they end.
@@ -229,14 +206,14 @@ class Batcher:
             for slot, row in enumerate(rows):
                 if not _Row.live(row):
                     continue
-                new = tokens[slot][:row.job.options.max_tokens - len(row.drawn)]  # a row may want fewer than the batch
+                new = tokens[slot][:row.job.max_tokens - len(row.drawn)]  # a row may want fewer than the batch
                 piece = row.text.feed(new)
                 row.drawn += new.tolist()
                 if piece:
                     row.job.emit(("text", row.i, piece))
                 if row.text.ended:
                     finish(row, "stop")
-                elif len(row.drawn) == row.job.options.max_tokens:
+                elif len(row.drawn) == row.job.max_tokens:
                     end(row)
             self._score(scored)  # the rows that ended in this chunk, not at the end of a batch others keep joining
             scored.clear()
@@ -248,19 +225,16 @@ class Batcher:
     def _stops_of(self, job):
         """The job's `StopStrings`, one for all its rows (made once a batch)."""
         if job not in self._stops:
-            self._stops[job] = StopStrings(list(job.options.stop))
+            self._stops[job] = StopStrings(list(job.stop), limit=len(job.stop))
         return self._stops[job]
 
     def _row(self, job, i):
         return _Row(job, i, TextStream(self.encoder, job.tokens, stops=self._stops_of(job), lstrip=False))
 
-    def _sampling(self, job):
-        return job.options.sampling(self._stops_of(job).tokens(self.encoder))
-
     def _chunks(self, jobs, rows):
         """The sampler's chunks for `rows`, each with its job's options and seed (none when every
         `max_tokens` is 0: the prompts are only scored); waiting jobs join between chunks."""
-        length = max(job.options.max_tokens for job in jobs)
+        length = max(job.max_tokens for job in jobs)
         if length == 0:
             return
 
@@ -274,7 +248,7 @@ class Batcher:
             rows.extend([None] * (len(out) - len(rows)))  # the sampler grew the batch for joining rows
             return [not _Row.live(row) or self._stopping for row in rows]
 
-        sampling = [self._sampling(job) for job in jobs]
+        sampling = [job.options for job in jobs]
         # A seeded job's rows draw what generate(seed=...)'s first batch draws; an unseeded job gets a fresh seed.
         seeds = np.concatenate([row_seeds(batch_seed(job.seed), job.n) for job in jobs] + [row_seeds(0, fillers)])
         yield from self.sampler.chunks(
@@ -296,7 +270,7 @@ class Batcher:
             for job in list(self._waiting) if not self._stopping else ():
                 if job.group() != group or len(joining) + job.n > len(slots):
                     break
-                rows_of_job = [Joining(job.tokens, self._sampling(job), tuple(pair), job.options.max_tokens)
+                rows_of_job = [Joining(job.tokens, job.options, tuple(pair), job.max_tokens)
                                for pair in row_seeds(batch_seed(job.seed), job.n)]
                 if not fits(joining + rows_of_job):
                     break

@@ -1,7 +1,7 @@
 """OpenAI's completions contract: checking a request's JSON, and shaping answers, chunks and errors.
 
 This module owns the wire format of `POST /v1/completions` and nothing about HTTP or the model:
-`parse_completion` turns a decoded JSON body into `Job` options (or raises `APIError`, which
+`parse_completion` turns a decoded JSON body into a `Completion` carrying its `SamplingOptions` (or raises `APIError`, which
 names the field, as OpenAI's `{"error": {"message", "type", "param"}}` does), and the other
 functions build the response objects. A prompt is text or token ids. Unknown fields are ignored,
 as OpenAI does, and so are known ones at a value that changes nothing (`frequency_penalty: 0`,
@@ -13,10 +13,11 @@ import dataclasses
 import time
 import uuid
 
-from .batcher import Options
-from .copies import SPAN
-from .copy_guard import WINDOW
-from .scores import MAX_TOP
+from ..generation.copies import SPAN
+from ..generation.copy_guard import WINDOW
+from ..generation.options import SamplingOptions
+from ..generation.scores import MAX_TOP
+from ..generation.stop_strings import StopStrings
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 16
@@ -43,7 +44,9 @@ class Completion:
 
     prompts: list  # [[int]]: one token list per prompt
     n: int
-    options: Options
+    options: SamplingOptions  # how each row draws; its `stop_tokens` are `stop`'s
+    max_tokens: int
+    stop: tuple  # stop strings, the end of a document last
     seed: int
     stream: bool
     logprobs: int = None  # alternatives per token, or None: no scores
@@ -121,18 +124,20 @@ def refuse_unsupported(body, refused=None):
             raise APIError(400, f"{name}={body[name]!r} is not supported by this server; leave it out", name)
 
 
-def _stop(body):
-    stop = body.get("stop")
-    strings = [stop] if isinstance(stop, str) else [] if stop is None else stop
-    if not isinstance(strings, list) or not all(isinstance(s, str) and s for s in strings):
-        raise APIError(400, "stop must be a non-empty string or a list of non-empty strings", "stop")
-    if len(strings) > MAX_STOP_STRINGS:
-        raise APIError(400, f"stop has {len(strings)} strings; at most {MAX_STOP_STRINGS} are allowed", "stop")
-    return tuple(strings) + ("<|endoftext|>",)  # the end of a document ends a completion too
+def _stop(body, first=()):
+    """The request's stop strings: `first` (chat's end of turn), then `stop`'s, then the end of a document."""
+    try:
+        strings = StopStrings(body.get("stop"), limit=MAX_STOP_STRINGS).strings
+    except ValueError as e:
+        raise APIError(400, str(e), "stop") from None
+    return tuple(first) + tuple(strings) + ("<|endoftext|>",)  # the end of a document ends a completion too
 
 
-def parse_completion(body, enc, n_ctx, *, max_tokens):
-    """A JSON body (already decoded) -> `Completion`. Raises APIError (400) naming the field."""
+def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=()):
+    """A JSON body (already decoded) -> `Completion`. Raises APIError (400) naming the field.
+
+    `first_stops`: stop strings ahead of the request's own (chat's end of turn; not counted in its limit).
+    """
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     refuse_unsupported(body)
@@ -158,12 +163,15 @@ def parse_completion(body, enc, n_ctx, *, max_tokens):
                        "copy_threshold")
     if temperature == 0:  # OpenAI's greedy decoding
         temperature, top_k, top_p = 1.0, 1, 1.0
-    options = Options(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
-                      top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
-                      stop=_stop(body), presence_penalty=float(presence), frequency_penalty=float(frequency),
-                      logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
-                      avoid_copies=_number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
-    return Completion(prompts=prompts, n=n, options=options, seed=seed, stream=stream, logprobs=logprobs, echo=echo,
+    stop = _stop(body, first_stops)
+    options = SamplingOptions(temperature=float(temperature), top_k=int(top_k),
+                              top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
+                              presence_penalty=float(presence), frequency_penalty=float(frequency),
+                              logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
+                              stop_tokens=tuple(tuple(t) for t in StopStrings(list(stop), limit=len(stop)).tokens(enc)),
+                              avoid_copies=_number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
+    return Completion(prompts=prompts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed, stream=stream,
+                      logprobs=logprobs, echo=echo,
                       check_copies=_flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)
 

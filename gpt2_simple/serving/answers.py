@@ -32,7 +32,8 @@ class Run:
         self.texts = [""] * self.rows  # each choice's completion (no echo), for its copy mark
         self.counts = [0] * self.rows
         self.scores = [None] * self.rows
-        self.jobs = [Job(tokens=t, n=req.n, options=req.options, seed=req.seed, emit=self._emitter(loop, p),
+        self.jobs = [Job(tokens=t, n=req.n, options=req.options, max_tokens=req.max_tokens, stop=req.stop,
+                         seed=req.seed, emit=self._emitter(loop, p),
                          scored=req.logprobs is not None, guard=guard)
                      for p, t in enumerate(req.prompts)]
         try:

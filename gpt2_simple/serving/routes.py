@@ -1,0 +1,189 @@
+"""The server's routes: one handler a path, each over the app's `Served` state, and the route table.
+
+This module owns what each path answers: `POST /v1/completions` and `/v1/chat/completions`
+(checked by `openai_api.py` / `openai_chat.py`, run as `answers.Run`s in the batcher, answered
+whole or streamed), `GET /v1/models`, `POST /tokenize` and `/detokenize`, `GET /tokenizer_info`
+(`tokenizer_api.py`), `GET /metrics`, `GET /health` and the page at `/`. `ROUTES` is the one list
+of them: the app is built from it and `/metrics` counts its paths by name. Building the app and
+running it is `serve.py`'s; the gallery's routes are `gallery.py`'s.
+"""
+import asyncio
+import dataclasses
+import os
+from importlib import resources
+
+from . import openai_api as api
+from . import openai_chat as chat_api
+from . import tokenizer_api
+from .answers import Run, chat_events, completion_events, disconnected
+from .http import error_response, read_json
+
+
+@dataclasses.dataclass(eq=False)
+class Served:
+    """What the handlers share: the session, its batcher, template and metrics, and the server's limits."""
+
+    sess: object
+    batcher: object  # `batcher.Batcher`
+    template: object  # `openai_chat.ChatTemplate`
+    metrics: object  # `metrics.Metrics`
+    name: str  # the model's id in answers and /v1/models
+    max_tokens: int
+    max_body: int
+    training_data: str = None
+    building: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one copy-index build at a time
+
+    @property
+    def enc(self):
+        return self.sess.encoder
+
+    @property
+    def n_ctx(self):
+        return self.sess.model.hparams.n_ctx
+
+    async def built(self, field, build, *args):
+        """What `build(*args, training_data)` makes from the run's training text, off the event loop (the
+        session keeps it); a 400 naming `field` when that text cannot be found."""
+        async with self.building:
+            try:
+                return await asyncio.to_thread(build, *args, self.training_data)
+            except (FileNotFoundError, ValueError) as e:
+                raise api.APIError(400, f"{field} needs the served run's training text, but {e} (when serving: "
+                                        "gpt2_simple serve --training_data FILE)", field) from None
+
+
+def served_name(sess, name=None):
+    """The id the server answers as: `name`, else the folder's name, else "gpt2"."""
+    return name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"
+
+
+def _served(request):
+    return request.app.state.served
+
+
+async def health(request):
+    from starlette.responses import JSONResponse
+
+    s = _served(request)
+    b = s.batcher
+    return JSONResponse({"status": "ok", "model": s.name, "queued": b.queued, "running": b.running,
+                         "batches": b.batches, "rows": b.rows, "tokens": b.tokens})
+
+
+async def models(request):
+    from starlette.responses import JSONResponse
+
+    s = _served(request)
+    return JSONResponse(api.models(s.name, s.n_ctx))
+
+
+async def page(request):
+    from starlette.responses import HTMLResponse
+
+    return HTMLResponse(resources.files(__package__).joinpath("web/index.html").read_text(encoding="utf-8"))
+
+
+async def completions(request):
+    s = _served(request)
+    return await _answer(request, lambda body: api.parse_completion(body, s.enc, s.n_ctx, max_tokens=s.max_tokens),
+                         api.completion_id(), api.completion, completion_events)
+
+
+async def chat(request):
+    s = _served(request)
+    return await _answer(request, lambda body: chat_api.parse_chat(body, s.enc, s.n_ctx, s.template,
+                                                                   max_tokens=s.max_tokens),
+                         chat_api.chat_id(), chat_api.chat_completion, chat_events)
+
+
+async def tokenize(request):
+    s = _served(request)
+    return await _json_route(request, lambda body: tokenizer_api.tokenize(body, s.enc, s.n_ctx, s.template))
+
+
+async def detokenize(request):
+    s = _served(request)
+    return await _json_route(request, lambda body: tokenizer_api.detokenize(body, s.enc))
+
+
+async def tokenizer_info(request):
+    from starlette.responses import JSONResponse
+
+    s = _served(request)
+    return JSONResponse(tokenizer_api.tokenizer_info(s.enc, s.n_ctx, s.template))
+
+
+async def metrics_page(request):
+    from starlette.responses import Response
+
+    body, kind = _served(request).metrics.scrape()
+    return Response(body, media_type=kind)
+
+
+async def _json_route(request, handle):
+    from starlette.responses import JSONResponse
+
+    try:
+        return JSONResponse(handle(await read_json(request, _served(request).max_body)))
+    except api.APIError as e:
+        return error_response(e)
+
+
+async def _answer(request, parse, cid, whole, events):
+    """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+
+    s = _served(request)
+    try:
+        req = parse(await read_json(request, s.max_body))
+        copies = await s.built("check_copies", s.sess.copy_index) if req.check_copies else None
+        n = req.options.avoid_copies
+        guard = await s.built("avoid_copies", s.sess.copy_guard, n) if n else None
+        run = Run(s.batcher, req, asyncio.get_running_loop(), s.enc, s.metrics, copies, guard)
+    except api.APIError as e:
+        return error_response(e)
+    prompt_tokens = sum(len(t) for t in req.prompts)
+    s.metrics.prompt_tokens.inc(prompt_tokens)
+    if req.stream:
+        return StreamingResponse(events(run, cid, s.name), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    collect = asyncio.ensure_future(run.collect())
+    gone = asyncio.ensure_future(disconnected(request.receive))
+    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not collect.done():  # the client left: free its rows now
+        collect.cancel()
+        run.cancel()
+        return Response(status_code=499)
+    try:
+        choices = collect.result()
+    except api.APIError as e:
+        return error_response(e)
+    return JSONResponse(run.marked(whole(cid, s.name, choices, prompt_tokens, sum(run.counts))))
+
+
+async def on_error(request, exc):
+    """Any error a handler did not answer, in OpenAI's shape; a 5xx is logged and never shows a traceback."""
+    import logging
+
+    status = getattr(exc, "status_code", 500)
+    if status >= 500:
+        logging.getLogger("gpt2_simple.serve").error("unhandled error on %s: %r", request.url.path, exc)
+    message = getattr(exc, "detail", None) if status < 500 else "internal server error"
+    return error_response(api.APIError(status, str(message), kind="server_error" if status >= 500 else
+                                       "invalid_request_error"))
+
+
+# (path, handler, methods): the app's routes, and the paths /metrics counts by name.
+ROUTES = (
+    ("/", page, ("GET",)),
+    ("/health", health, ("GET",)),
+    ("/v1/models", models, ("GET",)),
+    ("/v1/completions", completions, ("POST",)),
+    ("/v1/chat/completions", chat, ("POST",)),
+    ("/tokenize", tokenize, ("POST",)),
+    ("/detokenize", detokenize, ("POST",)),
+    ("/tokenizer_info", tokenizer_info, ("GET",)),
+    ("/metrics", metrics_page, ("GET",)),
+)
+ENDPOINTS = tuple(path for path, _, _ in ROUTES)

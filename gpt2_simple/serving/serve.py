@@ -1,0 +1,135 @@
+"""Serving a model over HTTP: the app built from the routes, and `serve`, which runs it until SIGTERM.
+
+This module owns assembling the ASGI app (the routes of `routes.py` over one `routes.Served`
+state, the gallery's routes for a run, the batcher's thread started and stopped with the app,
+the API key and the metrics around it) and running it under Uvicorn with a clean exit on SIGTERM
+(stop accepting, cancel what runs, exit 0). What each route answers is `routes.py`'s; the model
+runs in `batcher.py`'s one worker thread. Starlette and Uvicorn are the optional `serve` extra,
+imported only when a server is built.
+"""
+import contextlib
+import os
+import signal
+import threading
+
+from ..generation.scores import Scorer
+from . import openai_chat as chat_api
+from .batcher import Batcher
+from .http import INSTALL, Auth, read_json, stack
+from .metrics import Metrics
+from .routes import ENDPOINTS, ROUTES, Served, on_error, served_name
+
+API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
+
+
+def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16, max_body=1 << 20,
+              model_name=None, chat_template=None, training_data=None):
+    """The ASGI app serving the model in `sess` (see `serve` for the arguments; `chat_template` is the text)."""
+    starlette, _ = stack()
+    enc = sess.encoder
+    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=Scorer(sess.model))
+    served = Served(sess, batcher, chat_api.ChatTemplate(chat_template, eos_token=enc.decode([enc.eot_token])),
+                    Metrics(batcher, ENDPOINTS, INSTALL), served_name(sess, model_name), max_tokens, max_body,
+                    training_data)
+    routes = [starlette.routing.Route(path, handler, methods=list(methods)) for path, handler, methods in ROUTES]
+    if sess.folder:  # the run's gallery (gallery.py): samples by step, curves, fresh samples, stars
+        from . import gallery
+        routes += gallery.routes(sess, lambda request: read_json(request, max_body))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = starlette.applications.Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={Exception: on_error, 404: on_error, 405: on_error})
+    app.state.batcher, app.state.served = batcher, served
+    return served.metrics.middleware(Auth(app, api_key) if api_key else app)
+
+
+def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models", *,
+          host="127.0.0.1", port=8000, api_key=None, max_tokens=1024, max_queue=64, max_batch=16,
+          max_body=1 << 20, chat_template=None, training_data=None):
+    """Serve a model over HTTP until SIGTERM or Ctrl-C: OpenAI's API (docs/serving.md) and a web page at `/`.
+
+    Args:
+        sess: a `Session` holding a model; None loads the run (or model) named below.
+        run_name: the fine-tuned run to serve, from the folder `checkpoint_dir/run_name`.
+        checkpoint_dir: the parent folder of the run folders.
+        model_name: if set, serve the pretrained model `model_dir/model_name` instead of a run.
+        model_dir: the parent folder of the model folders.
+        host: the address to bind; 127.0.0.1 (this machine only) unless you mean otherwise.
+        port: the TCP port.
+        api_key: require `Authorization: Bearer <api_key>` on every route but /health and the
+            page (default: the GPT2_SIMPLE_API_KEY environment variable; none: no key).
+        max_tokens: the largest `max_tokens` a request may ask for.
+        max_queue: requests that may wait; beyond it the server answers 503 with Retry-After.
+        max_batch: rows sampled together at most (requests that can share a batch are batched).
+        max_body: the largest request body in bytes (413 beyond).
+        chat_template: a file holding a Jinja chat template (as Hugging Face tokenizers use) for
+            `/v1/chat/completions`; None: one `role: content` line a message, then `assistant:`.
+        training_data: the text the run was trained on, for requests with `check_copies` (default:
+            the dataset its training.json names).
+
+    Raises:
+        ModuleNotFoundError: Starlette, Uvicorn or prometheus-client is missing (the message says
+            what to install).
+        FileNotFoundError, ValueError: `chat_template` is missing or not a valid template.
+    """
+    _, uvicorn = stack()
+    template = _read_template(chat_template) if chat_template else None
+    if sess is None or sess.model is None:
+        from ..generation.generate import load_gpt2
+        from ..session import start_tf_sess
+
+        sess = load_gpt2(sess or start_tf_sess(), run_name=run_name, checkpoint_dir=checkpoint_dir,
+                         model_name=model_name, model_dir=model_dir)
+    sess.sampler.sample([[sess.encoder.eot_token]], 2, seed=0)  # compile before the first request
+    app = build_app(sess, api_key=api_key or os.environ.get(API_KEY_ENV) or None, max_tokens=max_tokens,
+                    max_queue=max_queue, max_batch=max_batch, max_body=max_body, chat_template=template,
+                    training_data=training_data)
+    server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher)
+    print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
+    server.run_quietly()
+
+
+def _read_template(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"chat_template={path!r} is not a file; pass a Jinja template file with "
+                                f"--chat_template, or leave it out for the built-in template")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    chat_api.ChatTemplate(text)  # a bad template fails now, before the model loads
+    return text
+
+
+def _server_class():
+    _, uvicorn = stack()
+
+    class Server(uvicorn.Server):
+        """Uvicorn's server; on SIGTERM or Ctrl-C it also cancels the model's work, then exits cleanly."""
+
+        def __init__(self, config, batcher):
+            super().__init__(config)
+            self.batcher = batcher
+
+        def handle_exit(self, sig, frame):
+            threading.Thread(target=self.batcher.stop, daemon=True).start()  # not in the signal handler
+            super().handle_exit(sig, frame)
+
+        def run_quietly(self, sockets=None):
+            """`run`, then exit 0 after SIGTERM (Uvicorn raises the signal again once it has shut down)."""
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+            try:
+                self.run(sockets=sockets)
+            finally:
+                if main:
+                    signal.signal(signal.SIGTERM, previous)
+
+    return Server
+
+
+def _Server(config, batcher):  # noqa: N802  (a factory: the class needs uvicorn, imported late)
+    return _server_class()(config, batcher)
