@@ -11,9 +11,8 @@ Drawing is `sample.py`'s; printing and files are `generate.py`'s.
 import codecs
 import dataclasses
 
-import numpy as np
-
 from ..formats.run_record import trained_on_documents
+from . import ranges
 from .copy_guard import check_span
 from .options import MAX_STOPS, SamplingOptions, bias_vector
 from .stop_strings import StopStrings
@@ -62,12 +61,12 @@ def prepare(sess, prefix=None, *, length, temperature, top_k, top_p, truncate=No
     prefix = prefix or None
     prompt = enc.encode(prefix) if prefix else []
     eot = enc.eot_token if trained_on_documents(sess.folder) else None  # documents: one per sample
-    context = prompt if prompt and eot is None else [enc.eot_token] + prompt
+    context = context_of(prompt, enc.eot_token, documents=eot is not None)
     check_options(nsamples, batch_size, length, temperature, top_k, top_p)
     if len(context) >= n_ctx:
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
                          f"shorten the prefix below {n_ctx} tokens")
-    check_penalty(repetition_penalty)
+    ranges.check("repetition_penalty", repetition_penalty)
     adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
     guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
@@ -142,6 +141,14 @@ class TextStream:
         return piece
 
 
+def context_of(prompt, eot, *, documents):
+    """What the model reads first for a `prompt` of token ids: end-of-text (`eot`) alone for an empty one;
+    on a run trained on documents, `eot` before it (a document starts there) unless it begins with it."""
+    if not prompt:
+        return [eot]
+    return [eot] + list(prompt) if documents and prompt[0] != eot else list(prompt)
+
+
 def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
     """Raise a one-line ValueError for options `generate` cannot take (before any model is loaded)."""
     checks = [
@@ -152,22 +159,19 @@ def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
          f"pass a multiple of it such as nsamples={batch_size * max(1, round(nsamples / batch_size))}"
          if isinstance(nsamples, int) and isinstance(batch_size, int) and batch_size > 0 else ""),
         (isinstance(length, int) and length > 0, f"length={length!r} must be a positive number of tokens"),
-        (temperature > 0, f"temperature={temperature!r} must be > 0 (0.7 is a good start)"),
-        (isinstance(top_k, int) and top_k >= 0, f"top_k={top_k!r} must be an integer >= 0 (0 turns it off)"),
-        (0.0 <= top_p <= 1.0, f"top_p={top_p!r} must be in [0, 1] (0 turns it off; 0.9 is typical)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+        ranges.check(name, value)
 
 
 def check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, n_vocab):
     """The sampler's keyword arguments for OpenAI's penalties, logit_bias and min_p; ValueError naming a bad one."""
-    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value)):
-            raise ValueError(f"{name}={value!r} must be a finite number (0.0 turns it off; OpenAI allows -2 to 2)")
-    if not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
-        raise ValueError(f"min_p={min_p!r} must be in [0, 1] (0.0 turns it off; 0.05 is typical)")
+    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
+                        ("min_p", min_p)):
+        ranges.check(name, value)
     if logit_bias is not None and not isinstance(logit_bias, dict):
         raise ValueError(f"logit_bias={logit_bias!r} must be a dict {{token id: bias}} or None")
     bias_vector(logit_bias, n_vocab)  # raises naming an id out of range
@@ -175,7 +179,3 @@ def check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, n_
             "logit_bias": dict(logit_bias or {}), "min_p": float(min_p)}
 
 
-def check_penalty(repetition_penalty):
-    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty={repetition_penalty!r} must be a number > 0 (1.0 turns it off; "
-                         "1.2 is typical)")

@@ -7,8 +7,8 @@ looked up with `searchsorted`; each hit is an (offset in the text, offset in the
 pair, and the longest run of hits on one diagonal (the same shift between the two) is the longest
 shared span, `run + 7` tokens long. Spans shorter than 8 tokens are never reported: two texts in
 one language share 3-token phrases by chance, and such phrases are not copies. Hashing and sorting
-are NumPy only; a 10 MB text (2.4M tokens) indexes in about a second, and a sample checks in
-well under a millisecond plus the lookup (docs/quality.md has the measurements).
+are NumPy only, so indexing a large text and checking a sample are quick (docs/quality.md has the
+measurements).
 
 It does not read datasets (the run's tokens come from `training/copy_source.py`, through the
 session) and does not steer decoding (`copy_guard.py` forbids copies inside the compiled loop).

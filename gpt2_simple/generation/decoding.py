@@ -82,7 +82,7 @@ def cache_window(positions, n_ctx):
     """The XLA loop's cache length for `positions` positions: a multiple of 128, at most n_ctx.
 
     A step reads its whole cache (single-threaded in XLA), so a short call does not pay for the
-    full context (at batch 8 the caches of 124M hold 604 MB, more than its weights), nor for more
+    full context (at batch 8 the full caches outweigh the model; docs/performance.md), nor for more
     than 127 unwritten positions. Each window compiles its own XLA program, once per batch size.
     """
     return min(128 * -(-max(positions, 1) // 128), n_ctx)

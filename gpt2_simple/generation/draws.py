@@ -81,7 +81,8 @@ def _scale_and_keep(logits, temperature, top_k, top_p, min_p, *, sort=False):
 
     def keep_top_p():
         # The nucleus nearly always lies among the likeliest _TOP_P_CANDIDATES tokens: a top-k of
-        # constant size finds them (a sort of the whole vocabulary costs 20x more); sort only when it does not.
+        # constant size finds them far faster than a sort of the whole vocabulary (docs/performance.md);
+        # sort only when it does not.
         bound = min(_TOP_P_CANDIDATES, n_vocab)
         kept, held = nucleus(tf.math.top_k(logits, k=bound).values)
         return tf.cond(held, lambda: kept, lambda: nucleus(tf.sort(logits, axis=-1, direction="DESCENDING"))[0])

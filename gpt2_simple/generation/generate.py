@@ -1,9 +1,9 @@
 """Loading a model into a session and generating text: gpt-2-simple's `load_gpt2` and `generate`.
 
-This module owns the text side of generation: choosing the folder (a run or a pretrained
-model), encoding the prefix, calling the compiled sampler in batches, decoding, truncating,
-stripping the prefix, and printing, returning or writing the texts with gpt-2-simple's
-formatting. The sampling loop itself is `sample.py`'s.
+This module owns gpt-2-simple's side of generation: choosing the folder (a run or a pretrained
+model), calling the compiled sampler in batches for a call prepared by `call.py` (which checks
+the options, encodes the prefix and settles each sample's text), and printing, returning or
+writing the texts with gpt-2-simple's formatting. The sampling loop itself is `sample.py`'s.
 
 Differences from gpt-2-simple 0.8.1, each one of its reported failures:
 - the sampler is compiled once per loaded model, so repeated calls neither slow down nor leak;
@@ -117,7 +117,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
     if nsamples == 1:
         sample_delim = ""
     ended = call.ended if call.may_end_early() else None
-    marks = SampleMarks(sess.copy_index(training_data), call.enc, copy_threshold) if check_copies or copy_threshold else None
+    marks = SampleMarks(sess.copy_index(training_data), call.enc, copy_threshold) if check_copies or copy_threshold \
+        else None
     texts = []
     out_file = open(destination_path, "w", encoding="utf-8") if destination_path else None
     try:

@@ -23,8 +23,9 @@ from .decoding import Decoding, cache_window
 from .draws import Steer, row_seeds
 from .options import Knobs, SamplingOptions, Steering, left_padded, text_tail
 
-# Batches up to this size decode with the XLA loop (124M: 1.37x the growing loop's tokens/s at batch 8,
-# 1.32x at 16 mixed prompts of 3 to 200 tokens); each batch size compiles its own XLA program, once.
+# Batches up to this size decode with the XLA loop, which is faster than the growing loop there (small
+# batches are bound by reading the weights; docs/performance.md); each batch size compiles its own XLA
+# program, once.
 XLA_MAX_BATCH = 16
 
 

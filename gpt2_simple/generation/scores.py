@@ -2,8 +2,8 @@
 
 This module owns the numbers behind OpenAI's `logprobs`: one forward pass over whole sequences
 (prompt and drawn tokens together), compiled once per model with `None` shapes (a new batch or
-length never retraces), giving `log_softmax` of the raw logits, before temperature, top-k/top-p
-and penalties, as vLLM and llama.cpp report theirs. Rows of different lengths share a pass:
+length never retraces), giving `model.logprobs.token_logprobs` (of the raw logits, before
+temperature, top-k/top-p and penalties). Rows of different lengths share a pass:
 they are padded on the right, which a causal model never looks at. It also finds which drawn
 tokens a returned text covers. Shaping the JSON is `openai_api.py`'s; running it is `batcher.py`'s.
 """
@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+
+from ..model.logprobs import token_logprobs
 
 MAX_TOP = 10  # alternatives computed per position: OpenAI allows 5, lm-evaluation-harness once asked for 10
 
@@ -33,8 +35,8 @@ class Scores:
         return Scores(self.tokens[start:], self.logprobs[start:], self.top[start:])
 
 
-class Scorer:
-    """The compiled scoring pass of one model."""
+class LogprobScorer:
+    """The compiled pass behind OpenAI's `logprobs` for one model: each token's log-probability and its alternatives."""
 
     def __init__(self, model):
         self.model = model
@@ -47,11 +49,7 @@ class Scorer:
 
     def score_batch(self, tokens):
         """int32 `[batch, seq]` -> (logprob of each next token `[batch, seq - 1]`, top values and ids `[batch, seq - 1, MAX_TOP]`)."""
-        logits = self.model.forward(tokens)[0]
-        logp = tf.nn.log_softmax(logits[:, :-1, :], axis=-1)  # [batch, seq - 1, n_vocab]: predicts tokens[:, 1:]
-        chosen = tf.gather(logp, tokens[:, 1:], batch_dims=2)  # [batch, seq - 1]
-        top = tf.math.top_k(logp, k=min(MAX_TOP, self.model.hparams.n_vocab))
-        return chosen, top.values, top.indices
+        return token_logprobs(self.model, tokens, top=MAX_TOP)
 
     def score(self, sequences):
         """Token lists (each 1..n_ctx long) -> one `Scores` each, from one forward pass."""

@@ -35,7 +35,7 @@ class Run:
         self.jobs = [Job(tokens=t, n=req.n, options=req.options, max_tokens=req.max_tokens, stop=req.stop,
                          seed=req.seed, emit=self._emitter(loop, p),
                          scored=req.logprobs is not None, guard=guard)
-                     for p, t in enumerate(req.prompts)]
+                     for p, t in enumerate(req.contexts)]
         try:
             for job in self.jobs:
                 batcher.submit(job)
@@ -43,6 +43,7 @@ class Run:
             self.cancel()
             raise api.APIError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
                                headers={"Retry-After": "1"}) from None
+        metrics.prompt_tokens.inc(sum(len(t) for t in req.prompts))
 
     def _emitter(self, loop, prompt):
         def emit(event):
@@ -87,8 +88,8 @@ class Run:
         scores = self.scores[index]
         if scores is None:
             return None
-        prompt = len(self.req.prompts[index // self.n])
-        return api.logprobs_object(self.enc, scores, self.req.logprobs, prompt, self.req.echo)
+        prompt, context = (len(p[index // self.n]) for p in (self.req.prompts, self.req.contexts))
+        return api.logprobs_object(self.enc, scores.tail(context - prompt), self.req.logprobs, prompt, self.req.echo)
 
     def copy(self, index):
         """The `copy_mark` of a finished choice (`copies.Copy.to_dict()` of its completion), or None."""

@@ -3,29 +3,32 @@
 This module owns the `/gallery` view and its JSON routes, added to `serve.py`'s app:
 `GET /gallery` (the page, `web/gallery.html`), `GET /gallery/data` (the run's training samples
 `samples/<run>/samples-N` by step, its loss, avg_loss and val_loss curves read from the event files
-in the run folder, and the starred samples), `POST /gallery/generate` (n fresh samples, each with
-its copy mark from the session's copy index, the copied span's characters to highlight, and its
-mean log-probability under the model; `copy_threshold` drops those sharing that many tokens), `POST /gallery/star` (keep or drop a sample) and
-`GET /gallery/export?format=text|jsonl`. Stars live in the run folder as `stars.jsonl`, rewritten
-atomically on each change, so a reload or a second browser sees them. The OpenAI routes, the API
-key and the batcher are `serve.py`'s; the copy index is `copies.py`'s.
+in the run folder, and the starred samples), `POST /gallery/generate` (n fresh samples drawn
+through the batcher like any completion, each with its copy mark from the session's copy index,
+the copied span's characters to highlight, and its mean log-probability under the model;
+`copy_threshold` drops those sharing that many tokens), `POST /gallery/star` (keep or drop a
+sample) and `GET /gallery/export?format=text|jsonl`. Stars live in the run folder as
+`stars.jsonl`, rewritten atomically on each change, so a reload or a second browser sees them.
+The OpenAI routes are `routes.py`'s; the copy index is `copies.py`'s.
 """
+import asyncio
 import glob
 import json
 import os
 import re
 import threading
+from importlib import resources
 
-import numpy as np
 import tensorflow as tf
 
 from ..atomic import write_text
 from . import openai_api as api
+from .answers import Run
+from .http import error_response, read_json
 
 STARS_FILE = "stars.jsonl"
 SAMPLE_HEADER = re.compile(r"^======== SAMPLE \d+ ========\n", re.M)
 CURVES = ("loss", "avg_loss", "val_loss")
-MAX_SAMPLES = 16
 
 
 def read_samples(folder):
@@ -85,126 +88,139 @@ class Stars:
         return "".join(s["text"] + "\n" + "=" * 20 + "\n" for s in stars)
 
 
-def mean_logprob_function(model):
-    """`score(tokens [1, seq], start)`: the mean log-probability of `tokens[start:]` given what comes before."""
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([], tf.int32)])
-    def score(tokens, start):
-        logp = tf.nn.log_softmax(model.forward(tokens)[0][:, :-1])  # [1, seq - 1, n_vocab]
-        picked = tf.gather(logp, tokens[:, 1:], batch_dims=2)[0]  # [seq - 1]: each next token's
-        return tf.reduce_mean(picked[start - 1:])
-
-    return score
-
-
 class Gallery:
-    """The gallery's state for one served session: the run folder, stars, the scoring function."""
+    """The gallery's state for one served run: its folder, its training samples' folder and its stars."""
 
-    def __init__(self, sess, sample_dir=None):
-        self.sess = sess
-        self.run_dir = sess.folder
-        self.run_name = os.path.basename(os.path.normpath(sess.folder or ""))
+    def __init__(self, run_dir, sample_dir=None):
+        self.run_dir = run_dir
+        self.run_name = os.path.basename(os.path.normpath(run_dir or ""))
         # finetune's default: samples/<run> beside checkpoint/<run>, from where it ran
-        beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(self.run_dir))), "samples")
+        beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(run_dir))), "samples")
         folders = [os.path.join(d, self.run_name) for d in ([sample_dir] if sample_dir else ["samples", beside])]
         self.sample_dir = next((f for f in folders if os.path.isdir(f)), folders[0])
-        self.stars = Stars(sess.folder)
-        self.score = mean_logprob_function(sess.model)
-        self.lock = threading.Lock()  # one generate at a time beside the batcher's thread
+        self.stars = Stars(run_dir)
 
     def data(self):
         return {"run": self.run_name, "samples": read_samples(self.sample_dir), "curves": read_curves(self.run_dir),
                 "stars": self.stars.read()}
 
-    def generate(self, body):
-        """n fresh samples from the request's options, each with its copy mark and mean log-probability."""
-        n = _int(body, "n", 4, 1, MAX_SAMPLES)
-        length = _int(body, "length", 60, 1, 1024)
-        temperature = float(body.get("temperature", 0.9))
-        if not temperature > 0:
-            raise api.APIError(400, f"temperature={temperature!r} must be > 0")
-        enc, sess = self.sess.encoder, self.sess
-        context = [enc.eot_token] + enc.encode(str(body.get("prompt") or ""))
-        context = context[-(sess.model.hparams.n_ctx // 2):]
-        try:
-            index = sess.copy_index()
-        except (FileNotFoundError, ValueError) as e:
-            index, note = None, str(e)
-        with self.lock:
-            rows = sess.sampler.sample(np.tile(np.asarray(context, np.int32), (n, 1)), length,
-                                       temperature=temperature, top_k=40, seed=body.get("seed"))
-            samples = [self._sample(context, list(row), index) for row in rows]
-        threshold = _int(body, "copy_threshold", 0, 0, 1 << 20) if body.get("copy_threshold") else None
-        kept = [s for s in samples if threshold is None or s["longest"] < threshold]  # copy_threshold drops copies
-        return {"samples": kept, "dropped": len(samples) - len(kept), "copies": None if index else note}
 
-    def _sample(self, context, row, index):
-        enc = self.sess.encoder
-        if enc.eot_token in row:
-            row = row[:row.index(enc.eot_token)]
-        text = enc.decode(row)
-        window = (context + row)[-self.sess.model.hparams.n_ctx:]
-        start = len(window) - len(row)
-        logprob = float(self.score(tf.constant([window], tf.int32), tf.constant(start, tf.int32))) if row else 0.0
-        sample = {"text": text, "tokens": len(row), "logprob": logprob, "mark": None, "span": None, "longest": 0}
+def completion_request(body, served):
+    """The gallery's body -> the `openai_api.Completion` the batcher runs, checked as completions are.
+
+    The gallery's own defaults (4 samples of 60 tokens, temperature 0.9, top_k 40) fill what the
+    body leaves out; each sample starts after end-of-text, from the prompt's last tokens that fit.
+    """
+    if not isinstance(body, dict):
+        raise api.APIError(400, "the body must be a JSON object such as {\"n\": 4}")
+    enc, n_ctx = served.enc, served.n_ctx
+    length = api.number(body, "length", 60, 1, served.max_tokens, integer=True)
+    prompt = body.get("prompt") or ""
+    if not isinstance(prompt, str):
+        raise api.APIError(400, f"prompt must be text, got {prompt!r:.40}", "prompt")
+    context = ([enc.eot_token] + enc.encode(prompt))[-max(1, min(n_ctx // 2, n_ctx - length)):]
+    fields = {"n": body.get("n", 4), "max_tokens": length, "temperature": body.get("temperature", 0.9),
+              "top_k": body.get("top_k", 40), "top_p": body.get("top_p"), "seed": body.get("seed"), "logprobs": 0}
+    return api.parse_completion(dict(fields, prompt=context), enc, n_ctx, max_tokens=served.max_tokens)
+
+
+def samples_of(run, index, eot):
+    """The gallery's samples of a finished `answers.Run`: text, tokens, mean log-probability and copy mark."""
+    prompt, samples = len(run.req.contexts[0]), []
+    for i, text in enumerate(run.texts):
+        scores = run.scores[i].tail(prompt)
+        drawn, logprobs = list(scores.tokens), list(scores.logprobs)
+        if drawn and drawn[-1] == eot:  # the token that ended the sample is not part of it
+            drawn, logprobs = drawn[:-1], logprobs[:-1]
+        sample = {"text": text, "tokens": len(drawn), "logprob": float(sum(logprobs) / len(logprobs)) if drawn else 0.0,
+                  "mark": None, "span": None, "longest": 0}
         if index is not None:
-            copy = index.check(row)
+            copy = index.check(drawn)
             sample["mark"], sample["longest"] = copy.mark(), copy.longest
             if copy.longest:
-                sample["span"] = [len(enc.decode(row[:copy.start])), len(enc.decode(row[:copy.start + copy.longest]))]
-        return sample
+                sample["span"] = [len(run.enc.decode(drawn[:copy.start])),
+                                  len(run.enc.decode(drawn[:copy.start + copy.longest]))]
+        samples.append(sample)
+    return samples
 
 
-def _int(body, name, default, low, high):
-    value = body.get(name, default)
-    if not (isinstance(value, int) and low <= value <= high):
-        raise api.APIError(400, f"{name}={value!r} must be an integer in [{low}, {high}]")
-    return value
+def _gallery(request):
+    return request.app.state.gallery
 
 
-def routes(sess, read_json):
-    """The gallery's Starlette routes for `sess`; `read_json(request)` reads a bounded JSON body."""
-    import asyncio
-    from importlib import resources
+async def page(request):
+    from starlette.responses import HTMLResponse
 
-    from starlette.responses import HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route
+    return HTMLResponse(resources.files(__package__).joinpath("web/gallery.html").read_text(encoding="utf-8"))
 
-    gallery = Gallery(sess)
 
-    async def page(request):
-        return HTMLResponse(resources.files(__package__).joinpath("web/gallery.html").read_text(encoding="utf-8"))
+async def data(request):
+    from starlette.responses import JSONResponse
 
-    async def data(request):
-        return JSONResponse(await asyncio.to_thread(gallery.data))
+    return JSONResponse(await asyncio.to_thread(_gallery(request).data))
 
-    async def generate(request):
-        try:
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise api.APIError(400, "the body must be a JSON object such as {\"n\": 4}")
-            return JSONResponse(await asyncio.to_thread(gallery.generate, body))
-        except api.APIError as e:
-            return JSONResponse(e.body(), status_code=e.status)
 
-    async def star(request):
-        try:
-            body = await read_json(request)
-        except api.APIError as e:
-            return JSONResponse(e.body(), status_code=e.status)
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            return JSONResponse(api.APIError(400, "a star needs the sample's \"text\"").body(), status_code=400)
-        sample = {k: body[k] for k in ("text", "mark", "span", "logprob", "step") if k in body}
-        return JSONResponse({"stars": await asyncio.to_thread(gallery.stars.change, sample, body.get("star", True))})
+async def generate(request):
+    """n fresh samples through the batcher (its queue, metrics and cancellation), each with its copy mark."""
+    from starlette.responses import JSONResponse, Response
 
-    async def export(request):
-        kind = request.query_params.get("format", "text")
-        if kind not in ("text", "jsonl"):
-            return JSONResponse(api.APIError(400, f"format={kind!r} must be 'text' or 'jsonl'").body(), status_code=400)
-        name = f"{gallery.run_name}-stars.{'jsonl' if kind == 'jsonl' else 'txt'}"
-        return Response(gallery.stars.export(kind), media_type="application/x-ndjson" if kind == "jsonl" else
-                        "text/plain; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    from .routes import collected, served_of
 
-    return [Route("/gallery", page), Route("/gallery/data", data),
-            Route("/gallery/generate", generate, methods=["POST"]), Route("/gallery/star", star, methods=["POST"]),
-            Route("/gallery/export", export)]
+    served = served_of(request)
+    try:
+        body = await read_json(request, served.max_body)
+        req = completion_request(body, served)
+        threshold = api.number(body, "copy_threshold", None, 0, 1 << 20, integer=True) or None
+        run = Run(served.batcher, req, asyncio.get_running_loop(), served.enc, served.metrics)
+        if await collected(request, run) is None:
+            return Response(status_code=499)  # the client left
+        index, note = await _copy_index(served)
+    except api.APIError as e:
+        return error_response(e)
+    samples = samples_of(run, index, served.enc.eot_token)
+    kept = [s for s in samples if threshold is None or s["longest"] < threshold]  # copy_threshold drops copies
+    return JSONResponse({"samples": kept, "dropped": len(samples) - len(kept), "copies": None if index else note})
+
+
+async def _copy_index(served):
+    """(the run's copy index, None), or (None, why there is none): the gallery shows samples either way."""
+    try:
+        return await served.built("check_copies", served.sess.copy_index), None
+    except api.APIError as e:
+        return None, e.message
+
+
+async def star(request):
+    from starlette.responses import JSONResponse
+
+    try:
+        body = await read_json(request, request.app.state.served.max_body)
+    except api.APIError as e:
+        return error_response(e)
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        return error_response(api.APIError(400, "a star needs the sample's \"text\""))
+    sample = {k: body[k] for k in ("text", "mark", "span", "logprob", "step") if k in body}
+    stars = await asyncio.to_thread(_gallery(request).stars.change, sample, body.get("star", True))
+    return JSONResponse({"stars": stars})
+
+
+async def export(request):
+    from starlette.responses import Response
+
+    kind = request.query_params.get("format", "text")
+    if kind not in ("text", "jsonl"):
+        return error_response(api.APIError(400, f"format={kind!r} must be 'text' or 'jsonl'"))
+    gallery = _gallery(request)
+    name = f"{gallery.run_name}-stars.{'jsonl' if kind == 'jsonl' else 'txt'}"
+    return Response(gallery.stars.export(kind), media_type="application/x-ndjson" if kind == "jsonl" else
+                    "text/plain; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# (path, handler, methods): the gallery's routes, added to the app for a run.
+ROUTES = (
+    ("/gallery", page, ("GET",)),
+    ("/gallery/data", data, ("GET",)),
+    ("/gallery/generate", generate, ("POST",)),
+    ("/gallery/star", star, ("POST",)),
+    ("/gallery/export", export, ("GET",)),
+)

@@ -13,9 +13,11 @@ import dataclasses
 import time
 import uuid
 
+from ..generation.call import context_of
 from ..generation.copies import SPAN
 from ..generation.copy_guard import WINDOW
 from ..generation.options import SamplingOptions
+from ..generation.ranges import RANGES
 from ..generation.scores import MAX_TOP
 from ..generation.stop_strings import StopStrings
 
@@ -43,6 +45,7 @@ class Completion:
     """A checked request: its prompts as token ids, and what to do with them."""
 
     prompts: list  # [[int]]: one token list per prompt
+    contexts: list  # [[int]]: what the model reads of each (`call.context_of`: a documents run's start first)
     n: int
     options: SamplingOptions  # how each row draws; its `stop_tokens` are `stop`'s
     max_tokens: int
@@ -55,7 +58,8 @@ class Completion:
     copy_threshold: int = None  # choices sharing this many tokens or more with the training data are dropped
 
 
-def _number(body, name, default, low, high, *, integer=False, low_open=False):
+def number(body, name, default, low, high, *, integer=False, low_open=False):
+    """The number in field `name` (`default` when absent or null), in [low, high] (`low_open`: (low, high]); a 400 naming it."""
     value = body.get(name, default)
     if value is None:
         return default
@@ -67,6 +71,13 @@ def _number(body, name, default, low, high, *, integer=False, low_open=False):
         left = "(" if low_open else "["
         raise APIError(400, f"{name}={value!r} is out of range; it must be in {left}{low}, {high}]", name)
     return value
+
+
+def _option(body, name, default, high=None):
+    """A sampling option's field, in its range on the wire (`ranges.RANGES`; `high` overrides its top)."""
+    low, top, low_open = RANGES[name].on_wire()
+    return number(body, name, default, low, top if high is None else high, integer=RANGES[name].integer,
+                   low_open=low_open)
 
 
 def _prompts(body, enc):
@@ -133,30 +144,32 @@ def _stop(body, first=()):
     return tuple(first) + tuple(strings) + ("<|endoftext|>",)  # the end of a document ends a completion too
 
 
-def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=()):
+def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=False):
     """A JSON body (already decoded) -> `Completion`. Raises APIError (400) naming the field.
 
     `first_stops`: stop strings ahead of the request's own (chat's end of turn; not counted in its limit).
+    `documents`: the served run trained on documents, so each prompt is read after end-of-text, as `generate` reads it.
     """
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     refuse_unsupported(body)
     prompts = _prompts(body, enc)
-    tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, max_tokens, integer=True)
-    logprobs = _number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    contexts = [context_of(p, enc.eot_token, documents=documents) for p in prompts]
+    tokens = number(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, max_tokens, integer=True)
+    logprobs = number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
     echo = _flag(body, "echo")
-    _fits(prompts, n_ctx, tokens, logprobs is not None)
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
-    top_k = _number(body, "top_k", 0, 0, enc_size(enc), integer=True)
-    penalty = _number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True)
-    presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)  # OpenAI's range
-    frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
-    min_p = _number(body, "min_p", 0.0, 0.0, 1.0)
-    n = _number(body, "n", 1, 1, MAX_N, integer=True)
-    seed = _number(body, "seed", None, 0, MAX_SEED, integer=True)
+    _fits(contexts, n_ctx, tokens, logprobs is not None)
+    temperature = _option(body, "temperature", 1.0)
+    top_p = _option(body, "top_p", 1.0)
+    top_k = _option(body, "top_k", 0, high=enc_size(enc))
+    penalty = _option(body, "repetition_penalty", 1.0)
+    presence = _option(body, "presence_penalty", 0.0)
+    frequency = _option(body, "frequency_penalty", 0.0)
+    min_p = _option(body, "min_p", 0.0)
+    n = number(body, "n", 1, 1, MAX_N, integer=True)
+    seed = number(body, "seed", None, 0, MAX_SEED, integer=True)
     stream = _flag(body, "stream")
-    copy_threshold = _number(body, "copy_threshold", None, SPAN, 1 << 20, integer=True)
+    copy_threshold = number(body, "copy_threshold", None, SPAN, 1 << 20, integer=True)
     if copy_threshold is not None and stream:
         raise APIError(400, "copy_threshold cannot drop a streamed choice (its text is sent before it is "
                             "checked); leave out stream, or send check_copies: true to get each choice's mark",
@@ -169,8 +182,8 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=()):
                               presence_penalty=float(presence), frequency_penalty=float(frequency),
                               logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
                               stop_tokens=tuple(tuple(t) for t in StopStrings(list(stop), limit=len(stop)).tokens(enc)),
-                              avoid_copies=_number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
-    return Completion(prompts=prompts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed, stream=stream,
+                              avoid_copies=number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
+    return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed, stream=stream,
                       logprobs=logprobs, echo=echo,
                       check_copies=_flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)

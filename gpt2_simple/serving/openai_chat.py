@@ -111,7 +111,7 @@ def _content(content):
                             "only", "messages")
 
 
-def parse_chat(body, enc, n_ctx, template, *, max_tokens):
+def parse_chat(body, enc, n_ctx, template, *, max_tokens, documents=False):
     """A JSON body -> `openai_api.Completion` of the rendered prompt, stopping at the next turn too."""
     if not isinstance(body, dict):
         raise api.APIError(400, "the request body must be a JSON object")
@@ -123,7 +123,7 @@ def parse_chat(body, enc, n_ctx, template, *, max_tokens):
         tokens = max(1, min(max_tokens, n_ctx - len(prompt)))
     fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "echo", "suffix", "best_of")}
     req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens), enc, n_ctx, max_tokens=max_tokens,
-                               first_stops=(template.turn_end,) if template.turn_end else ())
+                               first_stops=(template.turn_end,) if template.turn_end else (), documents=documents)
     if req.max_tokens == 0:
         raise api.APIError(400, "max_tokens must be at least 1 for a chat completion", "max_tokens")
     return req

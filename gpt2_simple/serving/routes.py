@@ -31,6 +31,7 @@ class Served:
     max_tokens: int
     max_body: int
     training_data: str = None
+    documents: bool = False  # the run trained on documents: prompts are read after end-of-text, as `generate` reads them
     building: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one copy-index build at a time
 
     @property
@@ -57,14 +58,14 @@ def served_name(sess, name=None):
     return name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"
 
 
-def _served(request):
+def served_of(request):
     return request.app.state.served
 
 
 async def health(request):
     from starlette.responses import JSONResponse
 
-    s = _served(request)
+    s = served_of(request)
     b = s.batcher
     return JSONResponse({"status": "ok", "model": s.name, "queued": b.queued, "running": b.running,
                          "batches": b.batches, "rows": b.rows, "tokens": b.tokens})
@@ -73,7 +74,7 @@ async def health(request):
 async def models(request):
     from starlette.responses import JSONResponse
 
-    s = _served(request)
+    s = served_of(request)
     return JSONResponse(api.models(s.name, s.n_ctx))
 
 
@@ -84,39 +85,40 @@ async def page(request):
 
 
 async def completions(request):
-    s = _served(request)
-    return await _answer(request, lambda body: api.parse_completion(body, s.enc, s.n_ctx, max_tokens=s.max_tokens),
+    s = served_of(request)
+    return await _answer(request, lambda body: api.parse_completion(body, s.enc, s.n_ctx, max_tokens=s.max_tokens,
+                                                                    documents=s.documents),
                          api.completion_id(), api.completion, completion_events)
 
 
 async def chat(request):
-    s = _served(request)
+    s = served_of(request)
     return await _answer(request, lambda body: chat_api.parse_chat(body, s.enc, s.n_ctx, s.template,
-                                                                   max_tokens=s.max_tokens),
+                                                                   max_tokens=s.max_tokens, documents=s.documents),
                          chat_api.chat_id(), chat_api.chat_completion, chat_events)
 
 
 async def tokenize(request):
-    s = _served(request)
+    s = served_of(request)
     return await _json_route(request, lambda body: tokenizer_api.tokenize(body, s.enc, s.n_ctx, s.template))
 
 
 async def detokenize(request):
-    s = _served(request)
+    s = served_of(request)
     return await _json_route(request, lambda body: tokenizer_api.detokenize(body, s.enc))
 
 
 async def tokenizer_info(request):
     from starlette.responses import JSONResponse
 
-    s = _served(request)
+    s = served_of(request)
     return JSONResponse(tokenizer_api.tokenizer_info(s.enc, s.n_ctx, s.template))
 
 
 async def metrics_page(request):
     from starlette.responses import Response
 
-    body, kind = _served(request).metrics.scrape()
+    body, kind = served_of(request).metrics.scrape()
     return Response(body, media_type=kind)
 
 
@@ -124,7 +126,7 @@ async def _json_route(request, handle):
     from starlette.responses import JSONResponse
 
     try:
-        return JSONResponse(handle(await read_json(request, _served(request).max_body)))
+        return JSONResponse(handle(await read_json(request, served_of(request).max_body)))
     except api.APIError as e:
         return error_response(e)
 
@@ -133,7 +135,7 @@ async def _answer(request, parse, cid, whole, events):
     """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
-    s = _served(request)
+    s = served_of(request)
     try:
         req = parse(await read_json(request, s.max_body))
         copies = await s.built("check_copies", s.sess.copy_index) if req.check_copies else None
@@ -143,23 +145,29 @@ async def _answer(request, parse, cid, whole, events):
     except api.APIError as e:
         return error_response(e)
     prompt_tokens = sum(len(t) for t in req.prompts)
-    s.metrics.prompt_tokens.inc(prompt_tokens)
     if req.stream:
         return StreamingResponse(events(run, cid, s.name), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        choices = await collected(request, run)
+    except api.APIError as e:
+        return error_response(e)
+    if choices is None:
+        return Response(status_code=499)
+    return JSONResponse(run.marked(whole(cid, s.name, choices, prompt_tokens, sum(run.counts))))
+
+
+async def collected(request, run):
+    """The whole answer of `run` (`Run.collect`), or None when the client left first (its rows are freed at once)."""
     collect = asyncio.ensure_future(run.collect())
     gone = asyncio.ensure_future(disconnected(request.receive))
     await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
     gone.cancel()
-    if not collect.done():  # the client left: free its rows now
+    if not collect.done():
         collect.cancel()
         run.cancel()
-        return Response(status_code=499)
-    try:
-        choices = collect.result()
-    except api.APIError as e:
-        return error_response(e)
-    return JSONResponse(run.marked(whole(cid, s.name, choices, prompt_tokens, sum(run.counts))))
+        return None
+    return collect.result()
 
 
 async def on_error(request, exc):
@@ -174,7 +182,7 @@ async def on_error(request, exc):
                                        "invalid_request_error"))
 
 
-# (path, handler, methods): the app's routes, and the paths /metrics counts by name.
+# (path, handler, methods): the app's routes (a run's gallery adds `gallery.ROUTES`); /metrics counts their paths.
 ROUTES = (
     ("/", page, ("GET",)),
     ("/health", health, ("GET",)),
@@ -186,4 +194,3 @@ ROUTES = (
     ("/tokenizer_info", tokenizer_info, ("GET",)),
     ("/metrics", metrics_page, ("GET",)),
 )
-ENDPOINTS = tuple(path for path, _, _ in ROUTES)

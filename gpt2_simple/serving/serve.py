@@ -12,12 +12,14 @@ import os
 import signal
 import threading
 
-from ..generation.scores import Scorer
+from ..formats.run_record import trained_on_documents
+from ..generation.scores import LogprobScorer
+from . import gallery
 from . import openai_chat as chat_api
 from .batcher import Batcher
-from .http import INSTALL, Auth, read_json, stack
+from .http import INSTALL, Auth, stack
 from .metrics import Metrics
-from .routes import ENDPOINTS, ROUTES, Served, on_error, served_name
+from .routes import ROUTES, Served, on_error, served_name
 
 API_KEY_ENV = "GPT2_SIMPLE_API_KEY"
 
@@ -27,14 +29,12 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     """The ASGI app serving the model in `sess` (see `serve` for the arguments; `chat_template` is the text)."""
     starlette, _ = stack()
     enc = sess.encoder
-    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=Scorer(sess.model))
+    batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=LogprobScorer(sess.model))
+    table = ROUTES + (gallery.ROUTES if sess.folder else ())  # a run's gallery: samples by step, curves, stars
     served = Served(sess, batcher, chat_api.ChatTemplate(chat_template, eos_token=enc.decode([enc.eot_token])),
-                    Metrics(batcher, ENDPOINTS, INSTALL), served_name(sess, model_name), max_tokens, max_body,
-                    training_data)
-    routes = [starlette.routing.Route(path, handler, methods=list(methods)) for path, handler, methods in ROUTES]
-    if sess.folder:  # the run's gallery (gallery.py): samples by step, curves, fresh samples, stars
-        from . import gallery
-        routes += gallery.routes(sess, lambda request: read_json(request, max_body))
+                    Metrics(batcher, [path for path, _, _ in table], INSTALL), served_name(sess, model_name),
+                    max_tokens, max_body, training_data, documents=trained_on_documents(sess.folder))
+    routes = [starlette.routing.Route(path, handler, methods=list(methods)) for path, handler, methods in table]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -45,6 +45,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     app = starlette.applications.Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={Exception: on_error, 404: on_error, 405: on_error})
     app.state.batcher, app.state.served = batcher, served
+    app.state.gallery = gallery.Gallery(sess.folder) if sess.folder else None
     return served.metrics.middleware(Auth(app, api_key) if api_key else app)
 
 

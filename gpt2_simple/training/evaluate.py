@@ -3,7 +3,7 @@
 This module owns `evaluate`: it reads a held-out dataset the way training reads one (streams
 or documents, `documents.load_chunks`), cuts it into windows of the model's context that
 overlap by one token so every token after a chunk's first is predicted exactly once, scores
-them in batches with the training loss (`step.token_losses`) compiled once per model shape,
+them in batches (`model.logprobs.token_logprobs`, the loss in nats) compiled once per model shape,
 and reports per model the mean loss per token, perplexity and bits per byte (nats over the
 UTF-8 bytes of the predicted tokens: comparable across tokenizers); in documents mode also the
 mean loss per document and the worst documents. Which checkpoints a run has is
@@ -22,10 +22,10 @@ from encoder import get_encoder
 from ..formats import checkpoint as checkpoint_files
 from ..formats import run_record
 from ..formats.folders import load_model
+from ..model.logprobs import token_logprobs
 from ..model.names import model_folder, run_folder
 from . import documents
 from .options import TrainOptions
-from .step import token_losses
 
 EOT_BYTES = 1  # an end-of-text separator stands for the newline between two documents
 
@@ -65,15 +65,15 @@ def cut_windows(chunks, n_ctx, eot=None, enc=None):
     return Windows(rows, starts, docs, texts)
 
 
-class Scorer:
-    """One compiled scoring function for one model; other checkpoints of its shape load into it."""
+class HeldOutScorer:
+    """One compiled function scoring held-out windows with one model; other checkpoints of its shape load into it."""
 
     def __init__(self, model):
         self.model = model
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
         def score(tokens, mask):
-            return tf.reduce_sum(token_losses(model, tokens) * mask[:, 1:], axis=1)  # [batch] nats
+            return -tf.reduce_sum(token_logprobs(model, tokens) * mask[:, 1:], axis=1)  # [batch] nats
 
         self.score = score
 
@@ -178,7 +178,7 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
     for label, folder, name in folders:
         model = sess.model if name == "session" else load_model(folder, name)
         if scorer is None or not scorer.takes(model):
-            scorer = Scorer(model)
+            scorer = HeldOutScorer(model)
         windows = cut_windows(chunks, model.hparams.n_ctx, enc.eot_token if line_by_line else None, enc)
         step = checkpoint_files.step_of(name) if name not in ("session", "latest") else None
         rows.append(summarize(label, step if step is None or step >= 0 else None,

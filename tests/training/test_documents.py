@@ -234,6 +234,21 @@ def test_a_streamed_sample_of_a_documents_run_ends_where_generate_ends(documents
 
 
 @pytest.mark.slow
+def test_the_server_reads_a_documents_run_as_generate_does(documents_run):
+    import httpx
+    from serving import running_server
+
+    sess = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="run1")
+    with running_server(sess) as (url, _):
+        for prompt, seed in [("one two", s) for s in range(4)] + [("red", s) for s in range(4)]:
+            answer = httpx.post(url + "/v1/completions", timeout=120, json={
+                "prompt": prompt, "max_tokens": 40, "temperature": 1.0, "seed": seed}).json()["choices"][0]
+            whole = gpt2.generate(sess, prefix=prompt, include_prefix=False, length=40, temperature=1.0, seed=seed,
+                                  return_as_list=True)[0]
+            assert (answer["text"].lstrip("\n"), answer["finish_reason"]) == (whole, "stop"), (prompt, seed)
+
+
+@pytest.mark.slow
 def test_evaluate_scores_a_documents_run_as_documents_by_default(documents_run):
     sess = gpt2.start_tf_sess()
     by_default = gpt2.evaluate(sess, documents_run["data"], run_name="run1", print_table=False)

@@ -96,11 +96,11 @@ def test_command_prints_json_per_model(trained, capsys):
 @pytest.mark.slow
 def test_checkpoints_share_one_compiled_function(trained):
     from gpt2_simple.formats.folders import load_model
-    from gpt2_simple.training.evaluate import Scorer
+    from gpt2_simple.training.evaluate import HeldOutScorer
 
     root, model_dir, heldout = trained
     run = str(root / "checkpoint" / "run1")
-    scorer = Scorer(load_model(os.path.join(model_dir, "tiny")))
+    scorer = HeldOutScorer(load_model(os.path.join(model_dir, "tiny")))
     chunks = [np.arange(100) % 97, np.arange(40) % 97]
     first = scorer.row_losses(cut_windows(chunks, 32), 2)
     assert scorer.takes(load_model(run, "model-30"))  # its weights load into the compiled model
