@@ -198,6 +198,8 @@ class GPT2(tf.Module):
         hparams: the `HParams` it was built with.
         weights: dict from OpenAI checkpoint name to `tf.Variable`, in checkpoint order.
         checkpoint_path: the file or bundle prefix the weights were read from (`formats/`), or None.
+        lora: the adapters' `LoRAConfig` once `enable_lora` has run, None without adapters.
+        lora_weights: the adapters' variables by name (`model/h0/attn/c_attn/lora_A`, ...); {} without.
         lora_base: while LoRA trains, the (model folder, checkpoint) its base was read from, or None.
     """
 
@@ -212,6 +214,8 @@ class GPT2(tf.Module):
         self.h = [Block(f"model/h{i}", self.weights, init, hparams) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm("model/ln_f", self.weights, init, hparams.n_embd)
         self.checkpoint_path = None
+        self.lora = None
+        self.lora_weights = {}
         self.lora_base = None
 
     def forward(self, tokens, keys=None, values=None, start=None, pads=None, last_only=False):
@@ -287,7 +291,6 @@ class GPT2(tf.Module):
     # Low-rank adapters over frozen weights (lora.py): model.enable_lora(8, base_precision='bfloat16').
     enable_lora = lora.enable_lora
     merge_lora = lora.merge_lora
-    lora = None  # the adapters' LoRAConfig once enabled (`lora_weights` then holds them by name)
 
     def __call__(self, tokens):
         """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.
