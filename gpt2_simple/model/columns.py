@@ -17,7 +17,7 @@ Measured on 2 cores (`benchmark.py`): 124M batch 1 35.7 -> 39.5 tokens/s, batch 
 """
 import tensorflow as tf
 
-from .model import LAYER_NORM_EPSILON, _write_at, attend, gelu
+from .model import LAYER_NORM_EPSILON, attend, gelu, write_at
 
 # The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
 # 6.2 GB of weights in a free Colab's 12.7 GB, so 1558M decodes by `GPT2.forward`.
@@ -76,19 +76,19 @@ def step(model, matrices, token, keys, values, start, pads):
     """
     hp = model.hparams
     position = start if pads is None else tf.maximum(start - pads, 0)  # [] or [batch]
-    x = _transposed(model._embed(token[:, 0], position))  # [n_embd, batch]
+    x = _transposed(model.embed(token[:, 0], position))  # [n_embd, batch]
     new_keys, new_values = [], []
     for block, (w_attn, w_proj, w_fc, w_out), k, v in zip(model.h, matrices, keys, values):
         attn = block.attn
         qkv = _transposed(_dense(w_attn, attn.c_attn.b, _norm(block.ln_1, x)))  # [batch, 3 * n_embd]
         q, kk, vv = (tf.reshape(t, [-1, 1, hp.head_dim]) for t in tf.split(qkv, 3, axis=1))  # [batch * n_head, 1, head_dim]
-        k, v = _write_at(k, kk, start), _write_at(v, vv, start)
+        k, v = write_at(k, kk, start), write_at(v, vv, start)
         a = attend(q, k, v, start, pads, hp.n_head)  # [batch * n_head, 1, head_dim]
         x = x + _dense(w_proj, attn.c_proj.b, _transposed(tf.reshape(a, [-1, hp.n_embd])))
         x = x + _dense(w_out, block.mlp.c_proj.b, gelu(_dense(w_fc, block.mlp.c_fc.b, _norm(block.ln_2, x))))
         new_keys.append(k)
         new_values.append(v)
-    return model._logits(_transposed(x)[:, None, :]), new_keys, new_values
+    return model.output_logits(_transposed(x)[:, None, :]), new_keys, new_values
 
 
 def _norm(layer, x):
