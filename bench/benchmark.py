@@ -260,8 +260,11 @@ def _full_step(model, optimizer="adam", precision="float32", recompute=False):
                               recompute=recompute)
 
 
-def _lora_step(model_name, base_precision):
-    """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`."""
+def _lora_step(model_name, base_precision, recompute=False):
+    """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`.
+
+    `recompute` is gpu_check.py's: its LoRA memory rows run with and without it.
+    """
     import tensorflow as tf
 
     from gpt2_simple.model.hparams import PRESETS
@@ -273,7 +276,8 @@ def _lora_step(model_name, base_precision):
     model = GPT2(PRESETS[model_name], init=frozen_init(normal_init(0), base_dtype(base_precision)))
     model.enable_lora(8, seed=0)
     opt = make_optimizer("adam", model.lora_weights, 1e-4)
-    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy())
+    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy(),
+                              recompute=recompute)
 
 
 def bench_generate(args):
