@@ -3,17 +3,16 @@
 This module owns the XLA decoding loop's forward pass of one token; `GPT2.forward` (model.py)
 stays the one definition of the model, and this step computes the same logits in another
 orientation. XLA's CPU backend multiplies `[batch, nx] @ [nx, nf]` (the stored layout) on one
-core, at about half the speed it reaches for `[nf, nx] @ [nx, batch]`: the four block products
-of 124M take 41.6 ms at batch 8 one way and 21.6 ms the other (`benchmark.py --only profile`).
+core, slower than it multiplies `[nf, nx] @ [nx, batch]` (`bench/benchmark.py --only profile`).
 So each `Sampler.chunks` call transposes the block matrices once (`loop_matrices`), and passes
 them to every compiled call of the loop, whose steps keep their activations as columns. The output
 projection needs no copy: `wte` `[n_vocab, n_embd]` is already `[nf, nx]`.
 
 The copies cost the block weights' size while the call runs (340 MB at 124M), and nothing after it.
-Made inside each compiled call instead, they cost a stream or a server request, which draws 4
-tokens a call, twice the time of the whole generation (124M, 64 tokens: 3.9 s against 1.95).
-Measured on 2 cores (`benchmark.py`): 124M batch 1 35.7 -> 39.5 tokens/s, batch 8 106 -> 125;
-355M batch 1 11.2 -> 15.6; 774M batch 1 6.6 -> 7.7.
+Made inside each compiled call instead, they would cost a stream or a server request, which
+draws 4 tokens a call, more than the whole generation takes. The measured figures, and the
+tokens/s this step gains over `GPT2.forward`: docs/performance.md, "Figures behind the code's
+choices".
 """
 import tensorflow as tf
 
@@ -104,7 +103,7 @@ def _dense(w, b, x):
 
 def _transposed(x):
     """The transpose of a matrix, by a gather: XLA folds a `tf.transpose` into the product that
-    makes or takes it, and that product then runs in the slow orientation (4.7x slower for the
-    output projection at batch 8); a gather it leaves alone."""
+    makes or takes it, and that product then runs in the slow orientation (see the module
+    docstring); a gather it leaves alone."""
     rows, cols = tf.shape(x)[0], tf.shape(x)[1]
     return tf.gather(tf.reshape(x, [-1]), tf.range(rows)[None, :] * cols + tf.range(cols)[:, None])
