@@ -21,6 +21,7 @@ so the pieces from p on are found the same without the text before p. Hence
 (one run of letters or of whitespace) is held in memory until a cut appears.
 """
 import collections
+import contextlib
 import multiprocessing
 import os
 
@@ -50,6 +51,33 @@ def last_safe_cut(text, start=0):
 def token_dtype(enc):
     """The file format of `encode_file`: little-endian uint16, or int32 past 65536 ids."""
     return np.dtype("<u2") if len(enc.encoder) <= 65536 else np.dtype("<i4")
+
+
+@contextlib.contextmanager
+def open_atomic(path, mode, **kwargs):
+    """Write `path + '.tmp'`, fsync it and rename it to `path` only when the block succeeds.
+
+    The encoder's own copy of the library's atomic write (this package imports nothing from
+    `gpt2_simple`): when the block raises, the temporary file is removed and `path` is left as
+    it was.
+
+    Args:
+        path: the file to replace.
+        mode, kwargs: as for `open` (a writing mode: `"w"`, `"wb"`).
+
+    Yields:
+        The open temporary file.
+    """
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # only when something failed before the rename
+            os.remove(tmp)
 
 
 def _blocks(path, block_chars):
@@ -128,17 +156,9 @@ def encode_file(enc, path, out_path, *, processes=None, block_chars=1 << 20):
         The number of tokens written.
     """
     processes = processes or os.cpu_count() or 1
-    tmp = out_path + ".tmp"
     count = 0
-    try:
-        with open(tmp, "wb") as out:
-            for ids in _encoded_blocks(enc, path, processes, block_chars):
-                out.write(ids.tobytes())
-                count += len(ids)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):  # only when something failed before the rename
-            os.remove(tmp)
+    with open_atomic(out_path, "wb") as out:
+        for ids in _encoded_blocks(enc, path, processes, block_chars):
+            out.write(ids.tobytes())
+            count += len(ids)
     return count

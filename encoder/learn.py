@@ -32,7 +32,7 @@ import sys
 import warnings
 
 from .bpe import ENDOFTEXT, PATTERN, bytes_to_unicode, merge_pair
-from .files import _blocks
+from .files import _blocks, open_atomic
 from .vocab import ENCODER_FILE, MERGES_FILE, get_encoder
 
 VERSION_LINE = "#version: 0.2"  # the first line of OpenAI's vocab.bpe
@@ -202,12 +202,8 @@ def write_vocab(out_dir, merges, tokens):
 
 
 def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with open_atomic(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv=None):

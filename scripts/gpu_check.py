@@ -20,14 +20,15 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "bench"))  # the benchmark's timers and steps, which these figures reuse
+sys.path.insert(0, _ROOT)
 
 import numpy as np  # noqa: E402
+from bench_memory import peak_rss_mb  # noqa: E402
 from benchmark import (  # noqa: E402
     _full_step,
     _lora_step,
-    _peak_rss_mb,
     generate_rates,
     report,
     timed,
@@ -115,7 +116,7 @@ def lora_memory(model_name):
         if gpu:
             result[f"{name}_peak_gpu_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
         else:
-            result[f"{name}_peak_rss_mb"] = _peak_rss_mb()  # the process's: the later row includes the earlier
+            result[f"{name}_peak_rss_mb"] = peak_rss_mb()  # the process's: the later row includes the earlier
         step = None
     return result
 

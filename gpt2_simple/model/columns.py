@@ -3,21 +3,20 @@
 This module owns the XLA decoding loop's forward pass of one token; `GPT2.forward` (model.py)
 stays the one definition of the model, and this step computes the same logits in another
 orientation. XLA's CPU backend multiplies `[batch, nx] @ [nx, nf]` (the stored layout) on one
-core, at about half the speed it reaches for `[nf, nx] @ [nx, batch]`: the four block products
-of 124M take 41.6 ms at batch 8 one way and 21.6 ms the other (`benchmark.py --only profile`).
+core, slower than it multiplies `[nf, nx] @ [nx, batch]` (`bench/benchmark.py --only profile`).
 So each `Sampler.chunks` call transposes the block matrices once (`loop_matrices`), and passes
 them to every compiled call of the loop, whose steps keep their activations as columns. The output
 projection needs no copy: `wte` `[n_vocab, n_embd]` is already `[nf, nx]`.
 
 The copies cost the block weights' size while the call runs (340 MB at 124M), and nothing after it.
-Made inside each compiled call instead, they cost a stream or a server request, which draws 4
-tokens a call, twice the time of the whole generation (124M, 64 tokens: 3.9 s against 1.95).
-Measured on 2 cores (`benchmark.py`): 124M batch 1 35.7 -> 39.5 tokens/s, batch 8 106 -> 125;
-355M batch 1 11.2 -> 15.6; 774M batch 1 6.6 -> 7.7.
+Made inside each compiled call instead, they would cost a stream or a server request, which
+draws 4 tokens a call, more than the whole generation takes. The measured figures, and the
+tokens/s this step gains over `GPT2.forward`: docs/performance.md, "Figures behind the code's
+choices".
 """
 import tensorflow as tf
 
-from .model import LAYER_NORM_EPSILON, _write_at, attend, gelu
+from .model import LAYER_NORM_EPSILON, attend, gelu, write_at
 
 # The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
 # 6.2 GB of weights in a free Colab's 12.7 GB, so 1558M decodes by `GPT2.forward`.
@@ -76,19 +75,19 @@ def step(model, matrices, token, keys, values, start, pads):
     """
     hp = model.hparams
     position = start if pads is None else tf.maximum(start - pads, 0)  # [] or [batch]
-    x = _transposed(model._embed(token[:, 0], position))  # [n_embd, batch]
+    x = _transposed(model.embed(token[:, 0], position))  # [n_embd, batch]
     new_keys, new_values = [], []
     for block, (w_attn, w_proj, w_fc, w_out), k, v in zip(model.h, matrices, keys, values):
         attn = block.attn
         qkv = _transposed(_dense(w_attn, attn.c_attn.b, _norm(block.ln_1, x)))  # [batch, 3 * n_embd]
         q, kk, vv = (tf.reshape(t, [-1, 1, hp.head_dim]) for t in tf.split(qkv, 3, axis=1))  # [batch * n_head, 1, head_dim]
-        k, v = _write_at(k, kk, start), _write_at(v, vv, start)
+        k, v = write_at(k, kk, start), write_at(v, vv, start)
         a = attend(q, k, v, start, pads, hp.n_head)  # [batch * n_head, 1, head_dim]
         x = x + _dense(w_proj, attn.c_proj.b, _transposed(tf.reshape(a, [-1, hp.n_embd])))
         x = x + _dense(w_out, block.mlp.c_proj.b, gelu(_dense(w_fc, block.mlp.c_fc.b, _norm(block.ln_2, x))))
         new_keys.append(k)
         new_values.append(v)
-    return model._logits(_transposed(x)[:, None, :]), new_keys, new_values
+    return model.output_logits(_transposed(x)[:, None, :]), new_keys, new_values
 
 
 def _norm(layer, x):
@@ -104,7 +103,7 @@ def _dense(w, b, x):
 
 def _transposed(x):
     """The transpose of a matrix, by a gather: XLA folds a `tf.transpose` into the product that
-    makes or takes it, and that product then runs in the slow orientation (4.7x slower for the
-    output projection at batch 8); a gather it leaves alone."""
+    makes or takes it, and that product then runs in the slow orientation (see the module
+    docstring); a gather it leaves alone."""
     rows, cols = tf.shape(x)[0], tf.shape(x)[1]
     return tf.gather(tf.reshape(x, [-1]), tf.range(rows)[None, :] * cols + tf.range(cols)[:, None])

@@ -198,7 +198,7 @@ def enable_lora(model, rank, *, alpha=None, targets=None, base_precision=None, s
             already has adapters.
     """
     config = check_settings(rank, alpha, targets)
-    if getattr(model, "lora", None) is not None:
+    if model.lora is not None:
         raise ValueError("this model already has LoRA adapters; call merge_lora(model) before enabling new ones")
     e = model.hparams.n_embd
     shapes = [getattr(*_parent(model.h[0], t)).w.shape for t in config.targets] if model.h else []
@@ -222,7 +222,7 @@ def enable_lora(model, rank, *, alpha=None, targets=None, base_precision=None, s
 
 def adapters(model):
     """`{weight name: LoRAConv1D}` of a model's adapted layers (`model/h0/attn/c_attn/w`: ...); {} without."""
-    if getattr(model, "lora", None) is None:
+    if model.lora is None:
         return {}
     found = {}
     for i, block in enumerate(model.h):
@@ -254,7 +254,7 @@ def merge_lora(model):
     for name, adapter in adapters(model).items():
         adapter.base.w.assign(tf.cast(tf.cast(adapter.base.w, tf.float32) + adapter.delta(), adapter.base.w.dtype))
     for block in model.h:
-        for target in (model.lora.targets if getattr(model, "lora", None) else ()):
+        for target in (model.lora.targets if model.lora is not None else ()):
             parent, leaf = _parent(block, target)
             setattr(parent, leaf, getattr(parent, leaf).base)
     model.lora, model.lora_weights = None, {}

@@ -131,7 +131,7 @@ class Attention(_Layer):
                 k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
             start = tf.shape(k)[1] - tf.shape(q)[1]
         else:
-            k, v = _write_at(keys, k, start), _write_at(values, v, start)
+            k, v = write_at(keys, k, start), write_at(values, v, start)
         return self.c_proj(self._merge_heads(attend(q, k, v, start, pads, self.n_head), tf.shape(x)[0])), k, v
 
 
@@ -150,10 +150,11 @@ def attend(q, k, v, start, pads, n_head):
     return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)
 
 
-def _write_at(cache, new, start):
+def write_at(cache, new, start):
     """`cache` `[rows, window, d]` with positions start..start+seq-1 replaced by `new` `[rows, seq, d]`.
 
-    A scatter of whole rows: XLA updates the loop's cache buffer in place.
+    A scatter of whole rows: XLA updates the loop's cache buffer in place. Shared by
+    `Attention.__call__` and `columns.step`, the two writers of a fixed-window cache.
     """
     rows, seq = tf.shape(new)[0], tf.shape(new)[1]
     at = tf.stack(tf.meshgrid(tf.range(rows), start + tf.range(seq), indexing="ij"), axis=-1)  # [rows, seq, 2]
@@ -198,6 +199,8 @@ class GPT2(tf.Module):
         hparams: the `HParams` it was built with.
         weights: dict from OpenAI checkpoint name to `tf.Variable`, in checkpoint order.
         checkpoint_path: the file or bundle prefix the weights were read from (`formats/`), or None.
+        lora: the adapters' `LoRAConfig` once `enable_lora` has run, None without adapters.
+        lora_weights: the adapters' variables by name (`model/h0/attn/c_attn/lora_A`, ...); {} without.
         lora_base: while LoRA trains, the (model folder, checkpoint) its base was read from, or None.
     """
 
@@ -212,6 +215,8 @@ class GPT2(tf.Module):
         self.h = [Block(f"model/h{i}", self.weights, init, hparams) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm("model/ln_f", self.weights, init, hparams.n_embd)
         self.checkpoint_path = None
+        self.lora = None
+        self.lora_weights = {}
         self.lora_base = None
 
     def forward(self, tokens, keys=None, values=None, start=None, pads=None, last_only=False):
@@ -240,13 +245,13 @@ class GPT2(tf.Module):
         positions = first + tf.range(tf.shape(tokens)[1])  # [seq]
         if pads is not None:  # [batch, seq]; a padding slot's position is 0 (nothing sees it)
             positions = tf.maximum(positions[None, :] - pads[:, None], 0)
-        x = self._embed(tokens, positions)  # [batch, seq, n_embd]
+        x = self.embed(tokens, positions)  # [batch, seq, n_embd]
         new_keys, new_values = [], []
         for block, k, v in zip(self.h, keys, values):
             x, k, v = block(x, k, v, start, pads)
             new_keys.append(k)
             new_values.append(v)
-        return self._logits(x[:, -1:] if last_only else x), new_keys, new_values
+        return self.output_logits(x[:, -1:] if last_only else x), new_keys, new_values
 
     def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
         """Logits for training: no cache, optional low-precision compute and recomputation.
@@ -264,21 +269,35 @@ class GPT2(tf.Module):
             float32 `[batch, seq, n_vocab]`.
         """
         positions = tf.range(tf.shape(tokens)[1])
-        x = tf.cast(self._embed(tokens, positions), dtype)  # [batch, seq, n_embd]
+        x = tf.cast(self.embed(tokens, positions), dtype)  # [batch, seq, n_embd]
         for block in self.h:
             run = (lambda x, block=block: block(x)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
-        return self.ln_f(x) if features else self._logits(x)
+        return self.ln_f(x) if features else self.output_logits(x)
 
-    def _embed(self, tokens, positions):
+    def embed(self, tokens, positions):
         """Token plus position embeddings in float32 (also when the tables are stored in 16 bits).
 
-        `positions`: int32 `[seq]`, or `[batch, seq]` for rows with their own positions.
+        The model's first step, shared by `forward`, `train_logits` and `columns.step`.
+
+        Args:
+            tokens: int32 `[batch, seq]` (or `[batch]` for one position a row).
+            positions: int32 `[seq]`, or `[batch, seq]` (`[batch]`) for rows with their own positions.
+
+        Returns:
+            float32 `[batch, seq, n_embd]` (`[batch, n_embd]`).
         """
         return tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
 
-    def _logits(self, x):
-        """Final LayerNorm and the output projection tied to wte: [batch, seq, n_vocab]."""
+    def output_logits(self, x):
+        """The model's last step, shared by `forward`, `train_logits` and `columns.step`.
+
+        Args:
+            x: the last block's output `[batch, seq, n_embd]`, in the compute dtype.
+
+        Returns:
+            float32 `[batch, seq, n_vocab]`: the final LayerNorm, then the output projection tied to wte.
+        """
         x = self.ln_f(x)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), lora.cast_on_use(self.wte, x), transpose_b=True)
@@ -287,7 +306,6 @@ class GPT2(tf.Module):
     # Low-rank adapters over frozen weights (lora.py): model.enable_lora(8, base_precision='bfloat16').
     enable_lora = lora.enable_lora
     merge_lora = lora.merge_lora
-    lora = None  # the adapters' LoRAConfig once enabled (`lora_weights` then holds them by name)
 
     def __call__(self, tokens):
         """Logits for `tokens`: int `[batch, seq]` (numpy or tensor) -> float32 `[batch, seq, n_vocab]`.

@@ -29,6 +29,7 @@ from encoder.files import token_dtype
 
 from . import token_cache
 from .records import (  # noqa: F401
+    SNIFF_BYTES,
     check_text,
     count_escaped,
     read_csv_column,
@@ -40,8 +41,6 @@ from .records import (  # noqa: F401
 LARGE_FILE_BYTES = 16 * 1024 * 1024  # text files above this size use the on-disk token cache
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
-
-_SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ def _large_file_tokens(enc, path, cache_dir, digest):
     """A large text file's tokens as a read-only memmap from the token cache, encoding it on
     first use (see `token_cache`); the text checks and the bad-UTF-8 warning are ours."""
     with open(path, "rb") as f:
-        check_text(f.read(_SNIFF_BYTES), path)
+        check_text(f.read(SNIFF_BYTES), path)
     entry = token_cache.cache_path(path, cache_dir, digest)
     if not os.path.exists(entry):
         warn_bad_utf8(path, count_bad_utf8(path))

@@ -25,7 +25,7 @@ from encoder.files import token_dtype
 from ..atomic import open_atomic
 from . import dataset as dataset_module
 from . import token_cache
-from .records import read_csv_column, read_jsonl, read_lines
+from .records import SNIFF_BYTES, read_csv_column, read_jsonl, read_lines
 from .windows import WindowSampler, separator_positions
 
 _MODE_KEY = "line_by_line"  # added to the token-cache key, so the two modes never share an entry
@@ -88,7 +88,7 @@ def _documents(file, text_field):
 def _large_file_documents(enc, path, cache_dir, digest):
     """A large text file's document stream from the token cache, encoding it line by line on first use."""
     with open(path, "rb") as f:
-        dataset_module.check_text(f.read(8192), path)
+        dataset_module.check_text(f.read(SNIFF_BYTES), path)
     entry = token_cache.cache_path(path, cache_dir, f"{digest}/{_MODE_KEY}")
     if not os.path.exists(entry):
         dataset_module.warn_bad_utf8(path, dataset_module.count_bad_utf8(path))

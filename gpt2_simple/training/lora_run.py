@@ -106,7 +106,7 @@ def model_to_train(opts, run_dir, source_dir, prefix, saved):
     checkpoint = os.path.basename(prefix)
     if not opts.lora_rank:
         model = folders.load_model(source_dir, checkpoint)
-        return model if getattr(model, "lora", None) is None else _trainable_copy(model)
+        return model if model.lora is None else _trainable_copy(model)
     if saved is not None:
         settings, arrays = saved
         base = (adapters.base_folder(settings, run_dir), settings["base_checkpoint"])
@@ -135,7 +135,7 @@ def _trainable_copy(model):
 
 def trainable_weights(model, names):
     """`{name: variable}` that the optimizer updates: the adapters of a LoRA model, else `names`' weights."""
-    if getattr(model, "lora", None) is not None:
+    if model.lora is not None:
         return dict(model.lora_weights)
     return {n: model.weights[n] for n in names}
 
@@ -146,7 +146,7 @@ def trainable_weights(model, names):
 
 def save_tensors(model, opts):
     """(tensors for `optimizer-<N>`, tensors for `model-<N>` or None for the merged weights)."""
-    if getattr(model, "lora", None) is None:
+    if model.lora is None:
         return {}, None
     settings = adapters.settings_of(model, opts.base_precision, *model.lora_base)
     tensors = adapters.adapter_tensors(model, settings)

@@ -13,7 +13,7 @@ import json
 import re
 import warnings
 
-_SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary
+SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary (see check_text)
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of one bad byte
 
 
@@ -29,7 +29,7 @@ def read_text(path):
     """
     with open(path, "rb") as f:
         raw = f.read()
-    check_text(raw[:_SNIFF_BYTES], path)
+    check_text(raw[:SNIFF_BYTES], path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -54,7 +54,7 @@ def warn_bad_utf8(path, bad):
 
 
 def check_text(head, path):
-    """Refuse a binary file, given its first bytes."""
+    """Refuse a binary file, given its first `SNIFF_BYTES` bytes."""
     if b"\0" in head:
         raise ValueError(
             f"dataset file {path!r} is not a text file (it contains NUL bytes); "

@@ -67,10 +67,10 @@ XLA_MIN_PARAMS = 10_000_000  # below this a step takes milliseconds and compilin
 def use_xla(hparams, recompute):
     """Whether the training step compiles its minibatches with XLA by default.
 
-    Yes for models of `XLA_MIN_PARAMS` weights or more (124M on a 2-core CPU: 1.2x the
-    TensorFlow graph's speed, MFU 0.60 -> 0.72), unless `recompute`: XLA's common-subexpression
-    pass would merge the recomputed blocks back into the forward pass and keep every activation,
-    the memory that recomputation is there to save (124M: 5.2 GB against 4.3-4.6).
+    Yes for models of `XLA_MIN_PARAMS` weights or more (faster than the TensorFlow graph),
+    unless `recompute`: XLA's common-subexpression pass would merge the recomputed blocks back
+    into the forward pass and keep every activation, the memory that recomputation is there to
+    save. The measured figures: docs/performance.md, "Figures behind the code's choices".
     """
     return not recompute and hparams.n_params >= XLA_MIN_PARAMS
 

@@ -1,8 +1,8 @@
 """Measure gpt2_simple on this machine, against the machine's limits and peers run the same way.
 
-    python scripts/benchmark.py                       # every section, 124M
-    python scripts/benchmark.py --only encoder        # one section
-    python scripts/benchmark.py --json bench.json     # also write the numbers
+    python bench/benchmark.py                       # every section, 124M
+    python bench/benchmark.py --only encoder        # one section
+    python bench/benchmark.py --json bench.json     # also write the numbers
 
 Sections:
 - limits: fp32 matmul GFLOP/s and memory bandwidth GB/s, reading (a sum and a gemv over buffers
@@ -21,23 +21,23 @@ Sections:
 - memory: peak RSS of one fine-tuning process (batch 1, full context, two steps) for each
   optimizer and with/without `use_memory_saving_gradients`, each in a fresh subprocess, and of
   LoRA (rank 8 on all four targets, Adam, a bfloat16 frozen base loaded from a random-weight
-  checkpoint in OpenAI's layout), with a profile of where its memory is (`scripts/bench_memory.py`);
+  checkpoint in OpenAI's layout), with a profile of where its memory is (`bench/bench_memory.py`);
   `--memory_configs lora_recompute` runs only the named rows (adam, adam_recompute, adafactor,
   adafactor_recompute, lora, lora_recompute), `--memory_folder DIR` keeps the checkpoint for the next run.
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
   token, the same workload in-process, and mixed traffic (prompts of 3 to 200 tokens, mixed
-  options, half seeded) from 16 clients against one (`scripts/bench_serve.py`);
+  options, half seeded) from 16 clients against one (`bench/bench_serve.py`);
 - copies: the copy index (`generation/copies.py`) on `--copies_mb` megabytes of synthetic text:
   build time, memory, the check of a 200-token sample, the `avoid_copies=16` guard's index and
-  one compiled `banned()` call, and a suffix array for comparison (`scripts/bench_copies.py`);
+  one compiled `banned()` call, and a suffix array for comparison (`bench/bench_copies.py`);
   not in the default run (`--only copies`);
 - logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
-  16 (`scripts/bench_logprobs.py`); not in the default run (`--only logprobs`);
+  16 (`bench/bench_logprobs.py`); not in the default run (`--only logprobs`);
 - profile: one decoding step split into parts, each compiled by XLA alone, with its time, cores
   busy and weight bandwidth: the blocks' matrix products in the stored layout and as the XLA loop
   runs them (activations as columns), the output projection, the draw, the whole step by
-  `GPT2.forward` and by the XLA loop's `columns.step` (`scripts/bench_profile.py`); `--only profile`.
+  `GPT2.forward` and by the XLA loop's `columns.step` (`bench/bench_profile.py`); `--only profile`.
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -260,8 +260,11 @@ def _full_step(model, optimizer="adam", precision="float32", recompute=False):
                               recompute=recompute)
 
 
-def _lora_step(model_name, base_precision):
-    """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`."""
+def _lora_step(model_name, base_precision, recompute=False):
+    """A compiled LoRA step (rank 8, all four targets, Adam) over a frozen random base stored in `base_precision`.
+
+    `recompute` is gpu_check.py's: its LoRA memory rows run with and without it.
+    """
     import tensorflow as tf
 
     from gpt2_simple.model.hparams import PRESETS
@@ -273,7 +276,8 @@ def _lora_step(model_name, base_precision):
     model = GPT2(PRESETS[model_name], init=frozen_init(normal_init(0), base_dtype(base_precision)))
     model.enable_lora(8, seed=0)
     opt = make_optimizer("adam", model.lora_weights, 1e-4)
-    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy())
+    return compile_train_step(model, opt, list(model.lora_weights), strategy=tf.distribute.get_strategy(),
+                              recompute=recompute)
 
 
 def bench_generate(args):
@@ -564,19 +568,19 @@ def main(argv=None):
         from bench_memory import bench_memory
 
         results["memory"] = bench_memory(args, os.path.abspath(__file__), _check_child)
-    if "serve" in sections:  # scripts/bench_serve.py
+    if "serve" in sections:  # bench/bench_serve.py
         from bench_serve import bench_serve
 
         results["serve"] = bench_serve(args, _openai_folder)
-    if "copies" in sections:  # scripts/bench_copies.py
+    if "copies" in sections:  # bench/bench_copies.py
         from bench_copies import bench_copies
 
         results["copies"] = bench_copies(args, timed, measured)
-    if "profile" in sections:  # scripts/bench_profile.py
+    if "profile" in sections:  # bench/bench_profile.py
         from bench_profile import bench_profile
 
         results["profile"] = bench_profile(args, timed, measured)
-    if "logprobs" in sections:  # scripts/bench_logprobs.py
+    if "logprobs" in sections:  # bench/bench_logprobs.py
         from bench_logprobs import bench_logprobs
 
         results["logprobs"] = bench_logprobs(args, timed)

@@ -1,6 +1,6 @@
 """The keras-hub peer of `benchmark.py`: `GPT2CausalLM` on the TensorFlow backend, with our weights.
 
-`python scripts/benchmark.py --peer keras-hub` copies the benchmark's random-weight model into a
+`python bench/benchmark.py --peer keras-hub` copies the benchmark's random-weight model into a
 keras-hub `GPT2Backbone` by name (as keras-hub's own Hugging Face converter maps GPT-2), checks
 its logits against ours, then runs the benchmark's workloads in a subprocess: generation at
 batch 1 and 8 (32-token prompt, 256 new tokens, `RandomSampler`, i.e. temperature 1 and no

@@ -1,6 +1,6 @@
 """The llama.cpp peer of `benchmark.py`: our GGUF export loaded and run by llama.cpp itself.
 
-`python scripts/benchmark.py --only generate --peer llama.cpp` writes the benchmark's
+`python bench/benchmark.py --only generate --peer llama.cpp` writes the benchmark's
 random-weight model with `export_gguf` at f32, f16 and q8_0, then, in a subprocess, loads each
 file with `llama-cpp-python` (llama.cpp built from source) and
 

@@ -13,11 +13,11 @@ PROMPT_TOKENS, NEW_TOKENS = 16, 64
 
 def bench_logprobs(args, timed):
     """{name: value} for each batch size; prints one line per batch as it goes."""
-    from gpt2_simple.serving.batcher import CHUNK
     from gpt2_simple.generation.sample import Sampler
     from gpt2_simple.generation.scores import Scorer
     from gpt2_simple.model.hparams import PRESETS
     from gpt2_simple.model.model import GPT2
+    from gpt2_simple.serving.batcher import CHUNK
     from gpt2_simple.session import start_tf_sess
 
     start_tf_sess()  # the thread settings the server uses
