@@ -2,7 +2,7 @@
 
 A random-weight model (`--model`, 124M by default) generates NEW_TOKENS after a PROMPT_TOKENS
 prompt with the server's sampler, chunk by chunk as the batcher runs it; with `logprobs`, the
-batcher then scores every row (prompt and drawn tokens) in one forward pass (`scores.Scorer`).
+batcher then scores every row (prompt and drawn tokens) in one forward pass (`scores.LogprobScorer`).
 Each batch size in `--logprobs_batches` is timed after a warm-up call, best of three, through
 benchmark.py's `timed`.
 """
@@ -14,7 +14,7 @@ PROMPT_TOKENS, NEW_TOKENS = 16, 64
 def bench_logprobs(args, timed):
     """{name: value} for each batch size; prints one line per batch as it goes."""
     from gpt2_simple.generation.sample import Sampler
-    from gpt2_simple.generation.scores import Scorer
+    from gpt2_simple.generation.scores import LogprobScorer
     from gpt2_simple.model.hparams import PRESETS
     from gpt2_simple.model.model import GPT2
     from gpt2_simple.serving.batcher import CHUNK
@@ -22,7 +22,7 @@ def bench_logprobs(args, timed):
 
     start_tf_sess()  # the thread settings the server uses
     model = GPT2(PRESETS[args.model], seed=0)
-    sampler, scorer = Sampler(model), Scorer(model)
+    sampler, scorer = Sampler(model), LogprobScorer(model)
     result = {}
     for batch in args.logprobs_batches:
         prompt = np.random.default_rng(0).integers(0, 50257, [batch, PROMPT_TOKENS]).astype(np.int32)
