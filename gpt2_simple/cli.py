@@ -35,6 +35,7 @@ from .cli_flags import (
     positive_int,
     shell_terms,
 )
+from .errors import one_line
 
 DEMO_STEPS = 10  # `gpt2_simple finetune` without a dataset: steps on the bundled text
 FINETUNE_EXAMPLE = ("example, one tweet per line or .jsonl record, one tweet per sample: gpt2_simple finetune "
@@ -200,7 +201,8 @@ def run_generate(args):
     from gpt2_simple.generation.call import check_options
     from gpt2_simple.generation.copy_guard import check_span
 
-    check_options(args.nsamples, args.batch_size, args.length, args.temperature, args.top_k, args.top_p)
+    check_options(args.nsamples, args.batch_size, args.length, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p)
     if args.stream and args.copy_threshold is not None:
         raise ValueError(f"--copy_threshold {args.copy_threshold} cannot drop a streamed text (it is printed before "
                          "it is checked); leave out --stream, or use --check_copies to print its mark")
@@ -298,11 +300,6 @@ COMMANDS = {"finetune": run_finetune, "generate": run_generate, "evaluate": run_
 # Entry point
 
 
-def _one_line(error):
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
-
-
 def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code.
 
@@ -326,13 +323,13 @@ def _main(argv):
     except SystemExit as exit_:  # argparse exits after --help (0) and after usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     except ImportError as e:  # gpt2_simple's own one-line message when TensorFlow is missing
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 2
     try:
         COMMANDS[args.command](args)
     except (ValueError, OSError, ImportError) as e:  # OSError: FileNotFoundError, DownloadError; ImportError: an extra
-        text = e.for_shell() if hasattr(e, "for_shell") else _one_line(e)
-        print(f"{PROG}: error: {shell_terms(_one_line(text), set(vars(args)))}", file=sys.stderr)
+        text = e.for_shell() if hasattr(e, "for_shell") else one_line(e)
+        print(f"{PROG}: error: {shell_terms(one_line(text), set(vars(args)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

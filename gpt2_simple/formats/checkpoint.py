@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..atomic import staged_path, write_text
+from ..errors import one_line
 from ..model.hparams import load_hparams
 from ..model.lora import base_dtype, frozen_init, merged_weights
 from ..model.model import GPT2
@@ -124,7 +125,7 @@ def checked_reader(prefix, hparams):
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {prefix}: {_first_line(e)}") from None
+        raise ValueError(f"cannot read checkpoint {prefix}: {one_line(e, first=True)}") from None
     shapes = reader.get_variable_to_shape_map()
     for name, shape in openai_variables(hparams):
         if name not in shapes:
@@ -147,7 +148,7 @@ def read_tensor(reader, prefix, name):
     except (tf.errors.OpError, ValueError, IndexError) as e:
         raise ValueError(
             f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
-            f"{_first_line(e)}); download the model again or restore an earlier checkpoint"
+            f"{one_line(e, first=True)}); download the model again or restore an earlier checkpoint"
         ) from None
 
 
@@ -162,13 +163,9 @@ def restore_tensor(prefix, name, shape, dtype=tf.float32):
     except (tf.errors.OpError, ValueError) as e:
         raise ValueError(
             f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
-            f"{_first_line(e)}); download the model again or restore an earlier checkpoint"
+            f"{one_line(e, first=True)}); download the model again or restore an earlier checkpoint"
         ) from None
     return tf.reshape(value, shape)
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):

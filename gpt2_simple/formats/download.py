@@ -16,6 +16,7 @@ import time
 import requests
 from tqdm import tqdm
 
+from ..errors import one_line
 from ..model.hparams import PRESETS, load_hparams
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
@@ -300,7 +301,7 @@ def _reject(current, path, problem, model_dir, model_name):
 
 def _first_line(error):
     """A connection error's gist: requests nests urllib3's whole retry story in its message."""
-    text = " ".join(str(error).split())
+    text = one_line(error)
     reason = re.search(r"(Failed to establish a new connection: (\[Errno -?\d+\] )?[^'\")\]]*|Connection refused|"
                        r"Name or service not known|Read timed out|timed out)", text)
     return reason.group(1) if reason else text[:200]

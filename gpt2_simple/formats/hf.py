@@ -18,6 +18,7 @@ import shutil
 from encoder.vocab import HF_VOCAB_FILES
 
 from ..atomic import write_text
+from ..errors import one_line
 from ..model.hparams import HParams
 from ..model.lora import base_dtype, frozen_init
 from ..model.model import GPT2, LAYER_NORM_EPSILON
@@ -26,7 +27,6 @@ from .safetensors_file import (
     FLOATS,
     SafeTensors,
     bad,
-    one_line,
     short,
     write_safetensors,
 )
@@ -80,7 +80,7 @@ def load_config(folder):
         try:
             config = json.loads(f.read().decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{path} is not valid JSON ({one_line(e)})") from None
+            raise ValueError(f"{path} is not valid JSON ({one_line(e, 200)})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a JSON object")
     problems = [f"{key}={config.get(key, default)!r} (GPT-2 has {need!r})"

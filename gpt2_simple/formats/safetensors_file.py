@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ..atomic import open_atomic
+from ..errors import one_line
 
 MAX_HEADER_BYTES = 100 * 2**20
 # Bytes per element of safetensors' dtypes: any may appear (a bool attention mask, say), but
@@ -51,7 +52,7 @@ def read_header(path):
     except _DuplicateName as e:
         raise bad(path, f"has a header that names {e} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise bad(path, f"has a header that is not JSON ({one_line(e)}); it is not a safetensors file") from None
+        raise bad(path, f"has a header that is not JSON ({one_line(e, 200)}); it is not a safetensors file") from None
     metadata = header.pop("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         raise bad(path, "has a header that is not a JSON object of tensors (and an optional __metadata__ object)")
@@ -162,11 +163,6 @@ def short(value, limit=80):
     """`repr(value)`, cut to `limit` characters, for quoting untrusted names and values in errors."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def one_line(error):
-    """An exception's message on one line (at most 200 characters), or its type's name."""
-    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def bad(path, problem):

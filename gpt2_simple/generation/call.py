@@ -53,29 +53,32 @@ class Call:
         return [self.settle(row).ended for row in rows]
 
 
-def prepare(sess, prefix=None, *, length, temperature, top_k, top_p, truncate=None, include_prefix=True, stop=None,
-            repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, logit_bias=None, min_p=0.0,
-            avoid_copies=0, training_data=None, nsamples=1, batch_size=1):
-    """Check `generate`'s arguments and prepare its call on the model in `sess`; ValueError naming a bad one."""
+def prepare(sess, prefix=None, *, length, truncate=None, include_prefix=True, stop=None, logit_bias=None,
+            avoid_copies=0, training_data=None, nsamples=1, batch_size=1, **sampling):
+    """Check `generate`'s arguments and prepare its call on the model in `sess`; ValueError naming a bad one.
+
+    `sampling`: the options with a range in `ranges.RANGES` (temperature, top_k, top_p, min_p and the
+    penalties), each checked against it and carried to the loops in the `SamplingOptions`.
+    """
     enc, n_ctx = sess.encoder, sess.sampler.model.hparams.n_ctx  # the sampler raises if no model is loaded
     prefix = prefix or None
     prompt = enc.encode(prefix) if prefix else []
     eot = enc.eot_token if trained_on_documents(sess.folder) else None  # documents: one per sample
     context = context_of(prompt, enc.eot_token, documents=eot is not None)
-    check_options(nsamples, batch_size, length, temperature, top_k, top_p)
+    check_options(nsamples, batch_size, length, **sampling)
     if len(context) >= n_ctx:
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "
                          f"shorten the prefix below {n_ctx} tokens")
-    ranges.check("repetition_penalty", repetition_penalty)
-    adjust = check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, sess.model.hparams.n_vocab)
+    if logit_bias is not None and not isinstance(logit_bias, dict):
+        raise ValueError(f"logit_bias={logit_bias!r} must be a dict {{token id: bias}} or None")
+    bias_vector(logit_bias, sess.model.hparams.n_vocab)  # raises naming an id out of range
     guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
     stop_tokens = stops.tokens(enc)
     if eot is not None and len(stop_tokens) < MAX_STOPS:
         stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text
-    options = SamplingOptions.make(temperature=temperature, top_k=top_k, top_p=top_p,
-                                   repetition_penalty=repetition_penalty, stop_tokens=stop_tokens,
-                                   avoid_copies=avoid_copies, **adjust)
+    options = SamplingOptions.make(logit_bias=logit_bias, stop_tokens=stop_tokens, avoid_copies=avoid_copies,
+                                   **{name: ranges.plain(name, value) for name, value in sampling.items()})
     return Call(enc, prefix, prompt, context, options, guard, stops, eot, truncate, include_prefix)
 
 
@@ -149,8 +152,11 @@ def context_of(prompt, eot, *, documents):
     return [eot] + list(prompt) if documents and prompt[0] != eot else list(prompt)
 
 
-def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
-    """Raise a one-line ValueError for options `generate` cannot take (before any model is loaded)."""
+def check_options(nsamples, batch_size, length, **sampling):
+    """Raise a one-line ValueError for options `generate` cannot take (before any model is loaded).
+
+    `sampling`: options of `ranges.RANGES` by name, checked in the order given.
+    """
     checks = [
         (isinstance(batch_size, int) and batch_size > 0, f"batch_size={batch_size!r} must be a positive integer"),
         (isinstance(nsamples, int) and nsamples > 0, f"nsamples={nsamples!r} must be a positive integer"),
@@ -163,19 +169,5 @@ def check_options(nsamples, batch_size, length, temperature, top_k, top_p):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+    for name, value in sampling.items():
         ranges.check(name, value)
-
-
-def check_adjustments(presence_penalty, frequency_penalty, logit_bias, min_p, n_vocab):
-    """The sampler's keyword arguments for OpenAI's penalties, logit_bias and min_p; ValueError naming a bad one."""
-    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
-                        ("min_p", min_p)):
-        ranges.check(name, value)
-    if logit_bias is not None and not isinstance(logit_bias, dict):
-        raise ValueError(f"logit_bias={logit_bias!r} must be a dict {{token id: bias}} or None")
-    bias_vector(logit_bias, n_vocab)  # raises naming an id out of range
-    return {"presence_penalty": float(presence_penalty), "frequency_penalty": float(frequency_penalty),
-            "logit_bias": dict(logit_bias or {}), "min_p": float(min_p)}
-
-

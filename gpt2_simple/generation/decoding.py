@@ -86,3 +86,10 @@ def cache_window(positions, n_ctx):
     than 127 unwritten positions. Each window compiles its own XLA program, once per batch size.
     """
     return min(128 * -(-max(positions, 1) // 128), n_ctx)
+
+
+def xla_batch(rows, xla_max_batch):
+    """The batch size a call of `rows` rows decodes at: up to `xla_max_batch`, the next power of two
+    (XLA compiles a program for each batch size, so traffic meets a few sizes, not every one);
+    beyond it, `rows` (the growing loop takes any size)."""
+    return rows if rows > xla_max_batch else min(1 << (rows - 1).bit_length(), xla_max_batch)

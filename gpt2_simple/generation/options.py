@@ -72,6 +72,25 @@ class Knobs(NamedTuple):
             avoid_copies=tf.constant(n, tf.int32), guard_keys=keys, guard_nexts=nexts)
 
 
+    @staticmethod
+    def filled(batch, n_vocab, stops, **given):
+        """In-graph knobs of `batch` rows that share their options (the SavedModel's signature).
+
+        Each option `given` (a scalar tensor) is filled to the rows; every other one is off (its
+        `SamplingOptions` default); no logit bias, the stop table `stops` for every row, no guard.
+        """
+        defaults, specs = SamplingOptions(), Knobs.specs(n_vocab)
+        rows = {field.name: tf.fill([batch], tf.cast(given.pop(field.name, getattr(defaults, field.name)),
+                                                     getattr(specs, field.name).dtype))
+                for field in dataclasses.fields(SamplingOptions) if getattr(specs, field.name, None) is not None
+                and getattr(specs, field.name).shape.rank == 1}
+        if given:
+            raise TypeError(f"Knobs.filled takes per-row options only, not {sorted(given)}")
+        keys, nexts = no_guard()
+        return Knobs(**rows, logit_bias=tf.zeros([batch, n_vocab]), stops=tf.tile(stops[None], [batch, 1, 1]),
+                     avoid_copies=tf.constant(0), guard_keys=tf.constant(keys), guard_nexts=tf.constant(nexts))
+
+
 class Steering(NamedTuple):
     """The decoding loop's state, one value a row: what the penalties, the stop sequences and the guard read."""
 

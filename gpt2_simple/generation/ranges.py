@@ -53,5 +53,12 @@ RANGES = {
 
 
 def check(name, value):
-    """`RANGES[name].check(name, value)`: the Python check of one option."""
+    """`RANGES[name].check(name, value)`: the Python check of one option; a TypeError for an unknown name."""
+    if name not in RANGES:
+        raise TypeError(f"{name!r} is not a sampling option; the options are {', '.join(RANGES)}")
     return RANGES[name].check(name, value)
+
+
+def plain(name, value):
+    """A checked option's value as the `SamplingOptions` field holds it: a Python int or float (hashable, exact)."""
+    return int(value) if RANGES[name].integer else float(value)

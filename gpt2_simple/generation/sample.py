@@ -19,7 +19,7 @@ import tensorflow as tf
 from .. import xla_choice
 from ..model import columns
 from . import joining
-from .decoding import Decoding, cache_window
+from .decoding import Decoding, cache_window, xla_batch
 from .draws import Steer, row_seeds
 from .options import Knobs, SamplingOptions, Steering, left_padded, text_tail
 
@@ -250,7 +250,7 @@ class Sampler:
             return False
         assert joining.fits(state, rows, hp.n_ctx), "join returned rows that do not fit"
         taken = slots[:len(rows)]
-        size = max(len(state.ended), min(1 << max(taken).bit_length(), self.xla_max_batch))
+        size = max(len(state.ended), xla_batch(max(taken) + 1, self.xla_max_batch))
         joining.admit(state, rows, taken, size=size, hparams=hp, prefill=self._prefill, empty=self._empty_cache)
         return True
 

@@ -22,7 +22,7 @@ from ..atomic import staged_folder
 from ..formats.folders import load_model
 from ..model.hparams import save_hparams
 from ..model.model import GPT2
-from .copy_guard import WINDOW, no_guard
+from .copy_guard import WINDOW
 from .options import MAX_STOP_TOKENS, MAX_STOPS, NO_TOKEN, Knobs, Steering, stop_hits, stop_table
 from .sample import Sampler
 
@@ -93,15 +93,9 @@ class ServingModule(tf.Module):
         cache = [tf.zeros([batch * hp.n_head, 0, hp.head_dim], tf.float32)] * hp.n_layer
         seeds = tf.stack([tf.fill([batch], seed), tf.range(batch, dtype=tf.int64)], axis=1)  # `draws.row_seeds`
 
-        def rows(value):
-            return tf.fill([batch], value)
-
-        off = rows(0.0)  # min_p, OpenAI's penalties and the copy guard: not in the export's signature
-        keys, nexts = no_guard()
-        knobs = Knobs(temperature=rows(temperature), top_k=rows(top_k), top_p=rows(top_p), min_p=off,
-                      repetition_penalty=rows(repetition_penalty), presence_penalty=off, frequency_penalty=off,
-                      logit_bias=tf.zeros([batch, hp.n_vocab]), stops=tf.tile(stop_tokens[None], [batch, 1, 1]),
-                      avoid_copies=tf.constant(0), guard_keys=tf.constant(keys), guard_nexts=tf.constant(nexts))
+        # min_p, OpenAI's penalties, logit bias and the copy guard are not in the export's signature: off.
+        knobs = Knobs.filled(batch, hp.n_vocab, stop_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty)
         steering = Steering(seen=seen_tokens(tokens, hp.n_vocab), recent=tf.fill([batch, MAX_STOP_TOKENS], NO_TOKEN),
                             counts=tf.zeros([batch, hp.n_vocab], tf.float32), tail=tf.fill([batch, WINDOW], NO_TOKEN),
                             ended=tf.zeros([batch], tf.bool))

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from ..generation.call import TextStream
+from ..generation.decoding import xla_batch
 from ..generation.draws import batch_seed, row_seeds
 from ..generation.joining import Joining
 from ..generation.options import SamplingOptions
@@ -238,9 +239,8 @@ class Batcher:
         if length == 0:
             return
 
-        # XLA compiles a program for each batch size: up to its largest, a batch is filled to the
-        # next power of two with one-token rows that have ended, so that traffic meets 5 sizes, not 16.
-        size = len(rows) if len(rows) > self.sampler.xla_max_batch else 1 << (len(rows) - 1).bit_length()
+        # A batch is filled to the size XLA compiles for with one-token rows that have ended.
+        size = xla_batch(len(rows), self.sampler.xla_max_batch)
         fillers = size - len(rows)
         rows += [None] * fillers
 

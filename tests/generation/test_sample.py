@@ -206,7 +206,7 @@ def test_too_many_stop_sequences_is_an_error_naming_the_limit():
 
 
 def test_cache_windows_are_multiples_of_128_up_to_the_context():
-    from gpt2_simple.generation.sample import cache_window
+    from gpt2_simple.generation.decoding import cache_window
 
     assert [cache_window(p, 1024) for p in (1, 33, 128, 129, 288, 512, 513, 1000, 1024, 5000)] == \
         [128, 128, 128, 256, 384, 512, 640, 1024, 1024, 1024]
