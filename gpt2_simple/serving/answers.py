@@ -77,6 +77,8 @@ class Run:
                 left -= 1
                 self.counts[index], self.scores[index] = event[3], event[4]
                 self.metrics.completion_tokens.inc(event[3])
+                if event[2] == "abort":
+                    self.metrics.aborted_rows.inc()
             yield index, event[0], event[2]
 
     def echoed(self, index):

@@ -90,6 +90,8 @@ class Batcher:
         self._slots = []  # its rows, one a slot (`_Row`, or None: a filler)
         self._stops = {}  # the running batch's jobs' StopStrings (worker thread only)
         self._lock = threading.Condition()
+        self._draining = False  # no new jobs; the accepted ones run on
+        self._aborting = False  # the rows left end now, with finish_reason "abort"
         self._stopping = False
         self.batches = self.rows = self.tokens = 0  # run so far (batching shows as rows > batches)
         self._thread = threading.Thread(target=self._work, name="gpt2_simple-model", daemon=True)
@@ -107,10 +109,14 @@ class Batcher:
         """Rows of the running batch still drawing (joined ones included, ended ones not)."""
         return sum(map(_Row.live, self._slots))
 
+    @property
+    def draining(self):
+        return self._draining
+
     def submit(self, job):
-        """Queue `job`. Raises QueueFull (or RuntimeError once stopping)."""
+        """Queue `job`. Raises QueueFull (or RuntimeError once draining or stopping)."""
         with self._lock:
-            if self._stopping:
+            if self._stopping or self._draining:
                 raise RuntimeError("the server is shutting down")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting")
@@ -124,14 +130,32 @@ class Batcher:
             if job in self._waiting:
                 self._waiting.remove(job)
 
-    def stop(self, timeout=30):
-        """Refuse new jobs, cancel waiting and running ones, and end the thread."""
+    def drain(self):
+        """Refuse new jobs; the waiting and running ones go on (`wait_idle` says when they are done)."""
         with self._lock:
-            self._stopping = True
+            self._draining = True
+
+    def wait_idle(self, timeout):
+        """Wait up to `timeout` seconds until no job waits or runs; whether none does."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._waiting and not self._running, timeout)
+
+    def abort(self):
+        """End every job now, honestly: waiting ones and the running rows finish with reason "abort"."""
+        with self._lock:
+            self._draining = self._aborting = True
             waiting, self._waiting = list(self._waiting), collections.deque()
             self._lock.notify_all()
         for job in waiting:
-            job.emit(("error", "the server is shutting down"))
+            for i in range(job.n):
+                job.emit(("done", i, "abort", 0, None))
+
+    def stop(self, timeout=30):
+        """Abort what waits and runs (`abort`), and end the thread."""
+        self.abort()
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -156,6 +180,7 @@ class Batcher:
             finally:
                 with self._lock:
                     self._running, self._slots = [], []
+                    self._lock.notify_all()  # `wait_idle`
 
     def _take(self):
         """The oldest job and the waiting jobs that can share its batch (called under the lock)."""
@@ -200,7 +225,7 @@ class Batcher:
             piece = row.text.finish()
             if piece:
                 row.job.emit(("text", row.i, piece))
-            finish(row, "stop" if row.text.ended else "length")
+            finish(row, "stop" if row.text.ended else "abort" if self._aborting else "length")
 
         for tokens in self._chunks(jobs, rows):
             self.tokens += tokens.shape[1]
@@ -246,7 +271,7 @@ class Batcher:
 
         def ended(out):
             rows.extend([None] * (len(out) - len(rows)))  # the sampler grew the batch for joining rows
-            return [not _Row.live(row) or self._stopping for row in rows]
+            return [not _Row.live(row) or self._aborting for row in rows]
 
         sampling = [job.options for job in jobs]
         # A seeded job's rows draw what generate(seed=...)'s first batch draws; an unseeded job gets a fresh seed.
@@ -267,7 +292,7 @@ class Batcher:
         slots = slots[:self.max_rows - sum(map(_Row.live, rows))]
         joining, taken = [], []
         with self._lock:
-            for job in list(self._waiting) if not self._stopping else ():
+            for job in list(self._waiting) if not self._aborting else ():
                 if job.group() != group or len(joining) + job.n > len(slots):
                     break
                 rows_of_job = [Joining(job.tokens, job.options, tuple(pair), job.max_tokens)

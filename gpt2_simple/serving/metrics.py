@@ -30,6 +30,8 @@ class Metrics:
                                           registry=registry)
         self.completion_tokens = prom.Counter(PREFIX + "completion_tokens", "Tokens generated",
                                               registry=registry)
+        self.aborted_rows = prom.Counter(PREFIX + "aborted_rows", "Rows ended unfinished by a shutdown "
+                                         "(finish_reason abort)", registry=registry)
         self.latency = prom.Histogram(PREFIX + "request_seconds", "Time from a request to the end of its answer",
                                       ["endpoint"], buckets=BUCKETS, registry=registry)
         self.first_token = prom.Histogram(PREFIX + "time_to_first_token_seconds",

@@ -67,8 +67,9 @@ async def health(request):
 
     s = served_of(request)
     b = s.batcher
-    return JSONResponse({"status": "ok", "model": s.name, "queued": b.queued, "running": b.running,
-                         "batches": b.batches, "rows": b.rows, "tokens": b.tokens})
+    return JSONResponse({"status": "draining" if b.draining else "ok", "model": s.name, "queued": b.queued,
+                         "running": b.running, "batches": b.batches, "rows": b.rows, "tokens": b.tokens},
+                        status_code=503 if b.draining else 200)  # a load balancer takes a draining replica out
 
 
 async def models(request):

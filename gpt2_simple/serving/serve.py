@@ -51,7 +51,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
 
 def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=None, model_dir="models", *,
           host="127.0.0.1", port=8000, api_key=None, max_tokens=1024, max_queue=64, max_batch=16,
-          max_body=1 << 20, chat_template=None, training_data=None):
+          max_body=1 << 20, chat_template=None, training_data=None, shutdown_timeout=30):
     """Serve a model over HTTP until SIGTERM or Ctrl-C: OpenAI's API (docs/serving.md) and a web page at `/`.
 
     Args:
@@ -72,6 +72,9 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
             `/v1/chat/completions`; None: one `role: content` line a message, then `assistant:`.
         training_data: the text the run was trained on, for requests with `check_copies` (default:
             the dataset its training.json names).
+        shutdown_timeout: on SIGTERM or Ctrl-C, seconds the requests in flight may take to finish
+            (new ones get 503); those still running then end with finish_reason "abort". A second
+            signal stops at once.
 
     Raises:
         ModuleNotFoundError: Starlette, Uvicorn or prometheus-client is missing (the message says
@@ -90,7 +93,8 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
     app = build_app(sess, api_key=api_key or os.environ.get(API_KEY_ENV) or None, max_tokens=max_tokens,
                     max_queue=max_queue, max_batch=max_batch, max_body=max_body, chat_template=template,
                     training_data=training_data)
-    server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher)
+    server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher,
+                     shutdown_timeout)
     print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
     server.run_quietly()
 
@@ -109,15 +113,30 @@ def _server_class():
     _, uvicorn = stack()
 
     class Server(uvicorn.Server):
-        """Uvicorn's server; on SIGTERM or Ctrl-C it also cancels the model's work, then exits cleanly."""
+        """Uvicorn's server, draining on SIGTERM or Ctrl-C, then exiting 0.
 
-        def __init__(self, config, batcher):
+        The first signal stops new work (503 with Retry-After; /health says "draining") and lets the
+        rows in flight finish for up to `shutdown_timeout` seconds; the rows still drawing then end
+        with finish_reason "abort". A second signal aborts at once. Only then does Uvicorn close.
+        """
+
+        def __init__(self, config, batcher, shutdown_timeout):
             super().__init__(config)
-            self.batcher = batcher
+            self.batcher, self.shutdown_timeout, self.signalled = batcher, shutdown_timeout, None
 
         def handle_exit(self, sig, frame):
-            threading.Thread(target=self.batcher.stop, daemon=True).start()  # not in the signal handler
-            super().handle_exit(sig, frame)
+            first, self.signalled = self.signalled is None, sig
+            if first:
+                self.batcher.drain()
+            # Not in the signal handler: waiting takes the batcher's lock and time.
+            threading.Thread(target=self._close, args=(self.shutdown_timeout if first else 0,), daemon=True).start()
+
+        def _close(self, timeout):
+            if timeout:
+                self.batcher.wait_idle(timeout)
+            self.batcher.abort()
+            self.batcher.wait_idle(30)  # the aborted rows send their last events
+            super().handle_exit(self.signalled, None)
 
         def run_quietly(self, sockets=None):
             """`run`, then exit 0 after SIGTERM (Uvicorn raises the signal again once it has shut down)."""
@@ -132,5 +151,5 @@ def _server_class():
     return Server
 
 
-def _Server(config, batcher):  # noqa: N802  (a factory: the class needs uvicorn, imported late)
-    return _server_class()(config, batcher)
+def _Server(config, batcher, shutdown_timeout):  # noqa: N802  (a factory: the class needs uvicorn, imported late)
+    return _server_class()(config, batcher, shutdown_timeout)

@@ -26,11 +26,12 @@ def _free_port():
 
 @pytest.mark.slow
 def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(model_dir):
-    """Also: GPT2_SIMPLE_API_KEY sets the key."""
+    """An endless stream outlives the shutdown timeout: it ends with "abort", never "length". Also:
+    GPT2_SIMPLE_API_KEY sets the key."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt2_simple.cli", "serve", "--model_name", "tiny", "--model_dir", model_dir,
-         "--port", str(port), "--max_tokens", "100000"],
+         "--port", str(port), "--max_tokens", "100000", "--shutdown_timeout", "1"],
         env=subprocess_env(GPT2_SIMPLE_API_KEY="from-env"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(240, proc.kill)  # a bound on the whole test, never reached when it passes
     watchdog.start()
@@ -52,7 +53,7 @@ def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(model_dir):
         assert json.loads(first[6:])["choices"][0]["text"] is not None
         assert rest[-1] == "data: [DONE]"  # cancelled, and the stream still ended properly
         chunks = [json.loads(line[6:]) for line in rest[:-1]]
-        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "abort"
         assert sum(len(c["choices"][0]["text"]) for c in chunks) < 100000
         assert proc.wait(120) == 0
         err = proc.stderr.read()
