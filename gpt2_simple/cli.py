@@ -73,6 +73,10 @@ def build_parser():
                                f"{DEMO_STEPS} steps on a bundled sample text (Shakespeare's sonnets)")
     finetune.add_argument("--dataset", help="the same as the positional dataset")
     add_flags(finetune, gpt2.finetune, NOT_FLAGS["finetune"], choices={"optimizer": OPTIMIZERS})
+    finetune.add_argument("--workers", help="train on several machines: every worker's host:port, comma-separated, "
+                          "the same list on each (writes TF_CONFIG unless it is set; docs/big-models.md)")
+    finetune.add_argument("--worker_index", type=int, help="with --workers: this machine's place in the list, from 0 "
+                          "(0 is the chief, which writes the run folder)")
     finetune.add_argument("--base_url", help="where a missing released model is downloaded from (a mirror "
                           "serving <base_url>/models/<model_name>/<file>); default $GPT2_SIMPLE_BASE_URL, "
                           "then OpenAI's bucket")
@@ -153,6 +157,11 @@ def run_finetune(args):
     if args.dataset and args.dataset_positional and args.dataset != args.dataset_positional:
         raise ValueError(f"two datasets given ({args.dataset_positional!r} and --dataset {args.dataset!r}); give one")
     dataset = args.dataset or args.dataset_positional
+    if args.workers is not None or args.worker_index is not None:  # before TensorFlow reads TF_CONFIG
+        from gpt2_simple.training.distribute import join_cluster
+
+        join_cluster(args.workers, args.worker_index)
+        args.strategy = args.strategy or "multi_worker"
     demo = not dataset
     if demo:
         dataset = SAMPLE_TEXT
@@ -266,17 +275,15 @@ def run_encode(args):
     gpt2.encode_dataset(args.file_path, **_call_kwargs(args, gpt2.encode_dataset, NOT_FLAGS["encode_dataset"]))
 
 
-def run_export(args):
-    import gpt2_simple as gpt2
+def _run_export(name):
+    """The subcommand that calls `gpt2.<name>` (an export) with its arguments and prints what it wrote."""
+    def run(args):
+        import gpt2_simple as gpt2
 
-    print("Wrote", gpt2.export_saved_model(args.source, args.export_dir, checkpoint=args.checkpoint,
-                                           overwrite=args.overwrite))
+        function = getattr(gpt2, name)
+        print("Wrote", function(**_call_kwargs(args, function)))
 
-
-def run_export_gguf(args):
-    import gpt2_simple as gpt2
-
-    print("Wrote", gpt2.export_gguf(**_call_kwargs(args, gpt2.export_gguf)))
+    return run
 
 
 def run_serve(args):
@@ -285,14 +292,8 @@ def run_serve(args):
     gpt2.serve(**_call_kwargs(args, gpt2.serve))
 
 
-def run_export_hf(args):
-    import gpt2_simple as gpt2
-
-    print("Wrote", gpt2.export_hf(**_call_kwargs(args, gpt2.export_hf)))
-
-
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "evaluate": run_evaluate, "download": run_download, "encode": run_encode,
-            "export_saved_model": run_export, "export_hf": run_export_hf, "export_gguf": run_export_gguf,
+            **{name: _run_export(name) for name in ("export_saved_model", "export_hf", "export_gguf")},
             "serve": run_serve}
 
 
@@ -327,13 +328,14 @@ def _main(argv):
         return 2
     try:
         COMMANDS[args.command](args)
-    except (ValueError, OSError, ImportError) as e:  # OSError: FileNotFoundError, DownloadError; ImportError: an extra
+    except (ValueError, OSError, ImportError) as e:  # OSError: a missing file, a download, a lost worker
         text = e.for_shell() if hasattr(e, "for_shell") else one_line(e)
         print(f"{PROG}: error: {shell_terms(one_line(text), set(vars(args)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
     return 0
 
 

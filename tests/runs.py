@@ -52,6 +52,19 @@ def trained_run(root, vocab_dir, text=TEXT, name="data.txt", **finetune_args):
         os.chdir(old)
 
 
+def free_ports(n):
+    """`n` TCP ports free on 127.0.0.1 now, for servers and workers a test starts."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def subprocess_env(**extra):
     """The environment for a child Python that must import this checkout's packages."""
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)

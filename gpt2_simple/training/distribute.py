@@ -9,12 +9,17 @@ chief) when several machines train together. The data-parallel step itself is `s
 - `strategy='multi_worker'`: `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG`
   environment variable of each machine;
 - any `tf.distribute.Strategy` object.
+Several workers also agree, every step, on whether any of them was asked to stop (SIGTERM to one
+worker stops them all at the same step: `stop_agreement`), and a worker that is lost mid-step
+ends the others with one line naming it (`lost_workers`), never a hang.
 `strategy='tpu'` is refused with the reason: TPU runtimes are not supported. Colab's TPU runtime
 no longer comes with TensorFlow, and on its v2-8 runtime TensorFlow 2.18-2.19 with
 tensorflow-tpu sees no TPU (tensorflow/tensorflow#96203); no TPU was at hand to test one.
 """
+import contextlib
 import json
 import os
+import re
 import warnings
 
 import tensorflow as tf
@@ -86,3 +91,60 @@ def strategy_for_batch(strategy, multi_gpu, batch_size):
         raise ValueError(f"batch_size={batch_size} must be a multiple of the {replicas} replicas training "
                          f"together; pass batch_size={replicas * max(1, batch_size // replicas)}")
     return strategy
+
+
+def join_cluster(workers, worker_index):
+    """The command line's `--workers host:port,... --worker_index N`: this machine's `TF_CONFIG` (one
+    already set wins), before TensorFlow reads it. ValueError naming a flag that is off."""
+    hosts = [h.strip() for h in (workers or "").split(",") if h.strip()]
+    if not hosts or any(":" not in h for h in hosts):
+        raise ValueError(f"--workers {workers!r} must list every worker as host:port, comma-separated")
+    if worker_index is None or not 0 <= worker_index < len(hosts):
+        raise ValueError(f"--worker_index {worker_index} must be this machine's place in --workers, "
+                         f"from 0 to {len(hosts) - 1}")
+    if "TF_CONFIG" not in os.environ:
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker",
+                                                                                     "index": worker_index}})
+
+
+class WorkerLost(ConnectionError):
+    """Another worker of a multi-worker run stopped answering mid-step (killed, or its machine gone)."""
+
+
+def _workers(strategy):
+    """The cluster's worker addresses when `strategy` spans several processes, else None."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    jobs = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return jobs if sum(len(tasks) for tasks in jobs.values()) > 1 else None
+
+
+def stop_agreement(strategy):
+    """For several workers: `agree(requested) -> bool`, true on every worker at the same step once any
+    worker's own stop was requested (an all-reduce of one flag a step). None for one process."""
+    if _workers(strategy) is None:
+        return None
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.bool)], autograph=False)
+    def any_requested(flag):
+        flags = strategy.run(lambda: tf.cast(flag, tf.int32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0
+
+    return lambda requested: bool(any_requested(tf.constant(bool(requested))))
+
+
+@contextlib.contextmanager
+def lost_workers(strategy, run_dir):
+    """Turn TensorFlow's error for a peer that is gone into `WorkerLost`: one line naming the worker."""
+    workers = _workers(strategy)
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError, tf.errors.InternalError) as e:
+        if workers is None:
+            raise
+        task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e))
+        who = f"{task.group(1)} {task.group(2)} ({workers[task.group(1)][int(task.group(2))]})" \
+            if task and task.group(1) in workers and int(task.group(2)) < len(workers[task.group(1)]) \
+            else "another worker"
+        raise WorkerLost(f"{who} stopped answering mid-step, so this worker stops too; the last complete save "
+                         f"in {run_dir} stays loadable: restart every worker with restore_from='latest'") from None

@@ -22,7 +22,7 @@ from ..formats import checkpoint, run_record
 from ..model.names import run_folder
 from . import dataset as dataset_module
 from . import documents, lora_run, resume
-from .distribute import describe, is_chief, strategy_for_batch
+from .distribute import describe, is_chief, lost_workers, stop_agreement, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
 from .options import TrainOptions, TrainResult, as_int, make_options, warn_unimplemented
@@ -159,7 +159,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
     if opts.overwrite and run.resuming and run.chief:
         trainer.save(trainer.counter - 1)  # first, so the run always has a checkpoint
         resume.remove_older_files(run.run_dir)
-    losses = _train(sess, run, trainer, opts)
+    with lost_workers(strategy, run.run_dir):
+        losses = _train(sess, run, trainer, opts)
     return TrainResult(run_dir=run.run_dir, step=trainer.counter - 1, losses=losses)
 
 
@@ -228,6 +229,7 @@ class _Trainer:
     schedule: Schedule = None  # the learning rate of each step
     stopping: EarlyStopping = None  # validation losses: the best so far, patience
     plateau: Plateau = dataclasses.field(default_factory=Plateau)  # the "loss has levelled off" note
+    agree: object = None  # several workers: `distribute.stop_agreement`, so all stop at one step
 
     def save(self, step):
         if self.run.chief:
@@ -265,7 +267,8 @@ def _build_trainer(run, opts, strategy):
     avg = tuple(state["avg_loss"]) if state else (0.0, 0.0)
     schedule = Schedule.of_run(opts, last_step=counter - 1 + opts.steps)
     stopping = EarlyStopping.of_run(opts, state)
-    return _Trainer(run, opts, opt, data, seed, train_step, eval_step, loss_scale, counter, avg, schedule, stopping)
+    return _Trainer(run, opts, opt, data, seed, train_step, eval_step, loss_scale, counter, avg, schedule, stopping,
+                    agree=stop_agreement(strategy))
 
 
 def _train(sess, run, trainer, opts):
@@ -284,8 +287,9 @@ def _train(sess, run, trainer, opts):
         while True:
             counter = trainer.counter
             last = counter - 1
-            finished = (opts.steps > 0 and counter == counter_base + opts.steps) or stop.requested
-            if stop.requested:
+            requested = trainer.agree(stop.requested) if trainer.agree else stop.requested  # any worker's
+            finished = (opts.steps > 0 and counter == counter_base + opts.steps) or requested
+            if requested:
                 print("interrupted")
             if run.validation is not None and last > counter_base - 1 and (
                     finished or (val_every > 0 and last % val_every == 0)):
@@ -337,10 +341,6 @@ def _validate(trainer, run, step, start, val_every):
 def _printed_name(step, opts):
     """The name of a save as gpt-2-simple prints it: `checkpoint/run1/model-N`."""
     return os.path.join(opts.checkpoint_dir, opts.run_name, f"model-{step}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
 
 
 def _random_seed():

@@ -3,7 +3,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import tensorflow as tf
 from conftest import TINY
 from adam_bound import adam_divergence_bound
 from distributed_run import FINETUNE
-from runs import FAST, TESTS, subprocess_env, write_text
+from runs import FAST, TESTS, free_ports, subprocess_env, write_text
 
 import gpt2_simple as gpt2
 from gpt2_simple.model.hparams import HParams
@@ -61,20 +60,10 @@ def test_mirrored_on_two_logical_cpus_equals_one_device(workdir):
         assert np.max(np.abs(b.weights[name].numpy() - a.weights[name].numpy())) <= bound, name
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_processes_finish_with_identical_weights(workdir):
     root, model_dir, _ = workdir
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
     workers = [subprocess.Popen([sys.executable, CHILD, str(root), "worker", str(i), ports], env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = []
