@@ -60,6 +60,7 @@ setup(
             "prometheus-client",
             "jinja2",
             "openai",
+            "langchain-openai",  # LangChain's ChatOpenAI against the server (tests/generation/test_serve_clients.py)
             "httpx",
             "selenium",
             # lm-evaluation-harness's local-completions model against the server (tests/e2e/test_lm_eval.py);

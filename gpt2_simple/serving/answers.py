@@ -43,7 +43,7 @@ class Run:
             self.cancel()
             raise api.APIError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
                                headers={"Retry-After": "1"}) from None
-        metrics.prompt_tokens.inc(sum(len(t) for t in req.prompts))
+        metrics.prompt_tokens.inc(self.prompt_tokens)
 
     def _emitter(self, loop, prompt):
         def emit(event):
@@ -80,6 +80,10 @@ class Run:
                 if event[2] == "abort":
                     self.metrics.aborted_rows.inc()
             yield index, event[0], event[2]
+
+    @property
+    def prompt_tokens(self):
+        return sum(len(t) for t in self.req.prompts)
 
     def echoed(self, index):
         """The prompt's text when the request asked for `echo` ('' otherwise)."""
@@ -130,7 +134,8 @@ def completion_events(run, cid, name):
         return _last(run, index, kind, api.chunk(cid, name, index, text, reason,
                                                  run.logprobs(index) if kind == "done" else None))
 
-    return _stream(run, shape, "echo" if run.req.echo else None)
+    return _stream(run, shape, "echo" if run.req.echo else None,
+                   lambda: api.usage_chunk(cid, name, "text_completion", run.prompt_tokens, sum(run.counts)))
 
 
 def chat_events(run, cid, name):
@@ -141,7 +146,8 @@ def chat_events(run, cid, name):
         delta, reason = ({"content": value}, None) if kind == "text" else ({}, value)
         return _last(run, index, kind, chat_api.chat_chunk(cid, name, index, delta, reason))
 
-    return _stream(run, shape, "role")
+    return _stream(run, shape, "role",
+                   lambda: api.usage_chunk(cid, name, "chat.completion.chunk", run.prompt_tokens, sum(run.counts)))
 
 
 def _last(run, index, kind, chunk):
@@ -151,19 +157,26 @@ def _last(run, index, kind, chunk):
     return chunk
 
 
-async def _stream(run, shape, opening):
+async def _stream(run, shape, opening, usage):
     """`shape(index, kind, value)` of each event as `data: {...}`, ending with `data: [DONE]`.
 
-    `opening` (a kind, or None) is one event per choice before any text. A client that goes away
-    cancels the stream: its rows are freed at once.
+    `opening` (a kind, or None) is one event per choice before any text. With `include_usage`
+    every chunk has `"usage": null` and `usage()`, the counts, comes last, as OpenAI sends them. A
+    client that goes away cancels the stream: its rows are freed at once.
     """
-    finished = False
+    finished, counted = False, run.req.include_usage
+
+    def sse(chunk):
+        return _sse(dict(chunk, usage=None) if counted else chunk)
+
     try:
         for index in range(run.rows if opening else 0):
-            yield _sse(shape(index, opening, run.echoed(index)))
+            yield sse(shape(index, opening, run.echoed(index)))
         try:
             async for index, kind, value in run.next_events():
-                yield _sse(shape(index, kind, value))
+                yield sse(shape(index, kind, value))
+            if counted:
+                yield _sse(usage())
         except api.APIError as e:
             yield _sse(e.body())
         finished = True

@@ -54,6 +54,7 @@ class Completion:
     stream: bool
     logprobs: int = None  # alternatives per token, or None: no scores
     echo: bool = False  # the prompt comes back before the completion, scored when `logprobs` is set
+    include_usage: bool = False  # a stream ends with a chunk of token counts (`stream_options`)
     check_copies: bool = False  # each choice gets its `copy` mark from the run's copy index
     copy_threshold: int = None  # choices sharing this many tokens or more with the training data are dropped
 
@@ -169,6 +170,7 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
     n = number(body, "n", 1, 1, MAX_N, integer=True)
     seed = number(body, "seed", None, 0, MAX_SEED, integer=True)
     stream = _flag(body, "stream")
+    include_usage = _stream_options(body, stream)
     copy_threshold = number(body, "copy_threshold", None, SPAN, 1 << 20, integer=True)
     if copy_threshold is not None and stream:
         raise APIError(400, "copy_threshold cannot drop a streamed choice (its text is sent before it is "
@@ -184,9 +186,26 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
                               stop_tokens=tuple(tuple(t) for t in StopStrings(list(stop), limit=len(stop)).tokens(enc)),
                               avoid_copies=number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
     return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed, stream=stream,
-                      logprobs=logprobs, echo=echo,
+                      logprobs=logprobs, echo=echo, include_usage=include_usage,
                       check_copies=_flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)
+
+
+def _stream_options(body, stream):
+    """`stream_options`: whether a stream ends with a usage chunk; a 400 naming a key the server does not implement."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise APIError(400, f"stream_options must be an object such as {{\"include_usage\": true}}, got {options!r}",
+                       "stream_options")
+    if not stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", "stream_options")
+    for key in options:
+        if key != "include_usage":
+            raise APIError(400, f"stream_options.{key} is not supported by this server; leave it out",
+                           f"stream_options.{key}")
+    return _flag(options, "include_usage")
 
 
 def _logit_bias(body, n_vocab):
@@ -230,9 +249,20 @@ def completion(cid, model, choices, prompt_tokens, completion_tokens):
         "id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
         "choices": [{"text": text, "index": i, "logprobs": scores, "finish_reason": reason}
                     for i, (text, reason, scores) in enumerate(choices)],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage(prompt_tokens, completion_tokens),
     }
+
+
+def usage(prompt_tokens, completion_tokens):
+    """OpenAI's `usage` object: the tokens read and written."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def usage_chunk(cid, model, kind, prompt_tokens, completion_tokens):
+    """A stream's last chunk with `stream_options: {"include_usage": true}`: no choices, the counts (`kind`: the object)."""
+    return {"id": cid, "object": kind, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def chunk(cid, model, index, text, finish_reason=None, logprobs=None):

@@ -139,8 +139,7 @@ def chat_completion(cid, model, choices, prompt_tokens, completion_tokens):
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
                      "finish_reason": reason} for i, (text, reason, _) in enumerate(choices)],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": api.usage(prompt_tokens, completion_tokens),
     }
 
 

@@ -145,7 +145,6 @@ async def _answer(request, parse, cid, whole, events):
         run = Run(s.batcher, req, asyncio.get_running_loop(), s.enc, s.metrics, copies, guard)
     except api.APIError as e:
         return error_response(e)
-    prompt_tokens = sum(len(t) for t in req.prompts)
     if req.stream:
         return StreamingResponse(events(run, cid, s.name), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -155,7 +154,7 @@ async def _answer(request, parse, cid, whole, events):
         return error_response(e)
     if choices is None:
         return Response(status_code=499)
-    return JSONResponse(run.marked(whole(cid, s.name, choices, prompt_tokens, sum(run.counts))))
+    return JSONResponse(run.marked(whole(cid, s.name, choices, run.prompt_tokens, sum(run.counts))))
 
 
 async def collected(request, run):

@@ -1,0 +1,74 @@
+"""What real clients send: the openai SDK's and LangChain's (`langchain-openai`) streams that ask for usage.
+
+`stream_options: {"include_usage": true}` (LangChain's `stream_usage=True`) makes a stream end with one
+chunk of token counts and no choices, as OpenAI sends it; the counts equal the same request's whole
+answer. The served model is conftest's tiny one; end-of-text is banned where a count must be exact.
+"""
+import pytest
+from serving import client_fixture, url_of
+
+KEY = "clients-key"
+NO_EOT = {"50256": -100}
+client = client_fixture(KEY)
+
+
+@pytest.fixture(scope="module")
+def sdk(client):
+    import openai
+
+    return openai.OpenAI(base_url=url_of(client) + "/v1", api_key=KEY, max_retries=0)
+
+
+def _counted(chunks):
+    """The chunks that carry usage; each must be the last one, without choices."""
+    counted = [c for c in chunks if c.usage is not None]
+    assert len(counted) == 1 and counted[0] is chunks[-1] and counted[0].choices == [], chunks[-2:]
+    return counted[0].usage
+
+
+def test_a_streamed_completion_ends_with_one_usage_chunk(sdk, served_sess):
+    chunks = list(sdk.completions.create(model="tiny", prompt="Hello world", max_tokens=7, seed=1, stream=True,
+                                         logit_bias=NO_EOT, stream_options={"include_usage": True}))
+    usage = _counted(chunks)
+    prompt = len(served_sess.encoder.encode("Hello world"))
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (prompt, 7, prompt + 7)
+    assert [c.choices[0].finish_reason for c in chunks[:-1]][-1] == "length"
+    plain = list(sdk.completions.create(model="tiny", prompt="Hello world", max_tokens=7, stream=True))
+    assert all(c.usage is None for c in plain) and plain[-1].choices  # not asked: no usage chunk
+
+
+def test_a_streamed_chat_ends_with_the_usage_of_its_whole_answer(sdk):
+    request = dict(model="tiny", messages=[{"role": "user", "content": "Say something"}], max_tokens=12, seed=3)
+    whole = sdk.chat.completions.create(**request).usage
+    usage = _counted(list(sdk.chat.completions.create(**request, stream=True,
+                                                      stream_options={"include_usage": True})))
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == \
+        (whole.prompt_tokens, whole.completion_tokens, whole.total_tokens)
+    assert whole.prompt_tokens > 0 and whole.completion_tokens > 0
+
+
+def test_langchain_stream_usage_reports_the_counts(client, sdk):
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(base_url=url_of(client) + "/v1", api_key=KEY, model="tiny", max_tokens=9, seed=4,
+                      stream_usage=True, max_retries=0)
+    total = None
+    for piece in chat.stream("Tell me a story"):
+        total = piece if total is None else total + piece
+    whole = sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Tell me a story"}],
+                                        max_tokens=9, seed=4).usage
+    assert total.usage_metadata["input_tokens"] == whole.prompt_tokens
+    assert total.usage_metadata["output_tokens"] == whole.completion_tokens
+    assert total.content == sdk.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=9,
+        seed=4).choices[0].message.content
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, "stream_options.continuous_usage_stats"),
+    ({"stream": True, "stream_options": ["include_usage"]}, "stream_options"),
+])
+def test_stream_options_it_cannot_honour_are_refused_by_name(client, body, param):
+    r = client.post("/v1/completions", json=dict(body, prompt="a", max_tokens=1))
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
