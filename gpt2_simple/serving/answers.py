@@ -95,6 +95,8 @@ class Run:
         if scores is None:
             return None
         prompt, context = (len(p[index // self.n]) for p in (self.req.prompts, self.req.contexts))
+        if self.req.chat:
+            return chat_api.chat_logprobs(self.enc, scores, self.req.logprobs, context)
         return api.logprobs_object(self.enc, scores.tail(context - prompt), self.req.logprobs, prompt, self.req.echo)
 
     def copy(self, index):
@@ -144,7 +146,8 @@ def chat_events(run, cid, name):
         if kind == "role":
             return chat_api.chat_chunk(cid, name, index, {"role": "assistant", "content": ""})
         delta, reason = ({"content": value}, None) if kind == "text" else ({}, value)
-        return _last(run, index, kind, chat_api.chat_chunk(cid, name, index, delta, reason))
+        return _last(run, index, kind, chat_api.chat_chunk(cid, name, index, delta, reason,
+                                                           run.logprobs(index) if kind == "done" else None))
 
     return _stream(run, shape, "role",
                    lambda: api.usage_chunk(cid, name, "chat.completion.chunk", run.prompt_tokens, sum(run.counts)))

@@ -1,9 +1,9 @@
 """OpenAI's completions contract: checking a request's JSON, and shaping answers, chunks and errors.
 
 This module owns the wire format of `POST /v1/completions` and nothing about HTTP or the model:
-`parse_completion` turns a decoded JSON body into a `Completion` carrying its `SamplingOptions` (or raises `APIError`, which
-names the field, as OpenAI's `{"error": {"message", "type", "param"}}` does), and the other
-functions build the response objects. A prompt is text or token ids. Unknown fields are ignored,
+`parse_completion` turns a decoded JSON body into a `Completion` carrying its `SamplingOptions`
+(or raises `APIError`, which names the field, as OpenAI's `{"error": {"message", "type", "param"}}`
+does), and the other functions build the response objects. A prompt is text or token ids. Unknown fields are ignored,
 as OpenAI does, and so are known ones at a value that changes nothing (`frequency_penalty: 0`,
 `logprobs: null`); a field the server does not implement is refused by name when its value would
 change the answer (`REFUSED`). Scores (`logprobs`, `echo`) are shaped here from `scores.Scores`.
@@ -55,12 +55,13 @@ class Completion:
     logprobs: int = None  # alternatives per token, or None: no scores
     echo: bool = False  # the prompt comes back before the completion, scored when `logprobs` is set
     include_usage: bool = False  # a stream ends with a chunk of token counts (`stream_options`)
+    chat: bool = False  # a chat's request: its scores take the chat shape
     check_copies: bool = False  # each choice gets its `copy` mark from the run's copy index
     copy_threshold: int = None  # choices sharing this many tokens or more with the training data are dropped
 
 
 def number(body, name, default, low, high, *, integer=False, low_open=False):
-    """The number in field `name` (`default` when absent or null), in [low, high] (`low_open`: (low, high]); a 400 naming it."""
+    """Field `name`'s number (`default` when absent or null) in [low, high] (`low_open`: (low, high]); else a 400."""
     value = body.get(name, default)
     if value is None:
         return default
@@ -158,7 +159,7 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
     contexts = [context_of(p, enc.eot_token, documents=documents) for p in prompts]
     tokens = number(body, "max_tokens", DEFAULT_MAX_TOKENS, 0, max_tokens, integer=True)
     logprobs = number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
-    echo = _flag(body, "echo")
+    echo = flag(body, "echo")
     _fits(contexts, n_ctx, tokens, logprobs is not None)
     temperature = _option(body, "temperature", 1.0)
     top_p = _option(body, "top_p", 1.0)
@@ -169,7 +170,7 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
     min_p = _option(body, "min_p", 0.0)
     n = number(body, "n", 1, 1, MAX_N, integer=True)
     seed = number(body, "seed", None, 0, MAX_SEED, integer=True)
-    stream = _flag(body, "stream")
+    stream = flag(body, "stream")
     include_usage = _stream_options(body, stream)
     copy_threshold = number(body, "copy_threshold", None, SPAN, 1 << 20, integer=True)
     if copy_threshold is not None and stream:
@@ -185,9 +186,9 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
                               logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
                               stop_tokens=tuple(tuple(t) for t in StopStrings(list(stop), limit=len(stop)).tokens(enc)),
                               avoid_copies=number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
-    return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed, stream=stream,
-                      logprobs=logprobs, echo=echo, include_usage=include_usage,
-                      check_copies=_flag(body, "check_copies") or copy_threshold is not None,
+    return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed,
+                      stream=stream, logprobs=logprobs, echo=echo, include_usage=include_usage,
+                      check_copies=flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)
 
 
@@ -205,7 +206,7 @@ def _stream_options(body, stream):
         if key != "include_usage":
             raise APIError(400, f"stream_options.{key} is not supported by this server; leave it out",
                            f"stream_options.{key}")
-    return _flag(options, "include_usage")
+    return flag(options, "include_usage")
 
 
 def _logit_bias(body, n_vocab):
@@ -226,7 +227,7 @@ def _logit_bias(body, n_vocab):
     return tuple(sorted(pairs))
 
 
-def _flag(body, name):
+def flag(body, name):
     value = body.get(name, False)
     if value is None:
         return False

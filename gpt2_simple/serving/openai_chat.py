@@ -7,6 +7,7 @@ finding the text that begins the next turn (generation stops there), and the `ch
 objects and chunks. The sampling options are the completions endpoint's (`openai_api`), so chat
 takes the same `n`, `stop`, `seed`, `temperature`, `top_p`, `top_k` and penalties.
 """
+import dataclasses
 import time
 import uuid
 
@@ -21,8 +22,6 @@ REFUSED = {
     "tool_choice": lambda v, body: v not in (None, "none"),
     "function_call": lambda v, body: v not in (None, "none"),
     "response_format": lambda v, body: v is not None and v != {"type": "text"},
-    "logprobs": lambda v, body: bool(v),
-    "top_logprobs": lambda v, body: bool(v),
 }
 _MARKS = ("\x00reply\x00", "\x00next\x00")  # stand-ins for a reply and the turn after it
 
@@ -121,12 +120,35 @@ def parse_chat(body, enc, n_ctx, template, *, max_tokens, documents=False):
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if tokens is None:  # OpenAI's default: as long as the context allows
         tokens = max(1, min(max_tokens, n_ctx - len(prompt)))
-    fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "echo", "suffix", "best_of")}
-    req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens), enc, n_ctx, max_tokens=max_tokens,
-                               first_stops=(template.turn_end,) if template.turn_end else (), documents=documents)
+    fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "top_logprobs", "echo", "suffix",
+                                                         "best_of")}
+    req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens, logprobs=_alternatives(body)), enc, n_ctx,
+                               max_tokens=max_tokens, first_stops=(template.turn_end,) if template.turn_end else (),
+                               documents=documents)
     if req.max_tokens == 0:
         raise api.APIError(400, "max_tokens must be at least 1 for a chat completion", "max_tokens")
-    return req
+    return dataclasses.replace(req, chat=True)
+
+
+def _alternatives(body):
+    """Chat's `logprobs` (true/false) and `top_logprobs` -> completions' `logprobs`: alternatives a token, or None."""
+    top = api.number(body, "top_logprobs", None, 0, api.MAX_LOGPROBS, integer=True)
+    if not api.flag(body, "logprobs"):
+        if top:
+            raise api.APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def chat_logprobs(enc, scores, k, prompt_length):
+    """OpenAI's chat `logprobs` of one choice: `{"content": [...]}`, one entry a reply token, each with
+    its `token`, `logprob`, UTF-8 `bytes` and its `k` likeliest alternatives (`top_logprobs`)."""
+    def entry(token, logprob):
+        return {"token": enc.decode([token]), "logprob": logprob, "bytes": list(enc.decode_bytes([token]))}
+
+    return {"content": [dict(entry(t, lp), top_logprobs=[entry(a, alp) for a, alp in (alts or [])[:k]])
+                        for t, lp, alts in zip(scores.tokens[prompt_length:], scores.logprobs[prompt_length:],
+                                               scores.top[prompt_length:])]}
 
 
 def chat_id():
@@ -134,18 +156,18 @@ def chat_id():
 
 
 def chat_completion(cid, model, choices, prompt_tokens, completion_tokens):
-    """The non-streaming answer. `choices`: [(text, finish_reason, _)] in index order."""
+    """The non-streaming answer. `choices`: [(text, finish_reason, logprobs or None)] in index order."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": reason} for i, (text, reason, _) in enumerate(choices)],
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": scores,
+                     "finish_reason": reason} for i, (text, reason, scores) in enumerate(choices)],
         "usage": api.usage(prompt_tokens, completion_tokens),
     }
 
 
-def chat_chunk(cid, model, index, delta, finish_reason=None):
-    """One Server-Sent Event's object while streaming a chat completion."""
+def chat_chunk(cid, model, index, delta, finish_reason=None, logprobs=None):
+    """One Server-Sent Event's object while streaming a chat completion (a choice's `logprobs` come with its end)."""
     return {
         "id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }

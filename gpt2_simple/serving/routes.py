@@ -31,7 +31,7 @@ class Served:
     max_tokens: int
     max_body: int
     training_data: str = None
-    documents: bool = False  # the run trained on documents: prompts are read after end-of-text, as `generate` reads them
+    documents: bool = False  # a documents run: prompts are read after end-of-text, as `generate` reads them
     building: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one copy-index build at a time
 
     @property

@@ -95,7 +95,7 @@ CHAT_BAD = [
      "messages"),
     ("tools", {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("json mode", {"messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format"),
-    ("chat logprobs", {"messages": MESSAGES, "logprobs": True}, "logprobs"),
+    ("top_logprobs without logprobs", {"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
     ("n zero", {"messages": MESSAGES, "n": 0}, "n"),
 ]
 

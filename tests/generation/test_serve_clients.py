@@ -72,3 +72,41 @@ def test_langchain_stream_usage_reports_the_counts(client, sdk):
 def test_stream_options_it_cannot_honour_are_refused_by_name(client, body, param):
     r = client.post("/v1/completions", json=dict(body, prompt="a", max_tokens=1))
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat logprobs, in OpenAI's chat shape
+
+NO_STOP = {"50256": -100, "198": -100}  # no end-of-text and no "\n": the reply cannot end before max_tokens
+ASK = [{"role": "user", "content": "Name a colour"}]
+
+
+def test_chat_logprobs_have_one_entry_a_token_with_the_asked_alternatives(sdk, client, served_sess):
+    reply = sdk.chat.completions.create(model="tiny", messages=ASK, max_tokens=6, seed=5, logit_bias=NO_STOP,
+                                        logprobs=True, top_logprobs=3)
+    choice = reply.choices[0]
+    content = choice.logprobs.content
+    assert choice.finish_reason == "length" and len(content) == reply.usage.completion_tokens == 6
+    assert b"".join(bytes(e.bytes) for e in content) == choice.message.content.encode("utf-8")
+    for e in content:
+        assert len(e.top_logprobs) == 3 and e.logprob <= e.top_logprobs[0].logprob + 1e-6
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+    # The same numbers as the completions endpoint gives for the rendered prompt and the same draws.
+    prompt = client.post("/tokenize", json={"messages": ASK}).json()["tokens"]
+    same = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6, "seed": 5, "logprobs": 3,
+                                                "logit_bias": NO_STOP}).json()["choices"][0]
+    assert same["text"] == choice.message.content
+    assert [e.logprob for e in content] == pytest.approx(same["logprobs"]["token_logprobs"], abs=1e-6)
+    streamed = [c for c in sdk.chat.completions.create(model="tiny", messages=ASK, max_tokens=6, seed=5, stream=True,
+                                                       logit_bias=NO_STOP, logprobs=True, top_logprobs=3)]
+    scored = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert len(scored) == 1 and scored[0].content == content  # with the choice's last chunk
+
+
+def test_langchain_chat_logprobs(client):
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(base_url=url_of(client) + "/v1", api_key=KEY, model="tiny", max_tokens=5, seed=6,
+                      logprobs=True, top_logprobs=2, max_retries=0).bind(logit_bias=NO_STOP)
+    content = chat.invoke("Hello there").response_metadata["logprobs"]["content"]
+    assert len(content) == 5 and all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in content)
