@@ -1,8 +1,8 @@
 """The server's routes: one handler a path, each over the app's `Served` state, and the route table.
 
-This module owns what each path answers: `POST /v1/completions` and `/v1/chat/completions`
-(checked by `openai_api.py` / `openai_chat.py`, run as `answers.Run`s in the batcher, answered
-whole or streamed), `GET /v1/models`, `POST /tokenize` and `/detokenize`, `GET /tokenizer_info`
+This module owns what each path answers: `POST /v1/completions`, `/v1/chat/completions` and
+`/v1/responses` (checked by `openai_api.py`, `openai_chat.py` and `openai_responses.py`, run as
+`answers.Run`s in the batcher, answered whole or streamed), `GET /v1/models`, `POST /tokenize` and `/detokenize`, `GET /tokenizer_info`
 (`tokenizer_api.py`), `GET /metrics`, `GET /health` and the page at `/`. `ROUTES` is the one list
 of them: the app is built from it and `/metrics` counts its paths by name. Building the app and
 running it is `serve.py`'s; the gallery's routes are `gallery.py`'s.
@@ -14,7 +14,7 @@ from importlib import resources
 
 from . import openai_api as api
 from . import openai_chat as chat_api
-from . import tokenizer_api
+from . import openai_responses, tokenizer_api
 from .answers import Run, chat_events, completion_events, disconnected
 from .http import error_response, read_json
 
@@ -97,6 +97,23 @@ async def chat(request):
     return await _answer(request, lambda body: chat_api.parse_chat(body, s.enc, s.n_ctx, s.template,
                                                                    max_tokens=s.max_tokens, documents=s.documents),
                          chat_api.chat_id(), chat_api.chat_completion, chat_events)
+
+
+async def responses(request):
+    """`POST /v1/responses`: a chat (`openai_responses.py`), answered as a `response` object or its events."""
+    s, given = served_of(request), {}
+
+    def parse(body):
+        given["body"] = body
+        return openai_responses.parse_response(body, s.enc, s.n_ctx, s.template, max_tokens=s.max_tokens,
+                                               documents=s.documents)
+
+    def whole(rid, name, choices, prompt_tokens, completion_tokens):
+        (text, reason, _), = choices
+        return openai_responses.response(rid, name, given["body"], text, reason, prompt_tokens, completion_tokens)
+
+    return await _answer(request, parse, openai_responses.response_id(), whole,
+                         lambda run, rid, name: openai_responses.response_events(run, rid, name, given["body"]))
 
 
 async def tokenize(request):
@@ -189,6 +206,7 @@ ROUTES = (
     ("/v1/models", models, ("GET",)),
     ("/v1/completions", completions, ("POST",)),
     ("/v1/chat/completions", chat, ("POST",)),
+    ("/v1/responses", responses, ("POST",)),
     ("/tokenize", tokenize, ("POST",)),
     ("/detokenize", detokenize, ("POST",)),
     ("/tokenizer_info", tokenizer_info, ("GET",)),

@@ -1,8 +1,10 @@
-"""What real clients send: the openai SDK's and LangChain's (`langchain-openai`) streams that ask for usage.
+"""What real clients send: the openai SDK and LangChain (`langchain-openai`) against the server.
 
-`stream_options: {"include_usage": true}` (LangChain's `stream_usage=True`) makes a stream end with one
-chunk of token counts and no choices, as OpenAI sends it; the counts equal the same request's whole
-answer. The served model is conftest's tiny one; end-of-text is banned where a count must be exact.
+- `stream_options: {"include_usage": true}` (LangChain's `stream_usage=True`) makes a stream end with
+  one chunk of token counts and no choices, as OpenAI sends it; the counts equal the whole answer's.
+- Chat `logprobs` and `top_logprobs` in OpenAI's chat shape, plain and streamed.
+- `POST /v1/responses`, the SDK's newer API, plain and streamed.
+The served model is conftest's tiny one; end-of-text is banned where a count must be exact.
 """
 import pytest
 from serving import client_fixture, url_of
@@ -110,3 +112,63 @@ def test_langchain_chat_logprobs(client):
                       logprobs=True, top_logprobs=2, max_retries=0).bind(logit_bias=NO_STOP)
     content = chat.invoke("Hello there").response_metadata["logprobs"]["content"]
     assert len(content) == 5 and all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in content)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Responses API, as the openai SDK's `client.responses` sends it
+
+def test_responses_answer_plainly_and_streamed_as_the_chat_of_the_same_messages(sdk):
+    asked = dict(instructions="Be brief.", input="Say hello", max_output_tokens=8, temperature=0.9, top_p=0.95)
+    answer = sdk.responses.create(model="tiny", extra_body={"seed": 7}, **asked)
+    chat = sdk.chat.completions.create(model="tiny", max_tokens=8, temperature=0.9, top_p=0.95, seed=7, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}])
+    assert answer.output_text == chat.choices[0].message.content
+    done = chat.choices[0].finish_reason == "stop"
+    assert answer.status == ("completed" if done else "incomplete")
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (chat.usage.prompt_tokens,
+                                                                        chat.usage.completion_tokens)
+    events = list(sdk.responses.create(model="tiny", stream=True, extra_body={"seed": 7}, **asked))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed" if done else "response.incomplete"]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == answer.output_text
+    assert events[-1].response.output_text == answer.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_responses_take_a_list_of_messages_with_text_parts(sdk):
+    answer = sdk.responses.create(model="tiny", max_output_tokens=4, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+        {"role": "user", "content": "And now?"}])
+    assert answer.usage.output_tokens <= 4 and answer.output[0].role == "assistant"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": "x", "store": True}, "store"),
+    ({"input": "x", "text": {"format": {"type": "json_object"}}}, "text"),
+    ({"input": [{"type": "input_image", "image_url": "x"}]}, "input"),
+    ({"input": ""}, "input"),
+    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+])
+def test_responses_refuse_what_they_cannot_do_by_name(client, body, param):
+    r = client.post("/v1/responses", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_langchain_over_the_responses_api(client):
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(base_url=url_of(client) + "/v1", api_key=KEY, model="tiny", max_tokens=6, use_responses_api=True,
+                      max_retries=0)
+    whole = chat.invoke("Say hello")
+    streamed = None
+    for piece in chat.stream("Say hello"):
+        streamed = piece if streamed is None else streamed + piece
+    assert isinstance(whole.text, str) and isinstance(streamed.text, str)  # parsed, plain and streamed
+    assert whole.usage_metadata["output_tokens"] <= 6
+    assert streamed.usage_metadata["input_tokens"] == whole.usage_metadata["input_tokens"] > 0
