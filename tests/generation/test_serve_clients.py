@@ -66,6 +66,16 @@ def test_langchain_stream_usage_reports_the_counts(client, sdk):
         seed=4).choices[0].message.content
 
 
+def test_langchain_invoke_stream_and_batch_agree_with_a_seed(client):
+    from langchain_openai import ChatOpenAI, OpenAI
+
+    options = dict(base_url=url_of(client) + "/v1", api_key=KEY, model="tiny", max_tokens=6, seed=8, max_retries=0)
+    for model, read in ((ChatOpenAI(**options), lambda m: m.content), (OpenAI(**options), lambda t: t)):
+        whole = read(model.invoke("Once upon a time"))
+        assert "".join(read(piece) for piece in model.stream("Once upon a time")) == whole
+        assert [read(m) for m in model.batch(["Once upon a time", "Once upon a time"])] == [whole, whole]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, "stream_options.continuous_usage_stats"),
