@@ -33,6 +33,7 @@ from .safetensors_file import (
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # a sharded checkpoint: which shard file holds each tensor
 EOT_ID = 50256  # <|endoftext|>: GPT-2's bos and eos token
 # The tied output layer and attention-mask buffers that some checkpoints carry: no weights of GPT-2.
 _IGNORED = re.compile(r"^(transformer\.)?(lm_head\.weight|h\.\d+\.attn\.(bias|masked_bias))$")
@@ -120,38 +121,70 @@ def config_from_hparams(hparams):
 
 
 def is_hf_folder(folder):
-    """True for a folder in Hugging Face's layout: config.json and model.safetensors, no TF `checkpoint` file."""
-    return (os.path.isfile(os.path.join(folder, CONFIG_FILE)) and os.path.isfile(os.path.join(folder, WEIGHTS_FILE))
-            and not os.path.isfile(os.path.join(folder, "checkpoint")))
+    """True for a folder in Hugging Face's layout: config.json and model.safetensors (or a sharded
+    checkpoint's index), no TF `checkpoint` file."""
+    return (os.path.isfile(os.path.join(folder, CONFIG_FILE)) and not os.path.isfile(os.path.join(folder, "checkpoint"))
+            and any(os.path.isfile(os.path.join(folder, name)) for name in (WEIGHTS_FILE, INDEX_FILE)))
 
 
 def weights_path(folder):
-    """The weights file of a folder in Hugging Face's layout (what a TF checkpoint prefix is elsewhere)."""
-    return os.path.join(folder, WEIGHTS_FILE)
+    """The weights of a folder in Hugging Face's layout (what a TF checkpoint prefix is elsewhere): its
+    `model.safetensors`, or the index of its shards."""
+    single = os.path.join(folder, WEIGHTS_FILE)
+    return single if os.path.isfile(single) else os.path.join(folder, INDEX_FILE)
+
+
+class Shards:
+    """The tensors of a sharded checkpoint (`model.safetensors.index.json` and the files it names), read as one file."""
+
+    def __init__(self, path):
+        self.path = path
+        folder = os.path.dirname(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                where = json.load(f)["weight_map"]
+            files = sorted(set(where.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise bad(path, f"is not a safetensors index ({one_line(e, 200)}): it needs a weight_map of "
+                            "tensor names to shard files") from None
+        if any(not isinstance(name, str) or os.path.basename(name) != name for name in files):
+            raise bad(path, "names a shard outside its folder; a shard is a file name beside the index")
+        shards = {name: SafeTensors(os.path.join(folder, name)) for name in files}
+        self.where = {tensor: shards[name] for tensor, name in where.items()}
+        missing = sorted(t for t, shard in self.where.items() if t not in shard.shapes)
+        if missing:
+            raise bad(path, f"says {short(missing[0])} is in a shard that lacks it; download the model again")
+        self.shapes = {t: shard.shapes[t] for t, shard in self.where.items()}
+        self.dtypes = {t: shard.dtypes[t] for t, shard in self.where.items()}
+
+    def read(self, name):
+        return self.where[name].read(name)
 
 
 def load_hf_model(folder, checkpoint="latest", *, base_precision=None):
     """Load GPT-2 from a folder in Hugging Face's layout (`save_pretrained`'s, or `export_hf`'s).
 
     Args:
-        folder: a folder with `config.json` and `model.safetensors` (GPT2LMHeadModel or GPT2Model
-            names; F32, F16 or BF16).
-        checkpoint: 'latest' or 'model.safetensors': such a folder holds one set of weights.
+        folder: a folder with `config.json` and `model.safetensors`, or the shards that
+            `model.safetensors.index.json` names (GPT2LMHeadModel or GPT2Model names; F32, F16 or
+            BF16; any depth, width and context).
+        checkpoint: 'latest' (or the weights file's name): such a folder holds one set of weights.
         base_precision: None, or a dtype name: the weights are created frozen in it (LoRA).
 
     Returns:
-        A `GPT2` with `.checkpoint_path` the safetensors file.
+        A `GPT2` with `.checkpoint_path` the safetensors file (or the shards' index).
 
     Raises:
         FileNotFoundError: missing files, or another checkpoint name.
         ValueError: a config.json that is not GPT-2's, or a malformed weights file or one that
             does not match config.json (one line naming the file and the tensor).
     """
-    if checkpoint not in (None, "latest", WEIGHTS_FILE):
+    if checkpoint not in (None, "latest", WEIGHTS_FILE, INDEX_FILE):
         raise FileNotFoundError(f"checkpoint={checkpoint!r} not found: {folder} is in Hugging Face's layout and "
                                 f"holds one set of weights, {WEIGHTS_FILE}; pass checkpoint='latest'")
     hparams = load_config(folder)
-    tensors = SafeTensors(weights_path(folder))
+    path = weights_path(folder)
+    tensors = Shards(path) if path.endswith(INDEX_FILE) else SafeTensors(path)
     names = _names_in_file(tensors, hparams, os.path.join(folder, CONFIG_FILE))
     init = lambda name, shape: tensors.read(names[name]).reshape(shape)  # noqa: E731
     model = GPT2(hparams, init=init if base_precision is None else frozen_init(init, base_dtype(base_precision)))

@@ -208,6 +208,28 @@ def test_we_load_what_transformers_saves(tmp_path, tiny_hparams, dtype):
         np.testing.assert_allclose(ours(TOKENS).numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_we_load_a_sharded_checkpoint_with_its_index(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    # distilgpt2's depth with another width and context: 6 layers of 32, 64 positions, 3 shards.
+    config = GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_head=2, n_layer=6, bos_token_id=None,
+                        eos_token_id=None)
+    torch.manual_seed(1)
+    theirs = GPT2LMHeadModel(config).eval()
+    theirs.save_pretrained(str(tmp_path / "sharded"), safe_serialization=True, max_shard_size="40KB")
+    shards = sorted(n for n in os.listdir(tmp_path / "sharded") if n.endswith(".safetensors"))
+    assert len(shards) >= 3 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file(), shards
+    ours = gpt2.load_model(str(tmp_path / "sharded"))
+    assert ours.hparams.n_layer == 6 and ours.hparams.n_ctx == 64
+    with torch.no_grad():
+        expected = theirs(torch.tensor(TOKENS)).logits.numpy()
+    np.testing.assert_allclose(ours(TOKENS).numpy(), expected, atol=1e-4, rtol=1e-4)
+    os.remove(tmp_path / "sharded" / shards[-1])  # a shard gone: one line naming the file, not other advice
+    with pytest.raises(FileNotFoundError, match=shards[-1]):
+        gpt2.load_model(str(tmp_path / "sharded"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Untrusted files: every problem is a one-line ValueError naming the file
 
