@@ -4,8 +4,9 @@ This stage owns the bytes on disk: the one table of OpenAI checkpoint names and 
 format (`checkpoint.py`), Hugging Face's layout (`hf.py`) and the safetensors file format
 (`safetensors_file.py`), telling layouts apart, loading any of them and converting between them
 (`folders.py`), llama.cpp's GGUF file (`gguf.py`), LoRA adapters and their settings in run
-folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), a run's
-`documents.json` and `best.json` (`run_record.py`), and fetching OpenAI's released models
+folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), what makes an
+export a complete model repository with its card (`model_card.py`), a run's `documents.json`,
+`best.json`, `training.json` and event curves (`run_record.py`), and fetching OpenAI's released models
 (`download.py`). It builds `GPT2` objects from `model/` but knows nothing of training or
 sampling.
 """

@@ -11,7 +11,7 @@ import os
 from encoder.vocab import vocab_files
 
 from ..atomic import staged_folder
-from . import adapters, hf, peft
+from . import adapters, hf, model_card, peft
 from .checkpoint import find_checkpoint, load_checkpoint
 
 
@@ -61,9 +61,11 @@ def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False, peft_ada
     Args:
         source: any folder `load_model` reads: a run folder (`checkpoint/run1`), a model folder
             (`models/124M`) or a Hugging Face one.
-        out_dir: the folder to write: `config.json`, `model.safetensors` (float32, without the
-            tied `lm_head.weight`), `vocab.json` and `merges.txt` (copies of `encoder.json` and
-            `vocab.bpe`). It is written beside, under a temporary name, then renamed.
+        out_dir: the folder to write, a complete model repository: `config.json`,
+            `model.safetensors` (float32, without the tied `lm_head.weight`), `vocab.json` and
+            `merges.txt` (copies of `encoder.json` and `vocab.bpe`), `tokenizer_config.json`,
+            `generation_config.json` and a model card, `README.md` (`model_card.py`). It is
+            written beside, under a temporary name, then renamed.
         checkpoint: 'latest', or the name of one checkpoint in `source` (e.g. 'model-1000').
         overwrite: replace `out_dir` when it already holds files.
         peft_adapters: for a LoRA run, write its adapters alone in peft's format instead
@@ -90,6 +92,7 @@ def export_hf(source, out_dir, *, checkpoint="latest", overwrite=False, peft_ada
                                     "folder needs encoder.json and vocab.bpe")
     with staged_folder(out_dir) as tmp:
         hf.write_hf_folder(model, vocab, tmp)
+        model_card.write_repository_files(tmp, source, model.hparams)
     return out_dir
 
 
@@ -116,4 +119,5 @@ def _export_peft(source, out_dir, checkpoint):
     adapters.apply_adapters(model, settings, arrays, source=prefix)
     with staged_folder(out_dir) as tmp:
         peft.write_peft_folder(model, tmp, base_model_name_or_path=settings["base_folder"])
+        model_card.write_repository_files(tmp, source, model.hparams, adapter=True)
     return out_dir

@@ -1,15 +1,19 @@
-"""What a run folder says about how it was trained, beyond OpenAI's files: `documents.json`, `best.json`, `training.json`.
+"""What a run folder says about how it was trained, beyond OpenAI's files: its JSON records and its curves.
 
-This module owns two small JSON files beside `hparams.json`, which gpt-2-simple and TF1 code
+This module owns three small JSON files beside `hparams.json`, which gpt-2-simple and TF1 code
 ignore: `documents.json`, written when the run was trained on documents (`line_by_line=True`),
 so that `generate` starts every sample at end-of-text and stops at the next one; and
 `best.json`, the step and validation loss of the `model-best` checkpoint (`keep_best=True`),
 which the `checkpoint` state file never names, so gpt-2-simple's latest stays the latest; and
-`training.json`, the dataset path and base model folder (read by `evaluate` and the copy index).
+`training.json`, the dataset path, base model folder and main settings (read by `evaluate`, the
+copy index and the model card); and reading the loss curves back from the run's event files.
 Writing the weights is `checkpoint.py`'s.
 """
+import glob
 import json
 import os
+
+import tensorflow as tf
 
 from ..atomic import write_text
 
@@ -45,20 +49,27 @@ def trained_on_documents(folder):
     return bool((read_training(folder) or {}).get("line_by_line"))
 
 
+def read_best(folder):
+    """The run's `{"step", "val_loss"}` of its `model-best` checkpoint, or None."""
+    return _read_json(folder, BEST_FILE, "delete it (it only records the best checkpoint's step and loss)")
+
+
 def write_best(run_dir, step, val_loss):
     write_text(os.path.join(run_dir, BEST_FILE), json.dumps({"step": int(step), "val_loss": float(val_loss)}) + "\n")
 
 
 TRAINING_FILE = "training.json"
+CURVES = ("loss", "avg_loss", "val_loss")  # the scalars `read_curves` reads from a run's event files
 
 
-def record_training(run_dir, dataset, base_model, line_by_line):
-    """Record what the run trains on (`dataset`'s absolute path) and the base model folder it
-    started from, so `evaluate` can compare with that base and the copy index can find the text.
-    A resumed run keeps the base model its first call recorded."""
+def record_training(run_dir, dataset, base_model, line_by_line, settings=None):
+    """Record what the run trains on (`dataset`'s absolute path), the base model folder it started
+    from and its main `settings` (a dict, for the model card), so `evaluate` can compare with that
+    base and the copy index can find the text. A resumed run keeps the base model its first call recorded."""
     earlier = read_training(run_dir) or {}
     record = {"dataset": os.path.abspath(os.fspath(dataset)), "line_by_line": bool(line_by_line),
-              "base_model": earlier.get("base_model") or (os.path.abspath(base_model) if base_model else None)}
+              "base_model": earlier.get("base_model") or (os.path.abspath(base_model) if base_model else None),
+              "settings": dict(settings or {})}
     write_text(os.path.join(run_dir, TRAINING_FILE), json.dumps(record) + "\n")
 
 
@@ -77,3 +88,25 @@ def _read_json(folder, name, fix):
             return json.load(f)
         except json.JSONDecodeError:
             raise ValueError(f"{path} is not JSON; {fix}") from None
+
+
+def read_curves(run_dir):
+    """{tag: [[step, value], ...]} of the run's scalar events (`loss`, `avg_loss`, `val_loss`), by step."""
+    curves = {tag: {} for tag in CURVES}
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    if value.tag in curves:
+                        number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                                  else value.simple_value)
+                        curves[value.tag][int(event.step)] = number  # a resumed run's later value wins
+        except tf.errors.DataLossError:  # a file still being written: what was read so far
+            continue
+    return {tag: sorted([s, v] for s, v in points.items()) for tag, points in curves.items()}
+
+
+def read_val_losses(run_dir):
+    """[[step, validation loss], ...] of the run's events, by step (empty without validation)."""
+    return read_curves(run_dir)["val_loss"]

@@ -19,16 +19,14 @@ import re
 import threading
 from importlib import resources
 
-import tensorflow as tf
-
 from ..atomic import write_text
+from ..formats.run_record import read_curves
 from . import openai_api as api
 from .answers import Run
 from .http import error_response, read_json
 
 STARS_FILE = "stars.jsonl"
 SAMPLE_HEADER = re.compile(r"^======== SAMPLE \d+ ========\n", re.M)
-CURVES = ("loss", "avg_loss", "val_loss")
 
 
 def read_samples(folder):
@@ -41,22 +39,6 @@ def read_samples(folder):
                 texts = [t.strip("\n") for t in SAMPLE_HEADER.split(f.read()) if t.strip()]
             found.append({"step": int(match.group(1)), "texts": texts})
     return sorted(found, key=lambda s: s["step"])
-
-
-def read_curves(run_dir):
-    """{tag: [[step, value], ...]} of the run's scalar events (`loss`, `avg_loss`, `val_loss`), by step."""
-    curves = {tag: {} for tag in CURVES}
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                for value in event.summary.value:
-                    if value.tag in curves:
-                        number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
-                        curves[value.tag][int(event.step)] = number  # a resumed run's later value wins
-        except tf.errors.DataLossError:  # a file still being written: what was read so far
-            continue
-    return {tag: sorted([s, v] for s, v in points.items()) for tag, points in curves.items()}
 
 
 class Stars:

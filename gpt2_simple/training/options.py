@@ -106,6 +106,18 @@ class TrainResult:
 
 
 
+# The settings a model card shows (`formats/model_card.py`), recorded in the run's training.json.
+CARD_SETTINGS = ("model_name", "optimizer", "learning_rate", "learning_rate_schedule", "warmup_steps", "weight_decay",
+                 "max_grad_norm", "batch_size", "accumulate_gradients", "precision", "line_by_line", "lora_rank",
+                 "lora_alpha", "seed")
+
+
+def card_settings(opts):
+    """{setting: value} of `CARD_SETTINGS` that are set (None and a rank of 0 left out)."""
+    return {name: getattr(opts, name) for name in CARD_SETTINGS
+            if getattr(opts, name) is not None and not (name == "lora_rank" and not opts.lora_rank)}
+
+
 def make_options(**fields):
     """A checked `TrainOptions` (one ValueError per bad value), LoRA's fields normalised."""
     return lora_run.normalized(TrainOptions(**fields))

@@ -25,7 +25,7 @@ from . import documents, lora_run, resume
 from .distribute import describe, is_chief, lost_workers, stop_agreement, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
-from .options import TrainOptions, TrainResult, as_int, make_options, warn_unimplemented
+from .options import TrainOptions, TrainResult, as_int, card_settings, make_options, warn_unimplemented
 from .plateau import Plateau
 from .progress import (
     StepClock,
@@ -208,7 +208,8 @@ def _prepare_run(opts, dataset, strategy):
         checkpoint.remove_temporaries(run_dir)  # what a killed save left behind
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
-        run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line)
+        run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line,
+                                   card_settings(opts))
     return _RunSetup(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 

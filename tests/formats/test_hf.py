@@ -17,7 +17,8 @@ from gpt2_simple.formats.checkpoint import numpy_weights, save_checkpoint
 from gpt2_simple.formats.safetensors_file import SafeTensors
 from gpt2_simple.model.hparams import save_hparams
 
-HF_FILES = ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+HF_FILES = ["README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
+            "tokenizer_config.json", "vocab.json"]  # a complete repository (formats/model_card.py)
 TOKENS = np.array([[0, 5, 17, 42, 96, 3], [1, 2, 3, 4, 5, 6]])
 
 

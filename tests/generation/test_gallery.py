@@ -7,7 +7,8 @@ import pytest
 from serving import headless_chromium, running_server
 
 import gpt2_simple as gpt2
-from gpt2_simple.serving.gallery import read_curves, read_samples
+from gpt2_simple.formats.run_record import read_curves
+from gpt2_simple.serving.gallery import read_samples
 
 pytestmark = pytest.mark.slow  # all of this file (a fine-tuned run, a browser): `pytest -m "not slow"` skips it
 

@@ -225,7 +225,8 @@ def test_peft_reads_our_adapters_with_our_logits(workdir):
                   **dict(LORA, model_dir=model_dir))
     hf_base = gpt2.export_hf(os.path.join(model_dir, "tiny"), str(root / "hf_base"))
     adapter_dir = gpt2.export_hf(str(root / "checkpoint" / "run1"), str(root / "peft"), peft_adapters=True)
-    assert sorted(os.listdir(adapter_dir)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(adapter_dir)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                               "tokenizer_config.json"]
     tokens = np.random.default_rng(1).integers(0, 50257, size=(2, 16))
     theirs = _torch_logits(_peft_model(hf_base, adapter_dir), tokens)
     ours = sess.model(tokens).numpy()
