@@ -160,8 +160,11 @@ def run_finetune(args):
     if args.workers is not None or args.worker_index is not None:  # before TensorFlow reads TF_CONFIG
         from gpt2_simple.training.distribute import join_cluster
 
+        if args.strategy not in (None, "multi_worker"):
+            raise ValueError(f"--workers trains on several machines with --strategy multi_worker, not "
+                             f"--strategy {args.strategy}; leave --strategy out")
         join_cluster(args.workers, args.worker_index)
-        args.strategy = args.strategy or "multi_worker"
+        args.strategy = "multi_worker"
     demo = not dataset
     if demo:
         dataset = SAMPLE_TEXT

@@ -225,7 +225,8 @@ class Batcher:
             piece = row.text.finish()
             if piece:
                 row.job.emit(("text", row.i, piece))
-            finish(row, "stop" if row.text.ended else "abort" if self._aborting else "length")
+            cut = self._aborting and len(row.drawn) < row.job.max_tokens  # a shutdown ended it unfinished
+            finish(row, "stop" if row.text.ended else "abort" if cut else "length")
 
         for tokens in self._chunks(jobs, rows):
             self.tokens += tokens.shape[1]

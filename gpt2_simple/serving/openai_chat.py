@@ -11,6 +11,7 @@ import dataclasses
 import time
 import uuid
 
+from ..generation.call import context_of
 from . import openai_api as api
 from .http import INSTALL
 
@@ -118,8 +119,8 @@ def parse_chat(body, enc, n_ctx, template, *, max_tokens, documents=False):
     api.refuse_unsupported(body, {"best_of": api.REFUSED["best_of"]})
     prompt = enc.encode(template.render(messages_of(body)))
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if tokens is None:  # OpenAI's default: as long as the context allows
-        tokens = max(1, min(max_tokens, n_ctx - len(prompt)))
+    if tokens is None:  # OpenAI's default: as long as the context allows (a documents run reads end-of-text first)
+        tokens = max(1, min(max_tokens, n_ctx - len(context_of(prompt, enc.eot_token, documents=documents))))
     fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "top_logprobs", "echo", "suffix",
                                                          "best_of")}
     req = api.parse_completion(dict(fields, prompt=prompt, max_tokens=tokens, logprobs=_alternatives(body)), enc, n_ctx,

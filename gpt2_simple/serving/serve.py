@@ -9,7 +9,6 @@ imported only when a server is built.
 """
 import contextlib
 import os
-import signal
 import threading
 
 from ..formats.run_record import trained_on_documents
@@ -136,17 +135,13 @@ def _server_class():
                 self.batcher.wait_idle(timeout)
             self.batcher.abort()
             self.batcher.wait_idle(30)  # the aborted rows send their last events
-            super().handle_exit(self.signalled, None)
+            # Uvicorn's own exit, once, without its record of the signal (which it would raise again
+            # after shutting down: Ctrl-C would then end the process with KeyboardInterrupt, not 0).
+            self.should_exit = True
 
         def run_quietly(self, sockets=None):
-            """`run`, then exit 0 after SIGTERM (Uvicorn raises the signal again once it has shut down)."""
-            main = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
-            try:
-                self.run(sockets=sockets)
-            finally:
-                if main:
-                    signal.signal(signal.SIGTERM, previous)
+            """`run` until a signal has drained the server (`handle_exit`)."""
+            self.run(sockets=sockets)
 
     return Server
 

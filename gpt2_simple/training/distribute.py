@@ -139,12 +139,13 @@ def lost_workers(strategy, run_dir):
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-            tf.errors.CancelledError, tf.errors.InternalError) as e:
-        if workers is None:
-            raise
+            tf.errors.CancelledError) as e:
         task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e))
+        peer = isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) or task is not None
+        if workers is None or not peer:  # not a peer gone: the error as it is
+            raise
         who = f"{task.group(1)} {task.group(2)} ({workers[task.group(1)][int(task.group(2))]})" \
             if task and task.group(1) in workers and int(task.group(2)) < len(workers[task.group(1)]) \
             else "another worker"
         raise WorkerLost(f"{who} stopped answering mid-step, so this worker stops too; the last complete save "
-                         f"in {run_dir} stays loadable: restart every worker with restore_from='latest'") from None
+                         f"in {run_dir} stays loadable: restart every worker with restore_from='latest'") from e

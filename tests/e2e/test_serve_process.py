@@ -192,10 +192,15 @@ def test_sigterm_lets_the_requests_in_flight_finish_and_refuses_new_ones(slow_mo
 
 
 @pytest.mark.slow
-def test_past_the_shutdown_timeout_every_unfinished_answer_says_abort(slow_model_dir):
+@pytest.mark.parametrize("flags, signals", [(["--shutdown_timeout", "1"], [signal.SIGTERM]),
+                                            ([], [signal.SIGINT, signal.SIGINT])],
+                         ids=["past the timeout", "Ctrl-C twice"])
+def test_every_answer_a_stop_cuts_says_abort(slow_model_dir, flags, signals):
+    """Past the shutdown timeout, or at a second signal (the default timeout is 30 s), the rows still
+    running end with "abort", and the process still exits 0."""
     import openai
 
-    proc, url = _start(slow_model_dir, "--shutdown_timeout", "1")
+    proc, url = _start(slow_model_dir, *flags)
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
     reasons = []
     with _watched(proc):
@@ -208,7 +213,11 @@ def test_past_the_shutdown_timeout_every_unfinished_answer_says_abort(slow_model
                                            logit_bias=NO_EOT)
         first = next(iter(stream))
         _wait_running(url, 5)
-        proc.send_signal(signal.SIGTERM)
+        for sig in signals[:-1]:
+            proc.send_signal(sig)
+            while httpx.get(url + "/health").status_code != 503:  # handled (two pending signals would be one)
+                pass
+        proc.send_signal(signals[-1])
         reasons += [chunk.choices[0].finish_reason for chunk in stream if chunk.choices[0].finish_reason]
         for t in threads:
             t.join(120)
