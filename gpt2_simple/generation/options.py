@@ -57,20 +57,18 @@ class Knobs(NamedTuple):
             raise ValueError(f"avoid_copies={n!r} needs the guard index of that many tokens "
                              f"(got {guard and guard.n}); build it with copy_guard.GuardIndex(training tokens, N)")
         keys, nexts = guard.tensors() if guard is not None else (tf.constant(a) for a in no_guard())
-
-        def column(field, dtype):
-            return tf.constant([getattr(o, field) for o in rows], dtype)
-
         return Knobs(
-            temperature=column("temperature", tf.float32), top_k=column("top_k", tf.int32),
-            top_p=column("top_p", tf.float32), min_p=column("min_p", tf.float32),
-            repetition_penalty=column("repetition_penalty", tf.float32),
-            presence_penalty=column("presence_penalty", tf.float32),
-            frequency_penalty=column("frequency_penalty", tf.float32),
+            **{name: tf.constant([getattr(o, name) for o in rows], dtype) for name, dtype in Knobs.per_row(n_vocab)},
             logit_bias=tf.constant(np.stack([bias_vector(o.logit_bias, n_vocab) for o in rows])),
             stops=tf.constant(np.stack([stop_table(o.stop_tokens) for o in rows])),
             avoid_copies=tf.constant(n, tf.int32), guard_keys=keys, guard_nexts=nexts)
 
+    @staticmethod
+    def per_row(n_vocab):
+        """[(option, dtype)] of the knobs that hold one scalar a row, each named as its `SamplingOptions` field."""
+        specs = Knobs.specs(n_vocab)._asdict()
+        return [(field.name, specs[field.name].dtype) for field in dataclasses.fields(SamplingOptions)
+                if field.name in specs and specs[field.name].shape.rank == 1]
 
     @staticmethod
     def filled(batch, n_vocab, stops, **given):
@@ -79,11 +77,9 @@ class Knobs(NamedTuple):
         Each option `given` (a scalar tensor) is filled to the rows; every other one is off (its
         `SamplingOptions` default); no logit bias, the stop table `stops` for every row, no guard.
         """
-        defaults, specs = SamplingOptions(), Knobs.specs(n_vocab)
-        rows = {field.name: tf.fill([batch], tf.cast(given.pop(field.name, getattr(defaults, field.name)),
-                                                     getattr(specs, field.name).dtype))
-                for field in dataclasses.fields(SamplingOptions) if getattr(specs, field.name, None) is not None
-                and getattr(specs, field.name).shape.rank == 1}
+        defaults = SamplingOptions()
+        rows = {name: tf.fill([batch], tf.cast(given.pop(name, getattr(defaults, name)), dtype))
+                for name, dtype in Knobs.per_row(n_vocab)}
         if given:
             raise TypeError(f"Knobs.filled takes per-row options only, not {sorted(given)}")
         keys, nexts = no_guard()

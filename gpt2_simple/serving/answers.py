@@ -3,8 +3,8 @@
 This module owns turning a checked request (`openai_api.Completion`) into `batcher.Job`s, carrying
 their events from the worker thread to the event loop, gathering a whole answer (texts, finish
 reasons, token counts, scores, copy marks) or streaming it as Server-Sent Events (completions' and
-chat's shapes), and cancelling the jobs of a client that has gone. Routes are `serve.py`'s; the
-copy index is `copies.py`'s.
+chat's shapes, with a usage chunk when asked), and cancelling the jobs of a client that has gone.
+Routes are `routes.py`'s; the copy index is `copies.py`'s.
 """
 import asyncio
 import json
@@ -32,7 +32,7 @@ class Run:
         self.texts = [""] * self.rows  # each choice's completion (no echo), for its copy mark
         self.counts = [0] * self.rows
         self.scores = [None] * self.rows
-        self.jobs = [Job(tokens=t, n=req.n, options=req.options, max_tokens=req.max_tokens, stop=req.stop,
+        self.jobs = [Job(tokens=t, n=req.n, options=req.options, max_tokens=req.max_tokens, stops=req.stops,
                          seed=req.seed, emit=self._emitter(loop, p),
                          scored=req.logprobs is not None, guard=guard)
                      for p, t in enumerate(req.contexts)]

@@ -10,9 +10,10 @@ share a batch only while every row fits in the context (no sliding window). Batc
 between chunks, waiting jobs of the batch's group take the slots of rows that have ended, or grow
 the batch (`Sampler.chunks`' `join`), so a request that arrives mid-batch starts within a chunk
 instead of waiting for the batch's longest row. Each row's text is settled
-by a `stream.TextStream`, and pieces are handed to the job's `emit` callback as the compiled
-chunks return. A cancelled job leaves the queue at once, or ends its rows at the next chunk;
-`stop()` cancels everything and ends the thread. HTTP is `serve.py`'s.
+by a `call.TextStream`, and pieces are handed to the job's `emit` callback as the compiled
+chunks return. A cancelled job leaves the queue at once, or ends its rows at the next chunk.
+`drain()` refuses new jobs while the accepted ones finish; `abort()` ends what is left with
+finish_reason "abort"; `stop()` aborts and ends the thread. HTTP is `routes.py`'s.
 """
 import collections
 import dataclasses
@@ -48,10 +49,10 @@ class Job:
 
     tokens: list
     n: int
-    options: SamplingOptions  # its `stop_tokens` are the token sequences of `stop`
+    options: SamplingOptions  # its `stop_tokens` are the token sequences of `stops`
     emit: object
     max_tokens: int = 16
-    stop: tuple = ()  # stop strings: the text ends before the first
+    stops: StopStrings = None  # the text ends before the first of them (None: none)
     seed: int = None
     scored: bool = False
     guard: object = None  # the `copy_guard.GuardIndex` of `options.avoid_copies` tokens, or None
@@ -88,7 +89,6 @@ class Batcher:
         self._waiting = collections.deque()
         self._running = []  # the running batch's jobs, joined ones included
         self._slots = []  # its rows, one a slot (`_Row`, or None: a filler)
-        self._stops = {}  # the running batch's jobs' StopStrings (worker thread only)
         self._lock = threading.Condition()
         self._draining = False  # no new jobs; the accepted ones run on
         self._aborting = False  # the rows left end now, with finish_reason "abort"
@@ -210,7 +210,6 @@ class Batcher:
         Waiting jobs of the batch's group join it between chunks, in the slots of rows that have
         ended (`_join`), so a request arriving mid-batch starts within a chunk, not after the batch.
         """
-        self._stops = {}
         self._slots = rows = [self._row(job, i) for job in jobs for i in range(job.n)]  # one a slot; None: a filler
         scored = []  # (row, finish_reason): their "done" waits for the scoring pass
 
@@ -249,14 +248,8 @@ class Batcher:
                 end(row)
         self._score(scored)
 
-    def _stops_of(self, job):
-        """The job's `StopStrings`, one for all its rows (made once a batch)."""
-        if job not in self._stops:
-            self._stops[job] = StopStrings(list(job.stop), limit=len(job.stop))
-        return self._stops[job]
-
     def _row(self, job, i):
-        return _Row(job, i, TextStream(self.encoder, job.tokens, stops=self._stops_of(job), lstrip=False))
+        return _Row(job, i, TextStream(self.encoder, job.tokens, stops=job.stops, lstrip=False))
 
     def _chunks(self, jobs, rows):
         """The sampler's chunks for `rows`, each with its job's options and seed (none when every

@@ -1,6 +1,6 @@
 """The server's gallery of a run: training samples by step, loss curves, fresh samples with copy marks, stars.
 
-This module owns the `/gallery` view and its JSON routes, added to `serve.py`'s app:
+This module owns the `/gallery` view and its JSON routes, which `serve.py` adds to a run's app:
 `GET /gallery` (the page, `web/gallery.html`), `GET /gallery/data` (the run's training samples
 `samples/<run>/samples-N` by step, its loss, avg_loss and val_loss curves read from the event files
 in the run folder, and the starred samples), `POST /gallery/generate` (n fresh samples drawn

@@ -2,8 +2,8 @@
 
 This module owns the counters, gauges and histograms of one app (each app has its own registry,
 so two servers in one process do not mix their numbers) and the ASGI middleware that counts every
-request by endpoint and status and times it. Tokens and time to first token are reported by
-`serve.py` as a request's events arrive; queue depth and running rows are read from the batcher
+request by endpoint and status and times it. Tokens, aborted rows and time to first token are
+reported by `answers.Run` as a request's events arrive; queue depth and running rows are read from the batcher
 when scraped. Names start with `gpt2_simple_`.
 """
 import time

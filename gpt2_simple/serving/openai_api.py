@@ -47,9 +47,9 @@ class Completion:
     prompts: list  # [[int]]: one token list per prompt
     contexts: list  # [[int]]: what the model reads of each (`call.context_of`: a documents run's start first)
     n: int
-    options: SamplingOptions  # how each row draws; its `stop_tokens` are `stop`'s
+    options: SamplingOptions  # how each row draws; its `stop_tokens` are `stops`' token sequences
     max_tokens: int
-    stop: tuple  # stop strings, the end of a document last
+    stops: StopStrings  # where a text ends: the end of a document last
     seed: int
     stream: bool
     logprobs: int = None  # alternatives per token, or None: no scores
@@ -137,13 +137,14 @@ def refuse_unsupported(body, refused=None):
             raise APIError(400, f"{name}={body[name]!r} is not supported by this server; leave it out", name)
 
 
-def _stop(body, first=()):
-    """The request's stop strings: `first` (chat's end of turn), then `stop`'s, then the end of a document."""
+def _stops(body, first=()):
+    """The request's `StopStrings`: `first` (chat's end of turn), then `stop`'s (OpenAI's limit, 4), then
+    the end of a document, which ends a completion too; all of them fit the compiled loop's table."""
     try:
         strings = StopStrings(body.get("stop"), limit=MAX_STOP_STRINGS).strings
     except ValueError as e:
         raise APIError(400, str(e), "stop") from None
-    return tuple(first) + tuple(strings) + ("<|endoftext|>",)  # the end of a document ends a completion too
+    return StopStrings(list(first) + strings + ["<|endoftext|>"])
 
 
 def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=False):
@@ -179,14 +180,14 @@ def parse_completion(body, enc, n_ctx, *, max_tokens, first_stops=(), documents=
                        "copy_threshold")
     if temperature == 0:  # OpenAI's greedy decoding
         temperature, top_k, top_p = 1.0, 1, 1.0
-    stop = _stop(body, first_stops)
+    stops = _stops(body, first_stops)
     options = SamplingOptions(temperature=float(temperature), top_k=int(top_k),
                               top_p=0.0 if top_p >= 1.0 else float(top_p), repetition_penalty=float(penalty),
                               presence_penalty=float(presence), frequency_penalty=float(frequency),
                               logit_bias=_logit_bias(body, enc_size(enc)), min_p=float(min_p),
-                              stop_tokens=tuple(tuple(t) for t in StopStrings(list(stop), limit=len(stop)).tokens(enc)),
+                              stop_tokens=tuple(tuple(t) for t in stops.tokens(enc)),
                               avoid_copies=number(body, "avoid_copies", 0, 0, WINDOW, integer=True))
-    return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stop=stop, seed=seed,
+    return Completion(prompts=prompts, contexts=contexts, n=n, options=options, max_tokens=tokens, stops=stops, seed=seed,
                       stream=stream, logprobs=logprobs, echo=echo, include_usage=include_usage,
                       check_copies=flag(body, "check_copies") or copy_threshold is not None,
                       copy_threshold=copy_threshold)

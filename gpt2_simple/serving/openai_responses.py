@@ -17,17 +17,17 @@ from . import openai_chat as chat_api
 
 # Fields of the Responses API this server does not implement, refused at a value that would change the answer.
 REFUSED = {
-    "tools": lambda v: bool(v),
-    "tool_choice": lambda v: v not in (None, "none", "auto"),
-    "previous_response_id": lambda v: v is not None,
-    "conversation": lambda v: v is not None,
-    "reasoning": lambda v: v is not None,
-    "background": lambda v: bool(v),
-    "store": lambda v: bool(v),
-    "include": lambda v: bool(v),
-    "prompt": lambda v: v is not None,
-    "text": lambda v: v not in (None, {}, {"format": {"type": "text"}}),
-    "truncation": lambda v: v not in (None, "disabled"),
+    "tools": lambda v, body: bool(v),
+    "tool_choice": lambda v, body: v not in (None, "none", "auto"),
+    "previous_response_id": lambda v, body: v is not None,
+    "conversation": lambda v, body: v is not None,
+    "reasoning": lambda v, body: v is not None,
+    "background": lambda v, body: bool(v),
+    "store": lambda v, body: bool(v),
+    "include": lambda v, body: bool(v),
+    "prompt": lambda v, body: v is not None,
+    "text": lambda v, body: v not in (None, {}, {"format": {"type": "text"}}),
+    "truncation": lambda v, body: v not in (None, "disabled"),
 }
 PASSED = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
           "min_p", "stream")  # handed to the chat completion as they are
@@ -37,9 +37,7 @@ def parse_response(body, enc, n_ctx, template, *, max_tokens, documents=False):
     """A `/v1/responses` body -> the `openai_api.Completion` of its chat. Raises APIError (400) naming the field."""
     if not isinstance(body, dict):
         raise api.APIError(400, "the request body must be a JSON object")
-    for name, changes in REFUSED.items():
-        if name in body and changes(body[name]):
-            raise api.APIError(400, f"{name}={body[name]!r:.80} is not supported by this server; leave it out", name)
+    api.refuse_unsupported(body, REFUSED)
     messages = _messages(body.get("input"))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):

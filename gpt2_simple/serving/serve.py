@@ -2,8 +2,8 @@
 
 This module owns assembling the ASGI app (the routes of `routes.py` over one `routes.Served`
 state, the gallery's routes for a run, the batcher's thread started and stopped with the app,
-the API key and the metrics around it) and running it under Uvicorn with a clean exit on SIGTERM
-(stop accepting, cancel what runs, exit 0). What each route answers is `routes.py`'s; the model
+the API key and the metrics around it) and running it under Uvicorn until SIGTERM or Ctrl-C, which
+drain it (new work gets 503, the requests in flight finish or end with "abort", then exit 0). What each route answers is `routes.py`'s; the model
 runs in `batcher.py`'s one worker thread. Starlette and Uvicorn are the optional `serve` extra,
 imported only when a server is built.
 """
@@ -95,7 +95,7 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
     server = _Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10), app.state.batcher,
                      shutdown_timeout)
     print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
-    server.run_quietly()
+    server.run()
 
 
 def _read_template(path):
@@ -121,10 +121,10 @@ def _server_class():
 
         def __init__(self, config, batcher, shutdown_timeout):
             super().__init__(config)
-            self.batcher, self.shutdown_timeout, self.signalled = batcher, shutdown_timeout, None
+            self.batcher, self.shutdown_timeout, self.signalled = batcher, shutdown_timeout, False
 
         def handle_exit(self, sig, frame):
-            first, self.signalled = self.signalled is None, sig
+            first, self.signalled = not self.signalled, True
             if first:
                 self.batcher.drain()
             # Not in the signal handler: waiting takes the batcher's lock and time.
@@ -138,10 +138,6 @@ def _server_class():
             # Uvicorn's own exit, once, without its record of the signal (which it would raise again
             # after shutting down: Ctrl-C would then end the process with KeyboardInterrupt, not 0).
             self.should_exit = True
-
-        def run_quietly(self, sockets=None):
-            """`run` until a signal has drained the server (`handle_exit`)."""
-            self.run(sockets=sockets)
 
     return Server
 
