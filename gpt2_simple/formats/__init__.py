@@ -5,7 +5,8 @@ format (`checkpoint.py`), Hugging Face's layout (`hf.py`) and the safetensors fi
 (`safetensors_file.py`), telling layouts apart, loading any of them and converting between them
 (`folders.py`), llama.cpp's GGUF file (`gguf.py`), LoRA adapters and their settings in run
 folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), what makes an
-export a complete model repository with its card (`model_card.py`), a run's `documents.json`,
+export a complete model repository with its card (`model_card.py`), the run's chat template
+(`chat_template.py`), a run's `documents.json`,
 `best.json`, `training.json` and event curves (`run_record.py`), and fetching OpenAI's released models
 (`download.py`). It builds `GPT2` objects from `model/` but knows nothing of training or
 sampling.

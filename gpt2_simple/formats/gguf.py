@@ -11,7 +11,8 @@ llama.cpp's `gpt2` architecture, the layout its own converter (`convert_hf_to_gg
 - metadata `gpt2.{context_length, embedding_length, feed_forward_length, block_count,
   attention.head_count, attention.layer_norm_epsilon}`, `general.file_type` and the embedded
   byte-level BPE tokenizer (`tokenizer.ggml.{model, pre, tokens, token_type, merges,
-  bos_token_id, eos_token_id}`), the end-of-text id being both bos and eos as in GPT-2.
+  bos_token_id, eos_token_id}`), the end-of-text id being both bos and eos as in GPT-2, and
+  the run's `tokenizer.chat_template` when it has one.
 
 The file is written with the `gguf` package (llama.cpp's own Python writer, the optional extra
 `gpt2_simple[gguf]`). Norms, biases and `position_embd` stay float32 whatever the dtype, as
@@ -27,6 +28,7 @@ from encoder.vocab import read_vocab
 
 from ..atomic import staged_path
 from ..model.model import GPT2, LAYER_NORM_EPSILON
+from . import chat_template
 from .checkpoint import numpy_weights
 from .folders import load_model
 
@@ -144,7 +146,8 @@ def export_gguf(source, path, *, dtype="f16", checkpoint="latest", overwrite=Fal
         raise ImportError(_INSTALL) from None
     model, (encoder, merges), name = _resolve(source, checkpoint)
     tokenizer = gguf_tokenizer(encoder, merges, model.hparams.n_vocab)
-    _write(gguf, path, model, tokenizer, dtype, name)
+    folder = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "folder", None)
+    _write(gguf, path, model, tokenizer, dtype, name, chat_template.read_run_template(folder))
     return path
 
 
@@ -168,7 +171,7 @@ def _resolve(source, checkpoint):
     raise ValueError(f"source={source!r} must be a run or model folder, or a Session holding a model")
 
 
-def _write(gguf, path, model, tokenizer, dtype, name):
+def _write(gguf, path, model, tokenizer, dtype, name, template=None):
     """Fill a temporary file beside `path` with the header, metadata and tensors; rename it on success."""
     hp = model.hparams
     tokens, types, merges, eot = tokenizer
@@ -196,6 +199,8 @@ def _write(gguf, path, model, tokenizer, dtype, name):
             if eot is not None:  # without <|endoftext|>, llama.cpp keeps its defaults
                 writer.add_bos_token_id(eot)
                 writer.add_eos_token_id(eot)
+            if template is not None:  # the run's chat template, as llama.cpp's server reads it
+                writer.add_chat_template(template)
             for tensor_name, array in gguf_arrays(model).items():
                 kind = getattr(gguf.GGMLQuantizationType, storage_type(tensor_name, array, dtype).upper())
                 writer.add_tensor(tensor_name, gguf.quants.quantize(array, kind), raw_dtype=kind)

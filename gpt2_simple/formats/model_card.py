@@ -2,7 +2,7 @@
 
 This module owns the files `export_hf` writes beside the weights and the vocabulary, so that the
 folder works as it is in transformers, vLLM or on the Hugging Face Hub: `tokenizer_config.json`
-(GPT-2's tokenizer class, its special tokens and context), `generation_config.json` (end-of-text
+(GPT-2's tokenizer class, its special tokens, context and chat template), `generation_config.json` (end-of-text
 ends a text) and `README.md`, a model card whose YAML says what the model is (`base_model`,
 `base_model_relation`, `license`, `pipeline_tag`, `library_name`, `tags`) and whose body says how
 it was made, from what the run folder records (`run_record.py`): the base model, the dataset and
@@ -12,8 +12,8 @@ import json
 import os
 
 from ..atomic import write_text
+from . import chat_template, run_record
 from . import checkpoint as checkpoint_files
-from . import run_record
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -23,7 +23,8 @@ OPENAI_IDS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-me
 
 
 def write_repository_files(folder, source, hparams, *, adapter=False):
-    """Write `tokenizer_config.json`, `generation_config.json` (not for an adapter) and `README.md` into `folder`.
+    """Write `tokenizer_config.json`, `generation_config.json` (not for an adapter) and `README.md` into `folder`,
+    and the run's `chat_template.jinja` (also in `tokenizer_config.json`) when it has one.
 
     Args:
         folder: the folder being exported (its weights are written by the caller).
@@ -31,8 +32,12 @@ def write_repository_files(folder, source, hparams, *, adapter=False):
         hparams: the model's `HParams`.
         adapter: the folder is a peft adapter repository (the card's relation is `adapter`).
     """
-    write_text(os.path.join(folder, "tokenizer_config.json"),
-               json.dumps(tokenizer_config(hparams.n_ctx), indent=2) + "\n")
+    template = chat_template.read_run_template(source)
+    config = tokenizer_config(hparams.n_ctx)
+    if template is not None:  # the run's template travels with it, in both places readers look
+        chat_template.write_run_template(folder, template)
+        config["chat_template"] = template
+    write_text(os.path.join(folder, "tokenizer_config.json"), json.dumps(config, indent=2) + "\n")
     if not adapter:
         write_text(os.path.join(folder, "generation_config.json"),
                    json.dumps({"bos_token_id": EOT_ID, "eos_token_id": EOT_ID}, indent=2) + "\n")

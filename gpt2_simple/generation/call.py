@@ -11,6 +11,7 @@ Drawing is `sample.py`'s; printing and files are `generate.py`'s.
 import codecs
 import dataclasses
 
+from ..formats import chat_template
 from ..formats.run_record import trained_on_documents
 from . import ranges
 from .copy_guard import check_span
@@ -54,17 +55,26 @@ class Call:
 
 
 def prepare(sess, prefix=None, *, length, truncate=None, include_prefix=True, stop=None, logit_bias=None,
-            avoid_copies=0, training_data=None, nsamples=1, batch_size=1, **sampling):
+            avoid_copies=0, training_data=None, nsamples=1, batch_size=1, messages=None, **sampling):
     """Check `generate`'s arguments and prepare its call on the model in `sess`; ValueError naming a bad one.
 
     `sampling`: the options with a range in `ranges.RANGES` (temperature, top_k, top_p, min_p and the
     penalties), each checked against it and carried to the loops in the `SamplingOptions`.
+    `messages`: a conversation to answer instead of a prefix: rendered by the run's chat template
+    (`formats/chat_template.py`), each sample being the assistant's reply, ended at end-of-text.
     """
     enc, n_ctx = sess.encoder, sess.sampler.model.hparams.n_ctx  # the sampler raises if no model is loaded
+    documents = trained_on_documents(sess.folder)
+    if messages is not None:
+        if prefix:
+            raise ValueError("pass prefix= (text to continue) or messages= (a conversation to answer), not both")
+        template = chat_template.ChatTemplate(chat_template.read_run_template(sess.folder),
+                                              eos_token=enc.decode([enc.eot_token]))
+        prefix, include_prefix = template.render(chat_template.check_messages(messages)), False
     prefix = prefix or None
-    prompt = enc.encode(prefix) if prefix else []
-    eot = enc.eot_token if trained_on_documents(sess.folder) else None  # documents: one per sample
-    context = context_of(prompt, enc.eot_token, documents=eot is not None)
+    prompt = enc.encode(prefix, allow_special=messages is not None) if prefix else []
+    eot = enc.eot_token if documents or messages is not None else None  # a document or a reply: one per sample
+    context = context_of(prompt, enc.eot_token, documents=documents)
     check_options(nsamples, batch_size, length, **sampling)
     if len(context) >= n_ctx:
         raise ValueError(f"prefix is {len(context)} tokens but the model's context is n_ctx={n_ctx}; "

@@ -60,7 +60,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
              sample_delim=DEFAULT_DELIM, prefix=None, seed=None, nsamples=1, batch_size=1, length=1023,
              temperature=0.7, top_k=0, top_p=0.0, include_prefix=True, *, stop=None, repetition_penalty=1.0,
              check_copies=False, copy_threshold=None, training_data=None, presence_penalty=0.0,
-             frequency_penalty=0.0, logit_bias=None, min_p=0.0, avoid_copies=0):
+             frequency_penalty=0.0, logit_bias=None, min_p=0.0, avoid_copies=0, messages=None):
     """Generate texts with the model loaded in `sess` (gpt-2-simple's signature and defaults).
 
     Args:
@@ -102,6 +102,9 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             draws so far in this sample (the prefix does not count); 0.0 turns it off.
         logit_bias: {token id: bias} added to those logits (-100 bans a token, +100 forces it).
         min_p: in [0, 1]; drop tokens less likely than min_p times the likeliest (0.0: off).
+        messages: a conversation ([{"role", "content"}, ...]) to answer instead of a prefix: it is
+            rendered by the run's chat template and each text is the assistant's reply, ended at
+            end-of-text (docs/chat.md).
 
     Returns:
         The list of texts if `return_as_list`, else None.
@@ -113,7 +116,7 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
                    include_prefix=include_prefix, stop=stop, repetition_penalty=repetition_penalty,
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
                    min_p=min_p, avoid_copies=avoid_copies, training_data=training_data, nsamples=nsamples,
-                   batch_size=batch_size)
+                   batch_size=batch_size, messages=messages)
     if nsamples == 1:
         sample_delim = ""
     ended = call.ended if call.may_end_early() else None

@@ -18,7 +18,7 @@ STREAM_CHUNK = 4
 def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.7, top_k=0, top_p=0.0,
                     truncate=None, include_prefix=True, stop=None, repetition_penalty=1.0, nsamples=1,
                     batch_size=1, check_copies=False, training_data=None, presence_penalty=0.0, frequency_penalty=0.0,
-                    logit_bias=None, min_p=0.0, avoid_copies=0):
+                    logit_bias=None, min_p=0.0, avoid_copies=0, messages=None):
     """Yield the text of one sample in pieces as its tokens are drawn (`generate`'s arguments).
 
     The pieces join into exactly `generate(sess, ..., return_as_list=True)[0]` for the same
@@ -27,8 +27,8 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     Args:
         sess: a `Session` holding a model.
         prefix, seed, length, temperature, top_k, top_p, truncate, include_prefix, stop,
-            repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_p, avoid_copies:
-            as in `generate`.
+            repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_p, avoid_copies,
+            messages: as in `generate`.
         nsamples, batch_size: must be 1 (a stream is one sample).
         check_copies: the last piece is a `copies.MarkedText` whose `.copy` is the whole sample's
             copy mark, as `generate(check_copies=True)` gives. Each piece then comes one piece
@@ -49,7 +49,7 @@ def generate_stream(sess, prefix=None, *, seed=None, length=1023, temperature=0.
     call = prepare(sess, prefix, length=length, temperature=temperature, top_k=top_k, top_p=top_p, truncate=truncate,
                    include_prefix=include_prefix, stop=stop, repetition_penalty=repetition_penalty,
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
-                   min_p=min_p, avoid_copies=avoid_copies, training_data=training_data)
+                   min_p=min_p, avoid_copies=avoid_copies, training_data=training_data, messages=messages)
     marks = SampleMarks(sess.copy_index(training_data), call.enc) if check_copies else None
     text = call.text()
     chunks = sess.sampler.chunks(np.asarray([call.context], np.int32), length, seed=batch_seed(seed),  # generate's first batch

@@ -109,7 +109,7 @@ class Attention(_Layer):
         x = tf.transpose(tf.reshape(x, [batch, self.n_head, seq, x.shape[-1]]), [0, 2, 1, 3])
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
-    def __call__(self, x, keys=None, values=None, start=None, pads=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None):
         """Self-attention of `x` over the cached positions and its own: (output, keys, values).
 
         Args:
@@ -121,6 +121,8 @@ class Attention(_Layer):
                 (XLA's decoding loop: one shape for the whole loop, written without a copy).
             pads: None, or int32 `[batch]`: each row's count of left padding, the cache positions
                 its queries never see (a batch of prompts of different lengths).
+            segments: None, or int32 `[batch, seq]` without caches: a query sees only keys of its
+                own segment (packed training windows: examples that never see each other).
 
         Returns:
             (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
@@ -132,19 +134,23 @@ class Attention(_Layer):
             start = tf.shape(k)[1] - tf.shape(q)[1]
         else:
             k, v = write_at(keys, k, start), write_at(values, v, start)
-        return self.c_proj(self._merge_heads(attend(q, k, v, start, pads, self.n_head), tf.shape(x)[0])), k, v
+        out = attend(q, k, v, start, pads, self.n_head, segments)
+        return self.c_proj(self._merge_heads(out, tf.shape(x)[0])), k, v
 
 
-def attend(q, k, v, start, pads, n_head):
+def attend(q, k, v, start, pads, n_head, segments=None):
     """Masked attention of queries `q` at positions start.. over the caches `k`, `v`: `[batch * n_head, seq, head_dim]`.
 
-    Query i (at position start+i) sees keys 0..start+i, and none of its row's `pads` (int32
-    `[batch]` or None) left-padding positions. The softmax runs in float32.
+    Query i (at position start+i) sees keys 0..start+i, none of its row's `pads` (int32
+    `[batch]` or None) left-padding positions, and with `segments` (int32 `[batch, seq]`, no
+    cache) only keys of its own segment. The softmax runs in float32.
     """
     slots = tf.range(tf.shape(k)[1])
     visible = (start + tf.range(tf.shape(q)[1]))[:, None] >= slots[None, :]  # [seq, cached+seq]
     if pads is not None:  # [batch * n_head, seq, cached+seq]
         visible = visible & tf.repeat(slots[None, :] >= pads[:, None], n_head, axis=0)[:, None, :]
+    if segments is not None:  # [batch * n_head, seq, seq]: a block-diagonal mask
+        visible = visible & tf.repeat(tf.equal(segments[:, :, None], segments[:, None, :]), n_head, axis=0)
     scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
     scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)
     return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)
@@ -179,9 +185,9 @@ class Block(_Layer):
         self.ln_2 = LayerNorm(f"{scope}/ln_2", registry, init, hparams.n_embd)
         self.mlp = MLP(f"{scope}/mlp", registry, init, hparams.n_embd)
 
-    def __call__(self, x, keys=None, values=None, start=None, pads=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None):
         """(output, keys, values): see `Attention.__call__`."""
-        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads)
+        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads, segments)
         x = x + a
         return x + self.mlp(self.ln_2(x)), keys, values
 
@@ -253,7 +259,8 @@ class GPT2(tf.Module):
             new_values.append(v)
         return self.output_logits(x[:, -1:] if last_only else x), new_keys, new_values
 
-    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False):
+    def train_logits(self, tokens, *, dtype=tf.float32, recompute=False, features=False, positions=None,
+                     segments=None):
         """Logits for training: no cache, optional low-precision compute and recomputation.
 
         Args:
@@ -264,14 +271,16 @@ class GPT2(tf.Module):
                 block there (`tf.recompute_grad`): activation memory drops from all blocks'
                 intermediates to one block's, for about a third more compute.
             features: return the final LayerNorm's output `[batch, seq, n_embd]` (the chunked loss's input).
+            positions, segments: None, or int32 `[batch, seq]` for packed windows: each token's
+                position in its example and the example it belongs to (attention stays inside it).
 
         Returns:
             float32 `[batch, seq, n_vocab]`.
         """
-        positions = tf.range(tf.shape(tokens)[1])
+        positions = tf.range(tf.shape(tokens)[1]) if positions is None else positions
         x = tf.cast(self.embed(tokens, positions), dtype)  # [batch, seq, n_embd]
         for block in self.h:
-            run = (lambda x, block=block: block(x)[0])
+            run = (lambda x, block=block: block(x, segments=segments)[0])
             x = tf.recompute_grad(run)(x) if recompute else run(x)
         return self.ln_f(x) if features else self.output_logits(x)
 

@@ -1,8 +1,8 @@
 """OpenAI's chat contract: messages rendered into a prompt by a template, and chat-shaped answers.
 
 This module owns `POST /v1/chat/completions`' wire format: checking `messages`, rendering them
-into one prompt (`ChatTemplate`: by default one `role: content` line a message, then
-`assistant:`; or a Jinja template from a file, as Hugging Face tokenizers and llama.cpp use),
+into one prompt with the run's chat template (`formats/chat_template.py`; read with special
+tokens, so an assistant turn's `<|endoftext|>` is the one id it was trained as),
 finding the text that begins the next turn (generation stops there), and the `chat.completion`
 objects and chunks. The sampling options are the completions endpoint's (`openai_api`), so chat
 takes the same `n`, `stop`, `seed`, `temperature`, `top_p`, `top_k` and penalties.
@@ -11,9 +11,9 @@ import dataclasses
 import time
 import uuid
 
+from ..formats import chat_template
 from ..generation.call import context_of
 from . import openai_api as api
-from .http import INSTALL
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 # Chat fields the server does not implement, refused only at a value that would change the answer.
@@ -27,34 +27,24 @@ REFUSED = {
 _MARKS = ("\x00reply\x00", "\x00next\x00")  # stand-ins for a reply and the turn after it
 
 
-class ChatTemplate:
-    """Messages -> prompt text, and the text that begins the next turn.
+class ChatTemplate(chat_template.ChatTemplate):
+    """The run's chat template as the endpoint uses it: a refused conversation is a 400, and `turn_end`
+    is the text that begins the next turn (generation stops there too)."""
 
-    `source` None is the default: `role: content` a line, ending with `assistant:`. Otherwise a
-    Jinja template seeing `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
-    """
-
-    def __init__(self, source=None, *, eos_token="<|endoftext|>"):
-        self.source, self.eos_token = source, eos_token
-        self._jinja = _compile(source) if source is not None else None
+    def __init__(self, source=None, *, eos_token=chat_template.EOS):
+        super().__init__(source, eos_token=eos_token)
         self.turn_end = self._turn_end()
 
     def render(self, messages, add_generation_prompt=True):
-        if self._jinja is None:
-            lines = [f"{m['role']}: {m['content']}" for m in messages]
-            return "\n".join(lines + (["assistant:"] if add_generation_prompt else []))
-        import jinja2
-
         try:
-            return self._jinja.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                      bos_token=self.eos_token, eos_token=self.eos_token)
-        except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), or a template bug
-            raise api.APIError(400, f"the chat template cannot render these messages: {e}", "messages") from None
+            return super().render(messages, add_generation_prompt)
+        except chat_template.TemplateError as e:
+            raise api.APIError(400, str(e), "messages") from None
 
     def _turn_end(self):
         """What the template writes between an assistant's reply and the next user message, up to its first line.
 
-        The default gives "\\nuser:"; ChatML gives "<|im_end|>". Empty: the template marks no turn.
+        ChatML gives "<|im_end|>"; the built-in template "<|endoftext|>" (a stop already). Empty: it marks no turn.
         """
         try:
             text = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARKS[0]},
@@ -66,26 +56,7 @@ class ChatTemplate:
         body = between.lstrip("\n")
         if "\n" in body:  # "<|im_end|>\n<|im_start|>user": the turn has ended at its first line
             between = between[:len(between) - len(body) + body.index("\n")]
-        return between
-
-
-def _compile(source):
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise ModuleNotFoundError(f"a chat template needs Jinja2; install it with: {INSTALL}") from None
-    import jinja2
-
-    try:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise  # Hugging Face's templates call it on messages they refuse
-        return env.from_string(source)
-    except jinja2.TemplateError as e:
-        raise ValueError(f"chat_template is not a valid Jinja template: {e}") from None
-
-
-def _raise(message):
-    raise ValueError(message)
+        return "" if between == self.eos_token else between  # end-of-text ends every completion already
 
 
 def messages_of(body):
@@ -117,7 +88,7 @@ def parse_chat(body, enc, n_ctx, template, *, max_tokens, documents=False):
         raise api.APIError(400, "the request body must be a JSON object")
     api.refuse_unsupported(body, REFUSED)
     api.refuse_unsupported(body, {"best_of": api.REFUSED["best_of"]})
-    prompt = enc.encode(template.render(messages_of(body)))
+    prompt = enc.encode(template.render(messages_of(body)), allow_special=True)
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if tokens is None:  # OpenAI's default: as long as the context allows (a documents run reads end-of-text first)
         tokens = max(1, min(max_tokens, n_ctx - len(context_of(prompt, enc.eot_token, documents=documents))))

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 
+from ..formats import chat_template as templates
 from ..formats.run_record import trained_on_documents
 from ..generation.scores import LogprobScorer
 from . import gallery
@@ -30,7 +31,8 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
     enc = sess.encoder
     batcher = Batcher(sess.sampler, enc, max_queue=max_queue, max_rows=max_batch, scorer=LogprobScorer(sess.model))
     table = ROUTES + (gallery.ROUTES if sess.folder else ())  # a run's gallery: samples by step, curves, stars
-    served = Served(sess, batcher, chat_api.ChatTemplate(chat_template, eos_token=enc.decode([enc.eot_token])),
+    template = chat_template or templates.read_run_template(sess.folder)  # None: the built-in one
+    served = Served(sess, batcher, chat_api.ChatTemplate(template, eos_token=enc.decode([enc.eot_token])),
                     Metrics(batcher, [path for path, _, _ in table], INSTALL), served_name(sess, model_name),
                     max_tokens, max_body, training_data, documents=trained_on_documents(sess.folder))
     routes = [starlette.routing.Route(path, handler, methods=list(methods)) for path, handler, methods in table]
@@ -67,8 +69,9 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
         max_queue: requests that may wait; beyond it the server answers 503 with Retry-After.
         max_batch: rows sampled together at most (requests that can share a batch are batched).
         max_body: the largest request body in bytes (413 beyond).
-        chat_template: a file holding a Jinja chat template (as Hugging Face tokenizers use) for
-            `/v1/chat/completions`; None: one `role: content` line a message, then `assistant:`.
+        chat_template: the chat template of `/v1/chat/completions`: 'gpt2', 'dialogpt' or a Jinja
+            template file (as Hugging Face tokenizers use); None: the one the run trained with (its
+            chat_template.jinja), else 'gpt2' (docs/chat.md).
         training_data: the text the run was trained on, for requests with `check_copies` (default:
             the dataset its training.json names).
         shutdown_timeout: on SIGTERM or Ctrl-C, seconds the requests in flight may take to finish
@@ -81,7 +84,7 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
         FileNotFoundError, ValueError: `chat_template` is missing or not a valid template.
     """
     _, uvicorn = stack()
-    template = _read_template(chat_template) if chat_template else None
+    template = templates.source_of(chat_template) if chat_template else None
     if sess is None or sess.model is None:
         from ..generation.generate import load_gpt2
         from ..session import start_tf_sess
@@ -96,16 +99,6 @@ def serve(sess=None, run_name="run1", checkpoint_dir="checkpoint", model_name=No
                      shutdown_timeout)
     print(f"Serving {sess.folder} on http://{host}:{port}/ (OpenAI API at http://{host}:{port}/v1)", flush=True)
     server.run()
-
-
-def _read_template(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"chat_template={path!r} is not a file; pass a Jinja template file with "
-                                f"--chat_template, or leave it out for the built-in template")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    chat_api.ChatTemplate(text)  # a bad template fails now, before the model loads
-    return text
 
 
 def _server_class():

@@ -33,7 +33,7 @@ def detokenize(body, enc):
 
 
 def tokenizer_info(enc, n_ctx, template):
-    """`GET /tokenizer_info`: the special tokens, the context and the chat template (None: the built-in one)."""
+    """`GET /tokenizer_info`: the special tokens, the context and the chat template (Jinja text)."""
     eot = enc.decode([enc.eot_token])
     return {"tokenizer_class": "GPT2Tokenizer", "eos_token": eot, "bos_token": eot, "pad_token": None,
             "unk_token": eot, "eos_token_id": enc.eot_token, "vocab_size": api.enc_size(enc),

@@ -7,7 +7,9 @@ This stage owns, in the order a run uses them:
 - text to tokens: a dataset path to token chunks (`dataset.py`), a file as text or as its
   documents (`records.py`), documents mode (`documents.py`), the encoded-file cache
   (`token_cache.py`), and pre-encoding, `encode_dataset`/`encode_csv` (`encoding.py`);
-- tokens to windows: the one window sampler of both modes (`windows.py`);
+  conversations and prompt/completion pairs to tokens with a trained mask (`chats.py`);
+- tokens to windows: the one window sampler of both modes (`windows.py`), and examples one a
+  row or packed several to a window (`packing.py`);
 - the step: the compiled step and loss (`step.py`), the loss a slice of the vocabulary at a time
   (`vocab_chunks.py`), the update rules (`optimizer.py`), the
   learning-rate schedule (`schedule.py`), devices (`distribute.py`), LoRA's options, frozen base

@@ -23,8 +23,9 @@ import tqdm
 from encoder.files import token_dtype
 
 from ..atomic import open_atomic
+from . import chats, token_cache
 from . import dataset as dataset_module
-from . import token_cache
+from .packing import ExampleSampler
 from .records import SNIFF_BYTES, read_csv_column, read_jsonl, read_lines
 from .windows import WindowSampler, separator_positions
 
@@ -128,13 +129,48 @@ def count_documents(chunk, eot):
 # The run's mode: documents or gpt-2-simple's stream
 
 
-def load_chunks(enc, path, opts):
-    """The token chunks of dataset `path` in the mode `opts.line_by_line` selects."""
+def training_data(enc, dataset, opts, template, n_ctx):
+    """(data, window): a run's training data (`load_chunks`; `template` the chat template's text or None)
+    and the tokens of its training windows."""
+    data = load_chunks(enc, dataset, opts, template and chats.template_for(template, enc))
+    window = min(n_ctx, make_sampler(data, enc, opts, 0).longest)
+    if window < 2:
+        raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
+                         "pass more text")
+    chats.warn_cut(data, n_ctx)
+    return data, window
+
+
+def load_chunks(enc, path, opts, template=None):
+    """The training data of dataset `path`: token chunks in the mode `opts.line_by_line` selects, or
+    `chats.Examples` for structured records (rendered by `template`) and for packed documents."""
+    if chats.is_structured(path):
+        if template is None:
+            raise ValueError(f"dataset {os.fspath(path)!r} holds conversations or prompt/completion pairs; "
+                             "pass them to finetune, which renders them with the run's chat template")
+        return chats.load_examples(enc, path, template, train_on=opts.train_on)
     if opts.line_by_line:
-        return load_documents(enc, path, text_field=opts.text_field)
+        chunks = load_documents(enc, path, text_field=opts.text_field)
+        return documents_as_examples(chunks, enc.eot_token) if opts.packing else chunks
+    if opts.packing:
+        raise ValueError("packing=True packs documents or structured records; pass line_by_line=True with it, "
+                         "or a .jsonl of conversations")
     return dataset_module.load_dataset(enc, path, opts.combine, text_field=opts.text_field)
 
 
-def make_sampler(chunks, enc, opts, seed):
-    """The window sampler of that mode: windows start at a document, or anywhere in the stream."""
-    return WindowSampler(chunks, seed, eot=enc.eot_token if opts.line_by_line else None)
+def documents_as_examples(chunks, eot):
+    """Documents mode's streams as examples to pack: `[eot] document [eot]` each, every target trained."""
+    tokens = []
+    for chunk in chunks:
+        cut = np.append(separator_positions(chunk, eot), len(chunk))
+        tokens += [np.r_[eot, np.asarray(chunk[a + 1:b], np.int32), eot].astype(np.int32)
+                   for a, b in zip(cut[:-1], cut[1:]) if chunk[a] == eot]
+    masks = [np.r_[False, np.ones(len(t) - 1, bool)] for t in tokens]
+    return chats.Examples(tokens, masks)
+
+
+def make_sampler(data, enc, opts, seed):
+    """The sampler of that data: examples one a row or packed, documents' windows, or the stream's."""
+    if isinstance(data, chats.Examples):
+        return ExampleSampler(data, seed, pack=opts.packing is not False, eot=enc.eot_token)
+    return WindowSampler(data, seed, eot=enc.eot_token if opts.line_by_line else None)

@@ -19,12 +19,12 @@ import tensorflow as tf
 
 from encoder import get_encoder
 
+from ..formats import chat_template, run_record
 from ..formats import checkpoint as checkpoint_files
-from ..formats import run_record
 from ..formats.folders import load_model
 from ..model.logprobs import token_logprobs
 from ..model.names import model_folder, run_folder
-from . import documents
+from . import chats, documents
 from .options import TrainOptions
 
 EOT_BYTES = 1  # an end-of-text separator stands for the newline between two documents
@@ -32,24 +32,33 @@ EOT_BYTES = 1  # an end-of-text separator stands for the newline between two doc
 
 @dataclasses.dataclass
 class Windows:
-    """A dataset cut into scoring windows: `rows[i]` tokens; targets from `starts[i]` on; `docs[i]` its document."""
+    """A dataset cut into scoring windows: `rows[i]` tokens; `targets[i]` which of them are scored (bool);
+    `docs[i]` its document."""
 
     rows: list
-    starts: list
+    targets: list
     docs: list
     texts: list  # documents mode: each document's text, for the worst-documents list
 
 
+def _after_first(row):
+    return np.arange(len(row)) >= 1  # every token a window predicts: all but its first
+
+
 def cut_windows(chunks, n_ctx, eot=None, enc=None):
-    """Windows of at most `n_ctx` tokens; with `eot` (documents mode) each document on its own rows."""
-    rows, starts, docs, texts = [], [], [], []
+    """Windows of at most `n_ctx` tokens; with `eot` (documents mode) each document on its own rows;
+    structured examples (`chats.Examples`) one a row, scoring the tokens training trains on."""
+    rows, targets, docs, texts = [], [], [], []
+    if isinstance(chunks, chats.Examples):
+        rows = [np.asarray(t[:n_ctx], np.int32) for t in chunks.tokens]
+        return Windows(rows, [m[:n_ctx] for m in chunks.masks], [-1] * len(rows), texts)
     if eot is None:
         for chunk in chunks:
             for begin in range(0, max(len(chunk) - 1, 0), n_ctx - 1):
                 rows.append(np.asarray(chunk[begin:begin + n_ctx], np.int32))
-                starts.append(1)
+                targets.append(_after_first(rows[-1]))
                 docs.append(-1)
-        return Windows(rows, starts, docs, texts)
+        return Windows(rows, targets, docs, texts)
     for chunk in chunks:
         cut = documents.separator_positions(chunk, eot)
         if not len(cut) or cut[0] != 0:
@@ -60,9 +69,9 @@ def cut_windows(chunks, n_ctx, eot=None, enc=None):
             texts.append(enc.decode([int(t) for t in doc[1:-1]]) if enc is not None else "")
             for begin in range(0, len(doc) - 1, n_ctx - 1):
                 rows.append(doc[begin:begin + n_ctx])
-                starts.append(1)
+                targets.append(_after_first(rows[-1]))
                 docs.append(len(texts) - 1)
-    return Windows(rows, starts, docs, texts)
+    return Windows(rows, targets, docs, texts)
 
 
 class HeldOutScorer:
@@ -100,7 +109,7 @@ class HeldOutScorer:
             for j, i in enumerate(picked):
                 row = windows.rows[i]
                 tokens[j, :len(row)] = row
-                mask[j, windows.starts[i]:len(row)] = 1.0
+                mask[j, :len(row)] = windows.targets[i]
             out[picked] = self.score(tf.constant(tokens), tf.constant(mask)).numpy()
         return out
 
@@ -115,7 +124,7 @@ def token_byte_lengths(enc):
 
 def summarize(label, step, losses, windows, byte_lengths, worst):
     """One table row: mean loss per token, perplexity, bits per byte; per document in documents mode."""
-    targets = np.concatenate([r[s:] for r, s in zip(windows.rows, windows.starts)]) if windows.rows else np.zeros(0, int)
+    targets = np.concatenate([r[t] for r, t in zip(windows.rows, windows.targets)] or [np.zeros(0, int)])
     tokens, nbytes, nats = len(targets), int(byte_lengths[targets].sum()), float(losses.sum())
     loss = nats / max(tokens, 1)
     row = {"model": label, "step": step, "loss": loss, "perplexity": math.exp(min(loss, 80.0)),
@@ -123,7 +132,7 @@ def summarize(label, step, losses, windows, byte_lengths, worst):
     if windows.texts:
         docs = np.asarray(windows.docs)
         per_doc = np.bincount(docs, weights=losses, minlength=len(windows.texts))
-        counts = np.bincount(docs, weights=[len(r) - s for r, s in zip(windows.rows, windows.starts)],
+        counts = np.bincount(docs, weights=[int(t.sum()) for t in windows.targets],
                              minlength=len(windows.texts))
         mean = per_doc / np.maximum(counts, 1)
         row["documents"] = len(windows.texts)
@@ -150,6 +159,8 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
         model_dir: the parent folder of the base model folders.
         batch_size: windows of n_ctx tokens scored together.
         line_by_line: score one document per line / row / record (default: as the run trained).
+            Conversations and prompt/completion records score what training trains on (the
+            replies, under the run's chat template).
         text_field: the key of .jsonl records that holds the text.
         worst: in documents mode, how many of the worst-predicted documents to list.
         print_table: print the table.
@@ -172,7 +183,8 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
         line_by_line = run_record.trained_on_documents(run_dir)  # a base model alone: False
     # combine=1: each text file is its own chunk, without the `<|endoftext|>` text training joins files with
     opts = TrainOptions(line_by_line=bool(line_by_line), text_field=text_field, combine=1)
-    chunks = documents.load_chunks(enc, dataset, opts)
+    template = chats.template_for(chat_template.read_run_template(run_dir), enc)  # conversations: as the run trained
+    chunks = documents.load_chunks(enc, dataset, opts, template)
     byte_lengths = token_byte_lengths(enc)
     rows, scorer = [], None
     for label, folder, name in folders:

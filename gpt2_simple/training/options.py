@@ -15,6 +15,7 @@ from .schedule import SCHEDULES
 from .step import PRECISIONS
 
 SAVE_OPTIMIZER = ("full", "bfloat16", "none")
+TRAIN_ON = ("completion", "all")  # what structured records train on (chats.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,9 @@ class TrainOptions:
     lora_targets: tuple = None  # layers with adapters (model/lora.py TARGETS); None: all four
     base_precision: str = "float32"  # the frozen base's storage with LoRA: 'bfloat16' / 'float16' halve it
     lora_save: str = "merged"  # 'merged': model-N holds W + scale*A@B; 'adapters': only the adapters
+    train_on: str = "completion"  # structured records: 'completion' (the replies) or 'all' (chats.py)
+    chat_template: str = None  # 'gpt2', 'dialogpt' or a Jinja file; None: the run's, else 'gpt2'
+    packing: bool = None  # several examples a window (packing.py); None: for structured records only
 
     def __post_init__(self):
         def positive(name):
@@ -112,10 +116,12 @@ CARD_SETTINGS = ("model_name", "optimizer", "learning_rate", "learning_rate_sche
                  "lora_alpha", "seed")
 
 
-def card_settings(opts):
-    """{setting: value} of `CARD_SETTINGS` that are set (None and a rank of 0 left out)."""
-    return {name: getattr(opts, name) for name in CARD_SETTINGS
-            if getattr(opts, name) is not None and not (name == "lora_rank" and not opts.lora_rank)}
+def card_settings(opts, *, examples=False):
+    """{setting: value} of `CARD_SETTINGS` that are set (None and a rank of 0 left out); for structured
+    `examples`, also what they trained on and whether they were packed."""
+    settings = {name: getattr(opts, name) for name in CARD_SETTINGS
+                if getattr(opts, name) is not None and not (name == "lora_rank" and not opts.lora_rank)}
+    return dict(settings, train_on=opts.train_on, packing=opts.packing is not False) if examples else settings
 
 
 def make_options(**fields):
@@ -135,6 +141,12 @@ def as_int(name, value):
 
 def check_controls(opts):
     """The documents, schedule, AdamW, clipping and early-stopping options: one line per bad value."""
+    if opts.train_on not in TRAIN_ON:
+        raise ValueError(f"train_on={opts.train_on!r} is not supported; use 'completion' (the replies only) or 'all'")
+    if opts.packing not in (None, True, False):
+        raise ValueError(f"packing={opts.packing!r} must be True, False or None (packed for conversations and pairs)")
+    if opts.chat_template is not None and not isinstance(opts.chat_template, str):
+        raise ValueError(f"chat_template={opts.chat_template!r} must be 'gpt2', 'dialogpt' or a Jinja template file")
     if not isinstance(opts.text_field, str) or not opts.text_field:
         raise ValueError(f"text_field={opts.text_field!r} must be the key of the .jsonl records' text, e.g. 'text'")
     if opts.learning_rate_schedule not in SCHEDULES:

@@ -32,13 +32,14 @@ def log_scalars(step, **values):
 
 
 
-def validation_sample(enc, opts, window):
-    """The fixed validation sample: `[val_batch_count, val_batch_size, seq]` tokens drawn with seed 1."""
-    chunks = documents.load_chunks(enc, opts.val_dataset, opts)  # in the run's mode: documents or a stream
-    seq = min(window, max(len(c) for c in chunks))
+def validation_sample(enc, opts, window, template=None):
+    """The fixed validation sample: `[val_batch_count, val_batch_size, seq]` tokens drawn with seed 1
+    (`[..., 4, seq]` for structured examples; `template` renders their conversations)."""
+    chunks = documents.load_chunks(enc, opts.val_dataset, opts, template)  # in the run's mode
+    sampler = documents.make_sampler(chunks, enc, opts, seed=1)
+    seq = min(window, sampler.longest)
     if seq < 2:
         raise ValueError(f"val_dataset {opts.val_dataset!r} has no chunk of 2 or more tokens; pass more text")
-    sampler = documents.make_sampler(chunks, enc, opts, seed=1)
     return np.stack([sampler.sample_batch(opts.val_batch_size, seq) for _ in range(opts.val_batch_count)])
 
 

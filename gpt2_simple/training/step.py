@@ -15,22 +15,34 @@ from .vocab_chunks import chunked_lm_loss
 PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
 
 
-def token_losses(model, tokens, *, dtype=tf.float32, recompute=False):
+def token_losses(model, tokens, *, dtype=tf.float32, recompute=False, segments=None, positions=None):
     """Next-token cross-entropy in nats, `[batch, seq - 1]`: position i scores `tokens[:, i + 1]`."""
-    logits = model.train_logits(tokens, dtype=dtype, recompute=recompute)  # [batch, seq, n_vocab] float32
+    logits = model.train_logits(tokens, dtype=dtype, recompute=recompute, segments=segments,
+                                positions=positions)  # [batch, seq, n_vocab] float32
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
 
 
-def lm_loss(model, tokens, *, dtype=tf.float32, recompute=False, chunked=None):
-    """Mean next-token cross-entropy of `tokens` `[batch, seq]` (every position predicts the next).
+def lm_loss(model, batch, *, dtype=tf.float32, recompute=False, chunked=None):
+    """Mean next-token cross-entropy of a batch: every position predicts the next, or the trained ones.
 
-    `chunked` (default: `recompute`) computes it a slice of the vocabulary at a time, so the
-    float32 logits and their gradient are never whole (`vocab_chunks.py`); the loss is the same.
+    Args:
+        batch: int32 `[batch, seq]` tokens (every target counts), or `[batch, 4, seq]` packed
+            examples (`packing.CHANNELS`: tokens, trained, segments, positions): the mean over
+            the trained targets, each example attending only to itself.
+        chunked: (default: `recompute`) compute it a slice of the vocabulary at a time, so the
+            float32 logits and their gradient are never whole (`vocab_chunks.py`); the loss is the same.
     """
+    batch, weights, where = tf.convert_to_tensor(batch), None, {}
+    if batch.shape.rank == 3:
+        batch, trained, segments, positions = tf.unstack(batch, axis=1)
+        weights, where = tf.cast(trained[:, 1:], tf.float32), dict(segments=segments, positions=positions)
     if recompute if chunked is None else chunked:
-        features = model.train_logits(tokens, dtype=dtype, recompute=recompute, features=True)  # [batch, seq, n_embd]
-        return chunked_lm_loss(features, model.wte, tokens, wte_trainable=model.wte.trainable)
-    return tf.reduce_mean(token_losses(model, tokens, dtype=dtype, recompute=recompute))
+        features = model.train_logits(batch, dtype=dtype, recompute=recompute, features=True, **where)
+        return chunked_lm_loss(features, model.wte, batch, wte_trainable=model.wte.trainable, weights=weights)
+    losses = token_losses(model, batch, dtype=dtype, recompute=recompute, **where)  # [batch, seq - 1]
+    if weights is None:
+        return tf.reduce_mean(losses)
+    return tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 class LossScale(tf.Module):
@@ -76,7 +88,7 @@ def use_xla(hparams, recompute):
 
 
 def compile_train_step(model, opt, names, *, strategy, precision="float32", recompute=False, loss_scale=None,
-                       xla=None):
+                       xla=None, examples=False):
     """Build the step: `train_step(batches)` -> mean loss, one optimizer update.
 
     Args:
@@ -90,10 +102,12 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         xla: compile each minibatch's forward and backward pass with XLA (`jit_compile`); the
             default, None, is `use_xla(model.hparams, recompute)` unless `GPT2_SIMPLE_XLA` says
             otherwise, and in every case only where the device can compile (`xla_choice.decide`).
+        examples: the batches are packed examples, `[accumulate, global_batch, 4, seq]` (`lm_loss`).
 
     Returns:
-        A `tf.function` taking int32 `[accumulate, global_batch, seq]`. Every replica takes its
-        `global_batch / replicas` rows of each minibatch, so the result equals one device's.
+        A `tf.function` taking int32 `[accumulate, global_batch, seq]` (or the examples' shape).
+        Every replica takes its `global_batch / replicas` rows of each minibatch, so the result
+        equals one device's.
     """
     variables = [opt.variables_by_name[n] for n in names]  # the weights, or LoRA's adapters
     dtype = PRECISIONS[precision]
@@ -132,7 +146,7 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         count = tf.cast(n, tf.float32)
         return [g / (count * scale) for g in grads], total / count
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.int32)], autograph=False)
+    @tf.function(input_signature=[batch_spec(3, examples)], autograph=False)
     def train_step(batches):
         grads, loss = strategy.run(replica_step, args=(batches,))
         mean = tf.distribute.ReduceOp.MEAN
@@ -154,11 +168,16 @@ def _apply(opt, grads):
     return tf.constant(True)
 
 
-def compile_eval_step(model, *, precision="float32"):
-    """`eval_step(tokens [batch, seq])` -> mean loss, compiled once (validation)."""
+def batch_spec(rank, examples):
+    """The int32 input of a compiled step: `rank` dimensions of tokens, one more for packed examples."""
+    return tf.TensorSpec([None] * (rank - 1) + ([4] if examples else []) + [None], tf.int32)
+
+
+def compile_eval_step(model, *, precision="float32", examples=False):
+    """`eval_step(tokens [batch, seq])` (or packed examples `[batch, 4, seq]`) -> mean loss, compiled once (validation)."""
     dtype = PRECISIONS[precision]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    @tf.function(input_signature=[batch_spec(2, examples)])
     def eval_step(tokens):
         return lm_loss(model, tokens, dtype=dtype)
 

@@ -18,22 +18,16 @@ import tensorflow as tf
 
 from encoder import get_encoder
 
-from ..formats import checkpoint, run_record
+from ..formats import chat_template, checkpoint, run_record
 from ..model.names import run_folder
+from . import chats, documents, lora_run, resume
 from . import dataset as dataset_module
-from . import documents, lora_run, resume
 from .distribute import describe, is_chief, lost_workers, stop_agreement, strategy_for_batch
 from .early_stopping import EarlyStopping, after_validation
 from .optimizer import make_optimizer
 from .options import TrainOptions, TrainResult, as_int, card_settings, make_options, warn_unimplemented
 from .plateau import Plateau
-from .progress import (
-    StepClock,
-    generate_samples,
-    log_scalars,
-    validate,
-    validation_sample,
-)
+from .progress import StepClock, generate_samples, log_scalars, validate, validation_sample
 from .schedule import Schedule
 from .signals import StopOnSignal
 from .step import LossScale, compile_eval_step, compile_train_step
@@ -49,7 +43,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
              val_batch_size=2, val_batch_count=40, save_optimizer="full", line_by_line=False, text_field="text",
              learning_rate_schedule="constant", warmup_steps=0, min_learning_rate=0.0, weight_decay=0.0,
              max_grad_norm=None, keep_best=False, early_stopping_patience=None, lora_rank=0, lora_alpha=None,
-             lora_targets=None, base_precision="float32", lora_save="merged"):
+             lora_targets=None, base_precision="float32", lora_save="merged", train_on="completion",
+             chat_template=None, packing=None):
     """Fine-tune GPT-2 on `dataset`, writing the run folder `checkpoint_dir/run_name`.
 
     gpt-2-simple 0.8.1's signature and defaults. Differences, by design: gradients of the
@@ -62,7 +57,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
 
     Args:
         sess: a `Session`; after training it holds the trained model, ready for `generate`.
-        dataset: a .txt/.csv/.jsonl/.npz file, a folder or a glob of them.
+        dataset: a .txt/.csv/.jsonl/.npz file, a folder or a glob of them (conversations and
+            prompt/completion pairs too: docs/chat.md).
         steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
         model_name: the base model used when the run starts fresh: a released size ('124M',
             '355M', '774M', '1558M') or the name of any folder in `model_dir` in the OpenAI or
@@ -130,6 +126,11 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         lora_save: 'merged' (model-N holds the weights with the adapters folded in, readable by
             every tool) or 'adapters' (model-N holds the adapters alone, megabytes, and needs the
             base model folder to load).
+        train_on: for conversations and pairs (docs/chat.md): 'completion' (the replies, each with
+            its end-of-text) or 'all' (every token).
+        chat_template: 'gpt2' (the default), 'dialogpt' or a Jinja file; kept in the run folder.
+        packing: examples share a window, each seeing only itself (None: for conversations and
+            pairs; True also packs line_by_line's documents).
 
     Returns:
         A `TrainResult`.
@@ -149,7 +150,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
         min_learning_rate=min_learning_rate, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         keep_best=bool(keep_best), early_stopping_patience=early_stopping_patience,
         lora_rank=as_int("lora_rank", lora_rank), lora_alpha=lora_alpha,
-        lora_targets=lora_targets, base_precision=base_precision, lora_save=lora_save,
+        lora_targets=lora_targets, base_precision=base_precision, lora_save=lora_save, train_on=train_on,
+        chat_template=chat_template, packing=packing,
     )
     warn_unimplemented(reuse=reuse)
     strategy = strategy_for_batch(strategy, multi_gpu, opts.batch_size)
@@ -196,12 +198,10 @@ def _prepare_run(opts, dataset, strategy):
     with strategy.scope():
         model = lora_run.model_to_train(opts, run_dir, source_dir, prefix, saved_adapters)
     enc = get_encoder(source_dir)
-    chunks = documents.load_chunks(enc, dataset, opts)
-    window = min(model.hparams.n_ctx, max(len(c) for c in chunks))
-    if window < 2:
-        raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
-                         "pass more text")
-    validation = validation_sample(enc, opts, window) if opts.val_dataset is not None else None
+    template = chats.run_template(opts.chat_template, dataset, run_dir, source_dir)
+    chunks, window = documents.training_data(enc, dataset, opts, template, model.hparams.n_ctx)
+    validation = None if opts.val_dataset is None else validation_sample(enc, opts, window, template and
+                                                                           chats.template_for(template, enc))
     chief = is_chief(strategy)
     if chief:
         os.makedirs(run_dir, exist_ok=True)
@@ -209,7 +209,9 @@ def _prepare_run(opts, dataset, strategy):
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
         run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line,
-                                   card_settings(opts))
+                                   card_settings(opts, examples=isinstance(chunks, chats.Examples)))
+        if template is not None:
+            chat_template.write_run_template(run_dir, template)
     return _RunSetup(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)
 
 
@@ -250,20 +252,23 @@ def _build_trainer(run, opts, strategy):
                              weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm)
         loss_scale = LossScale() if opts.precision == "mixed_float16" else None
     state = resume.load_training_state(run.prefix, opt) if run.resuming else None
-    seed = state["seed"] if state else (opts.seed if opts.seed is not None else _random_seed())
+    fresh = opts.seed if opts.seed is not None else int(np.random.default_rng().integers(2**31))
+    seed = state["seed"] if state else fresh
     if state and loss_scale is not None and "loss_scale" in state:
         loss_scale.set_state(state["loss_scale"])
     data = documents.make_sampler(run.chunks, run.enc, opts, seed)
+    examples = isinstance(run.chunks, chats.Examples)
     if state:
         data.set_state(state["data_sampler"])
-    if run.window < model.hparams.n_ctx:
+    if run.window < model.hparams.n_ctx and not examples:
         print(f"The dataset's longest chunk is {run.window} tokens, shorter than the context "
               f"({model.hparams.n_ctx}): training on {run.window}-token windows")
     if strategy.num_replicas_in_sync > 1:
         print("Training with", describe(strategy))
     train_step = compile_train_step(model, opt, list(weights), strategy=strategy, precision=opts.precision,
-                                    recompute=opts.use_memory_saving_gradients, loss_scale=loss_scale)
-    eval_step = compile_eval_step(model, precision=opts.precision) if run.validation is not None else None
+                                    recompute=opts.use_memory_saving_gradients, loss_scale=loss_scale,
+                                    examples=examples)
+    eval_step = run.validation is not None and compile_eval_step(model, precision=opts.precision, examples=examples)
     counter = (resume.step_of_run(run.prefix) + 1) if run.resuming else 1
     avg = tuple(state["avg_loss"]) if state else (0.0, 0.0)
     schedule = Schedule.of_run(opts, last_step=counter - 1 + opts.steps)
@@ -343,6 +348,3 @@ def _printed_name(step, opts):
     """The name of a save as gpt-2-simple prints it: `checkpoint/run1/model-N`."""
     return os.path.join(opts.checkpoint_dir, opts.run_name, f"model-{step}")
 
-
-def _random_seed():
-    return int(np.random.default_rng().integers(2**31))

@@ -18,7 +18,7 @@ import tensorflow as tf
 CHUNK = 8192  # vocabulary columns per chunk: 7 chunks for GPT-2, 32 MB of float32 logits each at 1024 positions
 
 
-def chunked_lm_loss(features, wte, tokens, *, chunk=None, wte_trainable=True):
+def chunked_lm_loss(features, wte, tokens, *, chunk=None, wte_trainable=True, weights=None):
     """Mean next-token cross-entropy of `tokens` under logits `features @ wte^T`, chunk by chunk.
 
     Args:
@@ -27,6 +27,8 @@ def chunked_lm_loss(features, wte, tokens, *, chunk=None, wte_trainable=True):
         tokens: int32 `[batch, seq]`; position i predicts token i + 1.
         chunk: vocabulary columns per chunk (None: `CHUNK`).
         wte_trainable: whether to compute `wte`'s gradient (a frozen base needs none).
+        weights: None (every target counts alike), or float32 `[batch, seq - 1]`: the loss is the
+            weighted mean (the trained tokens of structured examples: weights 0 and 1).
 
     Returns:
         The float32 scalar loss, equal to `lm_loss`'s up to rounding.
@@ -34,7 +36,12 @@ def chunked_lm_loss(features, wte, tokens, *, chunk=None, wte_trainable=True):
     n_embd = features.shape[-1]
     h = tf.reshape(features[:, :-1], [-1, n_embd])  # [rows, n_embd]: every position but the last
     labels = tf.reshape(tokens[:, 1:], [-1])  # [rows]
-    return _loss(h, tf.convert_to_tensor(wte), labels, chunk or CHUNK, wte_trainable)
+    if weights is None:
+        share = tf.fill(tf.shape(labels), 1.0 / tf.cast(tf.shape(labels)[0], tf.float32))
+    else:
+        weights = tf.reshape(weights, [-1])
+        share = weights / tf.maximum(tf.reduce_sum(weights), 1.0)  # [rows]: each target's part of the mean
+    return _loss(h, tf.convert_to_tensor(wte), labels, share, chunk or CHUNK, wte_trainable)
 
 
 def _columns(w, j, chunk, dtype):
@@ -54,7 +61,7 @@ def _logits(h, w_j):
     return tf.cast(tf.matmul(h, w_j, transpose_b=True), tf.float32)
 
 
-def _loss(h, w, labels, chunk, wte_trainable):
+def _loss(h, w, labels, share, chunk, wte_trainable):
     n_chunks = -(-w.shape[0] // chunk)
     rows = tf.shape(h)[0]
     loop = dict(parallel_iterations=1)  # one chunk at a time: that is the point
@@ -74,7 +81,7 @@ def _loss(h, w, labels, chunk, wte_trainable):
         lse = top + tf.math.log(total)  # [rows]: log of the softmax's denominator
 
         def grad(dy):
-            scale = dy / tf.cast(rows, tf.float32)
+            scale = dy * share[:, None]
 
             def backward(j, dh, dw):
                 w_j, ids, new = _columns(w, j, chunk, h.dtype)
@@ -91,6 +98,6 @@ def _loss(h, w, labels, chunk, wte_trainable):
             _, dh, dw = tf.while_loop(lambda j, *_: j < n_chunks, backward, (0, tf.zeros(tf.shape(h)), dw), **loop)
             return tf.cast(dh, h.dtype), (tf.cast(dw, w.dtype) if wte_trainable else None)
 
-        return tf.reduce_mean(lse - picked), grad
+        return tf.reduce_sum(share * (lse - picked)), grad
 
     return loss(h, w)
