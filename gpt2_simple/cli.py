@@ -8,9 +8,10 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
 
     gpt2_simple finetune mytext.txt --model_name 124M --steps 1000
     gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
-    gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
+    gpt2_simple finetune chats.jsonl --steps 1000            # {"messages": [...]} records: see docs/chat.md
     gpt2_simple generate --run_name run1 --nsamples 5 --length 200 --nfiles 2 --folder gen
     gpt2_simple generate --model_name 124M --prefix "Hello" --stdout
+    gpt2_simple generate --run_name chat --messages '[{"role": "user", "content": "Hi"}]' --stdout
     gpt2_simple evaluate heldout.txt --run_name run1 --json
     gpt2_simple download 355M
     gpt2_simple encode big.txt --out_path big.npz
@@ -24,6 +25,7 @@ The library is imported inside the functions below, never when this module is im
 import contextlib
 import datetime
 import inspect
+import json
 import os
 import sys
 
@@ -215,6 +217,7 @@ def run_generate(args):
 
     check_options(args.nsamples, args.batch_size, args.length, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p)
+    args.messages = _json_messages(args.messages)
     if args.stream and args.copy_threshold is not None:
         raise ValueError(f"--copy_threshold {args.copy_threshold} cannot drop a streamed text (it is printed before "
                          "it is checked); leave out --stream, or use --check_copies to print its mark")
@@ -248,6 +251,20 @@ def run_generate(args):
         path = _free_path(args.folder, stamp, i)
         gpt2.generate_to_file(sess, **dict(kwargs, seed=seed, destination_path=path))
         print(f"Wrote {path}")
+
+
+def _json_messages(text):
+    """--messages: a JSON list of {"role", "content"}, or a file holding one; None stays None."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--messages is not JSON ({e.msg}); pass a list such as '[{{\"role\": \"user\", "
+                         f"\"content\": \"Hi\"}}]' or a .json file holding one") from None
 
 
 def run_evaluate(args):

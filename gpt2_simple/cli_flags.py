@@ -17,14 +17,14 @@ TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 INT_WHEN_NONE = {"seed", "early_stopping_patience", "copy_threshold"}  # arguments whose default is None but whose values are integers
 FLOAT_WHEN_NONE = {"max_grad_norm"}
-BOOL_WHEN_NONE = {"line_by_line"}  # evaluate's: None means "as the run was trained"
+BOOL_WHEN_NONE = {"line_by_line", "packing"}  # None: as the run was trained; packing: for structured records
 # Help in shell terms where the docstring's speaks Python.
 SHELL_HELP = {
     "strategy": "data parallelism across devices: 'mirrored' (all local GPUs) or 'multi_worker' (machines "
                 "listed in TF_CONFIG); TPUs are not supported",
 }
 CHOICES = {"strategy": ["mirrored", "multi_worker"], "save_optimizer": ["full", "bfloat16", "none"],
-           "learning_rate_schedule": ["constant", "linear", "cosine"]}
+           "learning_rate_schedule": ["constant", "linear", "cosine"], "train_on": ["completion", "all"]}
 
 
 def parse_bool(text):
