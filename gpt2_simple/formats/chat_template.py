@@ -118,8 +118,14 @@ class ChatTemplate:
         self._marks = "{% generation" in self.source
 
     def render(self, messages, add_generation_prompt=True):
-        """The text of `messages` (dicts with `role` and string `content`)."""
-        return self.spans(messages, add_generation_prompt)[0]
+        """The text of `messages` (dicts with `role` and string `content`).
+
+        Raises:
+            TemplateError: the template refuses the messages.
+        """
+        if self.preset:
+            return _render_preset(self.preset, messages, add_generation_prompt, self.eos_token)[0]
+        return _unmark(self._render_jinja(messages, add_generation_prompt))[0]
 
     def spans(self, messages, add_generation_prompt=False):
         """(text, [(start, end), ...]): the rendered text and the character spans the assistant wrote.

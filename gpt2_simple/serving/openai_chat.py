@@ -56,7 +56,7 @@ class ChatTemplate(chat_template.ChatTemplate):
         body = between.lstrip("\n")
         if "\n" in body:  # "<|im_end|>\n<|im_start|>user": the turn has ended at its first line
             between = between[:len(between) - len(body) + body.index("\n")]
-        return "" if between == self.eos_token else between  # end-of-text ends every completion already
+        return "" if between.startswith(self.eos_token) else between  # end-of-text ends every completion already
 
 
 def messages_of(body):

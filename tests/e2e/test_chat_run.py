@@ -153,6 +153,16 @@ def test_generate_with_messages_answers_as_the_chat_endpoint_does(chat_runs):
     assert answer.choices[0].message.content == replies[0]
 
 
+def test_a_transformers_pipeline_on_the_export_answers_as_generate_does(chat_runs, exported):
+    from transformers import pipeline
+
+    root, _, _ = chat_runs
+    out, _ = exported
+    ours = gpt2.generate(_session(root, "chat"), messages=[_question("coal")], length=20, top_k=1, return_as_list=True)
+    theirs = pipeline("text-generation", model=out)([_question("coal")], max_new_tokens=20, do_sample=False)
+    assert theirs[0]["generated_text"][-1] == {"role": "assistant", "content": ours[0]}
+
+
 def test_evaluate_scores_the_trained_tokens(chat_runs, enc):
     root, _, data = chat_runs
     sess = _session(root, "chat")

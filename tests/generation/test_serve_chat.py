@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import client_fixture, running_server, url_of
 
 import gpt2_simple as gpt2
+from gpt2_simple.formats.chat_template import PRESETS
 from gpt2_simple.serving.openai_chat import ChatTemplate
 
 KEY = "chat-key"
@@ -33,7 +34,7 @@ def server(client):
 def test_templates_render_and_find_the_next_turn():
     default = ChatTemplate()
     assert default.render(MESSAGES) == "system: Be brief.\nuser: Hello there\nassistant:"
-    assert default.turn_end == "\nuser:"
+    assert default.turn_end == ""  # its replies end with <|endoftext|>, which ends every completion
     chatml = ChatTemplate(CHATML)
     assert chatml.render(MESSAGES[1:]) == "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
     assert chatml.turn_end == "<|im_end|>"
@@ -123,7 +124,7 @@ def test_tokenize_detokenize_and_tokenizer_info_in_vllms_shapes(client, sess):
     bad = client.post("/detokenize", json={"tokens": [1, 99999]})
     assert bad.status_code == 400 and "99999" in bad.json()["error"]["message"]
     info = client.get("/tokenizer_info").json()
-    assert (info["eos_token"], info["max_model_len"], info["chat_template"]) == ("<|endoftext|>", 32, None)
+    assert (info["eos_token"], info["max_model_len"], info["chat_template"]) == ("<|endoftext|>", 32, PRESETS["gpt2"])
     assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 32
 
 

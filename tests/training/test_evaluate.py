@@ -76,7 +76,7 @@ def test_documents_mode_lists_the_worst_documents(trained):
 def test_windows_score_every_token_once():
     chunk = np.arange(100)
     windows = cut_windows([chunk], 32)
-    targets = np.concatenate([r[s:] for r, s in zip(windows.rows, windows.starts)])
+    targets = np.concatenate([r[t] for r, t in zip(windows.rows, windows.targets)])
     assert targets.tolist() == list(range(1, 100))
     docs = cut_windows([np.array([9, 1, 2, 9, 3])], 32, eot=9)
     assert [r.tolist() for r in docs.rows] == [[9, 1, 2, 9], [9, 3, 9]]
