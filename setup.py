@@ -38,6 +38,8 @@ setup(
         # `gpt2_simple serve`: an ASGI app on Starlette, run by Uvicorn; /metrics in Prometheus'
         # format; chat templates in Jinja (as Hugging Face tokenizers write them).
         "serve": ["starlette", "uvicorn", "prometheus-client", "jinja2"],
+        # push_to_hub and hf://ORG/NAME model names: the Hugging Face Hub's client and its cache.
+        "hub": ["huggingface_hub>=1.0"],
         # export_gguf: llama.cpp's own GGUF writer (its quants module makes q8_0).
         "gguf": ["gguf>=0.17"],
         # Test-only tools: the reference tokenizer (tiktoken), the real GPT-2 vocabulary files
@@ -67,6 +69,7 @@ setup(
             # [api] adds the HTTP clients it needs. It uses the torch pinned above.
             "lm_eval[api]",
             "peft",  # LoRA adapters in Hugging Face's format, both ways (tests/model/test_lora.py)
+            "huggingface_hub>=1.0",  # hf:// pulls through its cache, against a local stand-in of the Hub
             "matplotlib",  # the notebook's loss plot (Colab has it), run by tests/e2e/test_notebook.py
         ],
     },

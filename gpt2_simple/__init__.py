@@ -48,6 +48,7 @@ _EXPORTS = {
     "load_hparams": "model.hparams",
     "load_model": "formats.folders",
     "mount_gdrive": "colab",
+    "push_to_hub": "formats.push",
     "reset_session": "session",
     "serve": "serving.serve",
     "start_tf_sess": "session",

@@ -7,17 +7,16 @@ docstring (`cli_flags.py`), so the command line and the library cannot disagree.
 as one line with exit code 2; `main` returns the exit code and never calls `sys.exit`.
 
     gpt2_simple finetune mytext.txt --model_name 124M --steps 1000
-    gpt2_simple finetune tweets.jsonl --line_by_line --steps 2000 --learning_rate_schedule cosine
-    gpt2_simple finetune chats.jsonl --steps 1000            # {"messages": [...]} records: see docs/chat.md
+    gpt2_simple finetune chats.jsonl --model_name hf://distilbert/distilgpt2 --steps 1000   # docs/chat.md
     gpt2_simple generate --run_name run1 --nsamples 5 --length 200 --nfiles 2 --folder gen
     gpt2_simple generate --model_name 124M --prefix "Hello" --stdout
-    gpt2_simple generate --run_name chat --messages '[{"role": "user", "content": "Hi"}]' --stdout
     gpt2_simple evaluate heldout.txt --run_name run1 --json
     gpt2_simple download 355M
     gpt2_simple encode big.txt --out_path big.npz
     gpt2_simple export_saved_model checkpoint/run1 exported/gpt2/1
     gpt2_simple export_hf checkpoint/run1 hf/run1
     gpt2_simple export_gguf checkpoint/run1 run1.gguf --dtype q8_0
+    gpt2_simple push checkpoint/run1 me/my-gpt2 --private --gguf q8_0
     gpt2_simple serve --run_name run1
 
 The library is imported inside the functions below, never when this module is imported.
@@ -25,7 +24,6 @@ The library is imported inside the functions below, never when this module is im
 import contextlib
 import datetime
 import inspect
-import json
 import os
 import sys
 
@@ -34,6 +32,7 @@ from .cli_flags import (
     Parser,
     add_flags,
     argument_docs,
+    json_messages,
     positive_int,
     shell_terms,
 )
@@ -67,7 +66,7 @@ def build_parser():
     from gpt2_simple.training.optimizer import OPTIMIZERS
 
     parser = Parser(prog=PROG, description="Fine-tune OpenAI's GPT-2 on your text and generate from it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,evaluate,download,encode,export_saved_model,export_hf,export_gguf,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,generate,evaluate,download,encode,export_saved_model,export_hf,export_gguf,push,serve}")
     finetune = commands.add_parser("finetune", help="fine-tune a model on a dataset",
                                    description=_summary(gpt2.finetune), epilog=FINETUNE_EXAMPLE)
     finetune.add_argument("dataset_positional", nargs="?", metavar="dataset",
@@ -122,9 +121,11 @@ def build_parser():
 
 
 def _add_exports(commands, gpt2, dtypes):
-    """The three export subcommands: each takes its source folder and its destination as positionals."""
+    """The export subcommands and push: each takes its source folder and its destination as positionals."""
     exports = (("export_saved_model", gpt2.export_saved_model, "export_dir", "export a run or model as a "
                 "TensorFlow SavedModel for serving", {}),
+               ("push", gpt2.push_to_hub, "repo", "upload a run to the Hugging Face Hub as a model repository",
+                {"gguf": dtypes}),
                ("export_hf", gpt2.export_hf, "out_dir", "write a run or model folder in Hugging Face's layout", {}),
                ("export_gguf", gpt2.export_gguf, "path", "write one GGUF file for llama.cpp", {"dtype": dtypes}))
     for command, function, destination, help_text, choices in exports:
@@ -217,7 +218,7 @@ def run_generate(args):
 
     check_options(args.nsamples, args.batch_size, args.length, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p)
-    args.messages = _json_messages(args.messages)
+    args.messages = json_messages(args.messages)
     if args.stream and args.copy_threshold is not None:
         raise ValueError(f"--copy_threshold {args.copy_threshold} cannot drop a streamed text (it is printed before "
                          "it is checked); leave out --stream, or use --check_copies to print its mark")
@@ -251,20 +252,6 @@ def run_generate(args):
         path = _free_path(args.folder, stamp, i)
         gpt2.generate_to_file(sess, **dict(kwargs, seed=seed, destination_path=path))
         print(f"Wrote {path}")
-
-
-def _json_messages(text):
-    """--messages: a JSON list of {"role", "content"}, or a file holding one; None stays None."""
-    if text is None:
-        return None
-    if os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            text = f.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--messages is not JSON ({e.msg}); pass a list such as '[{{\"role\": \"user\", "
-                         f"\"content\": \"Hi\"}}]' or a .json file holding one") from None
 
 
 def run_evaluate(args):
@@ -314,7 +301,7 @@ def run_serve(args):
 
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "evaluate": run_evaluate, "download": run_download, "encode": run_encode,
             **{name: _run_export(name) for name in ("export_saved_model", "export_hf", "export_gguf")},
-            "serve": run_serve}
+            "push": _run_export("push_to_hub"), "serve": run_serve}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ subcommands themselves are `cli.py`'s.
 """
 import argparse
 import inspect
+import json
+import os
 import re
 import sys
 
@@ -126,6 +128,20 @@ def add_flags(parser, function, skip=(), choices=None):
         parser.add_argument("--" + name, **options)
         added.append(name)
     return added
+
+
+def json_messages(text):
+    """--messages: a JSON list of {"role", "content"}, or a file holding one; None stays None."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--messages is not JSON ({e.msg}); pass a list such as '[{{\"role\": \"user\", "
+                         f"\"content\": \"Hi\"}}]' or a .json file holding one") from None
 
 
 def positive_int(text):

@@ -7,7 +7,8 @@ format (`checkpoint.py`), Hugging Face's layout (`hf.py`) and the safetensors fi
 folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), what makes an
 export a complete model repository with its card (`model_card.py`), the run's chat template
 (`chat_template.py`), a run's `documents.json`,
-`best.json`, `training.json` and event curves (`run_record.py`), and fetching OpenAI's released models
-(`download.py`). It builds `GPT2` objects from `model/` but knows nothing of training or
+`best.json`, `training.json` and event curves (`run_record.py`), fetching OpenAI's released models
+(`download.py`), models named by their Hugging Face Hub id (`hub.py`) and pushing a run there
+(`push.py`). It builds `GPT2` objects from `model/` but knows nothing of training or
 sampling.
 """

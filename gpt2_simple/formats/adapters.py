@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..model.lora import check_settings
+from . import hub
 from .checkpoint import companion_path, read_tensor
 
 SETTINGS_TENSOR = "lora_settings"
@@ -70,6 +71,8 @@ def base_folder(settings, run_folder):
     for folder in (settings["base_folder"], settings.get("base_folder_absolute", "")):
         if folder and os.path.isdir(folder):
             return folder
+    if hub.repo_id_of(settings["base_folder"]):  # pulled from the Hub on another machine: pull it here
+        return hub.pull(hub.PREFIX + hub.repo_id_of(settings["base_folder"]))
     raise FileNotFoundError(
         f"{run_folder} holds LoRA adapters whose base model folder {settings['base_folder']} is missing; "
         f"put that model back there (download_gpt2 for a released model) or train with lora_save='merged'"

@@ -11,7 +11,7 @@ import os
 from encoder.vocab import vocab_files
 
 from ..atomic import staged_folder
-from . import adapters, hf, model_card, peft
+from . import adapters, hf, hub, model_card, peft
 from .checkpoint import find_checkpoint, load_checkpoint
 
 
@@ -25,7 +25,8 @@ def load_model(folder, checkpoint="latest", *, base_precision=None, peft_adapter
 
     Args:
         folder: a folder with `hparams.json`, a `checkpoint` state file and the bundle it names,
-            or one in Hugging Face's layout (`config.json` and `model.safetensors`; see `hf.py`).
+            or one in Hugging Face's layout (`config.json` and `model.safetensors`; see `hf.py`),
+            or a Hub id `hf://ORG/NAME` (pulled through huggingface_hub's cache: `hub.py`).
         checkpoint: 'latest', or the name of one checkpoint in the folder (e.g. 'model-1000').
             A checkpoint saved with `lora_save='adapters'` loads its base model (the folder it
             records) with the adapters on top.
@@ -41,6 +42,7 @@ def load_model(folder, checkpoint="latest", *, base_precision=None, peft_adapter
         FileNotFoundError: missing folder, hparams.json or checkpoint files.
         ValueError: malformed hparams.json, or a checkpoint that disagrees with it or is corrupt.
     """
+    folder = hub.resolve(folder)
     if hf.is_hf_folder(folder):
         model = hf.load_hf_model(folder, checkpoint, base_precision=base_precision)
     elif adapters.is_adapter_bundle(prefix := find_checkpoint(folder, checkpoint)):

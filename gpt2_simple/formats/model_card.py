@@ -12,7 +12,7 @@ import json
 import os
 
 from ..atomic import write_text
-from . import chat_template, run_record
+from . import chat_template, hub, run_record
 from . import checkpoint as checkpoint_files
 
 EOT = "<|endoftext|>"
@@ -52,8 +52,11 @@ def tokenizer_config(n_ctx):
 
 
 def base_model_id(folder):
-    """The Hub id of a base model folder: OpenAI's sizes by their folder names; None for any other."""
-    return OPENAI_IDS.get(os.path.basename(os.path.normpath(folder))) if folder else None
+    """The Hub id of a base model folder: OpenAI's sizes by their folder names, a pulled one's own id
+    (`hub.repo_id_of`); None for any other."""
+    if not folder:
+        return None
+    return OPENAI_IDS.get(os.path.basename(os.path.normpath(folder))) or hub.repo_id_of(folder)
 
 
 def card(source, hparams, *, adapter=False):

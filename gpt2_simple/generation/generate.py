@@ -22,7 +22,8 @@ import numpy as np
 from encoder import get_encoder
 
 from ..formats.folders import load_model
-from ..model.names import model_folder, run_folder
+from ..formats.hub import model_folder
+from ..model.names import run_folder
 from .call import prepare
 from .copies import SampleMarks
 from .draws import batch_seed
@@ -40,7 +41,8 @@ def load_gpt2(sess, checkpoint="latest", run_name="run1", checkpoint_dir="checkp
             the lowest validation loss of a run trained with keep_best=True.
         run_name: the fine-tuned run to load, from the folder `checkpoint_dir/run_name`.
         checkpoint_dir: the parent folder of the run folders.
-        model_name: if set, load the pretrained model `model_dir/model_name` instead of a run.
+        model_name: if set, load the pretrained model `model_dir/model_name` instead of a run
+            (or `hf://ORG/NAME`, a GPT-2 on the Hugging Face Hub).
         model_dir: the parent folder of the model folders.
         multi_gpu, reuse: accepted for compatibility; they have no effect in TF2.
 

@@ -22,8 +22,9 @@ from encoder import get_encoder
 from ..formats import chat_template, run_record
 from ..formats import checkpoint as checkpoint_files
 from ..formats.folders import load_model
+from ..formats.hub import model_folder
 from ..model.logprobs import token_logprobs
-from ..model.names import model_folder, run_folder
+from ..model.names import run_folder
 from . import chats, documents
 from .options import TrainOptions
 

@@ -8,6 +8,7 @@ model or dataset is loaded. Running the options is `train.py`'s.
 import dataclasses
 import warnings
 
+from ..formats import hub
 from ..model.names import check_name
 from . import lora_run
 from .optimizer import OPTIMIZERS
@@ -93,7 +94,10 @@ class TrainOptions:
         if not isinstance(self.restore_from, str) or not self.restore_from:
             raise ValueError(f"restore_from={self.restore_from!r} must be 'latest', 'fresh' or a run folder")
         check_name("run_name", self.run_name)
-        check_name("model_name", self.model_name)
+        if hub.is_hub_name(self.model_name):
+            hub.repo_id(self.model_name)  # hf://ORG/NAME
+        else:
+            check_name("model_name", self.model_name)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed={self.seed!r} must be an integer or None")
         check_controls(self)

@@ -19,8 +19,8 @@ from encoder.vocab import vocab_files
 from ..atomic import copy_file, size_text, write_text
 from ..formats import checkpoint, folders, hf
 from ..formats.download import MODEL_ALIASES, MODEL_NAMES
+from ..formats.hub import model_folder
 from ..model.hparams import save_hparams
-from ..model.names import model_folder
 from . import lora_run
 
 COUNTER_FILE = "counter"

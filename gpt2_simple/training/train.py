@@ -61,8 +61,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             prompt/completion pairs too: docs/chat.md).
         steps: optimizer steps in this call; -1 trains until Ctrl-C or SIGTERM (which save).
         model_name: the base model used when the run starts fresh: a released size ('124M',
-            '355M', '774M', '1558M') or the name of any folder in `model_dir` in the OpenAI or
-            Hugging Face layout.
+            '355M', '774M', '1558M'), the name of any folder in `model_dir` in the OpenAI or
+            Hugging Face layout, or a GPT-2 on the Hugging Face Hub, `hf://ORG/NAME`.
         model_dir: the parent folder of the base model folders (`model_dir/model_name`).
         combine: characters of consecutive small text files joined into one chunk.
         batch_size: sequences per minibatch (over all devices together).
