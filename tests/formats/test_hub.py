@@ -23,9 +23,8 @@ def sharded_repo(tmp_path_factory, real_vocab_dir):
     """A random 6-layer GPT-2 (width 64, 128 positions) saved by transformers as 3 shards with their index, the
     vocabulary beside; returns (folder, its logits of `hub_pull_run.TOKENS` in transformers)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from hub_pull_run import TOKENS
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("hub") / "repo"
     torch.manual_seed(0)
@@ -70,7 +69,6 @@ def test_a_sharded_model_pulled_by_id_then_offline_matches_transformers_fine_tun
     assert offline["straight"]["4"] < offline["straight"]["1"]
     exported = str(tmp_path / "exported")
     import torch
-
     from hub_pull_run import TOKENS
 
     with torch.no_grad():
