@@ -100,7 +100,22 @@ def _training_section(run_dir, training, base, base_id):
         lines += [f"Validation loss: {losses[-1][1]:.4f} nats per token at step {losses[-1][0]} (the last)."]
     if best:
         lines += [f"Best validation loss: {best['val_loss']:.4f} at step {best['step']}."]
-    return lines + ([""] if losses or best else [])
+    return lines + ([""] if losses or best else []) + _evaluation_section(run_dir)
+
+
+def _evaluation_section(run_dir):
+    """The run's last `evaluate` table (held-out loss per model), or nothing."""
+    evaluation = run_record.read_evaluation(run_dir)
+    if not evaluation:
+        return []
+    lines = ["## Evaluation", "", f"Held-out `{evaluation['dataset']}`, scored by `gpt2_simple evaluate` (nats per "
+             "token; bits per byte compare across tokenizers):", "",
+             "| model | step | loss | perplexity | bits per byte | tokens |", "|---|---|---|---|---|---|"]
+    for r in evaluation["rows"]:
+        step = "" if r["step"] is None else r["step"]
+        lines.append(f"| {r['model']} | {step} | {r['loss']:.4f} | {r['perplexity']:.2f} | "
+                     f"{r['bits_per_byte']:.4f} | {r['tokens']} |")
+    return lines + [""]
 
 
 def _yaml(meta):

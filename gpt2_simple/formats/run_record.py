@@ -73,6 +73,22 @@ def record_training(run_dir, dataset, base_model, line_by_line, settings=None):
     write_text(os.path.join(run_dir, TRAINING_FILE), json.dumps(record) + "\n")
 
 
+EVALUATION_FILE = "evaluation.json"
+EVALUATION_KEYS = ("model", "step", "loss", "perplexity", "bits_per_byte", "tokens")
+
+
+def record_evaluation(run_dir, dataset, rows):
+    """Keep the last `evaluate` table of a run (its held-out `dataset`, one row per model) for its model card."""
+    record = {"dataset": os.path.basename(os.fspath(dataset)),
+              "rows": [{k: row[k] for k in EVALUATION_KEYS} for row in rows]}
+    write_text(os.path.join(run_dir, EVALUATION_FILE), json.dumps(record) + "\n")
+
+
+def read_evaluation(run_dir):
+    """The run's last `evaluate` table, `{"dataset", "rows"}`, or None."""
+    return _read_json(run_dir, EVALUATION_FILE, "delete it (it only keeps the last evaluate table)")
+
+
 def read_training(folder):
     """The run's `{"dataset", "line_by_line", "base_model"}` record, or None (older runs, model folders)."""
     return _read_json(folder, TRAINING_FILE, "delete it (it only records the run's dataset and base model)")

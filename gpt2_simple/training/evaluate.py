@@ -169,7 +169,8 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
     Returns:
         A list of dicts, one per model: model, step, loss (nats per token), perplexity,
         bits_per_byte, tokens, bytes; in documents mode also documents, document_loss and worst
-        (a list of {document: 1-based index, loss, text}).
+        (a list of {document: 1-based index, loss, text}). A run keeps the table in its
+        evaluation.json, which its model card shows (`export_hf`).
 
     Raises:
         FileNotFoundError: no run folder and no model_name, or a missing checkpoint or dataset.
@@ -198,6 +199,8 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
                               scorer.row_losses(windows, batch_size), windows, byte_lengths, worst))
     if print_table:
         print(format_table(rows))
+    if run_record.read_training(run_dir) is not None:  # a run's table goes into its model card
+        run_record.record_evaluation(run_dir, dataset, rows)
     return rows
 
 

@@ -9,7 +9,7 @@ from runs import make_tiny_model, write_text
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
-from gpt2_simple.formats.run_record import read_best, read_val_losses
+from gpt2_simple.formats.run_record import read_best, read_evaluation, read_val_losses
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,8 @@ def exported(tmp_path_factory, real_vocab_dir):
     run = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_name="124M", model_dir=model_dir, batch_size=2,
                         accumulate_gradients=1, sample_every=0, checkpoint_dir=str(root / "checkpoint"), seed=2,
                         val_dataset=data, val_every=2, keep_best=True, learning_rate=1e-3).run_dir
+    gpt2.evaluate(gpt2.start_tf_sess(), data, run_name="run1", checkpoint_dir=str(root / "checkpoint"),
+                  model_dir=model_dir, print_table=False)  # its table goes into the card
     return gpt2.export_hf(run, str(root / "hf")), run
 
 
@@ -64,6 +66,10 @@ def test_the_card_parses_without_warnings_and_tells_how_the_run_was_made(exporte
     best, last = read_best(run), read_val_losses(run)[-1]
     assert f"Best validation loss: {best['val_loss']:.4f} at step {best['step']}." in body
     assert f"Validation loss: {last[1]:.4f} nats per token at step {last[0]} (the last)." in body
+    table = read_evaluation(run)["rows"]
+    assert [r["model"] for r in table] == ["base 124M", "model-4"]
+    assert f"| model-4 | 4 | {table[1]['loss']:.4f} | {table[1]['perplexity']:.2f} |" in body
+    assert "## Evaluation" in body and "Held-out `data.txt`" in body
 
 
 def test_a_model_folder_gets_a_card_without_a_base_model(tmp_path, real_vocab_dir):
