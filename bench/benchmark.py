@@ -34,6 +34,9 @@ Sections:
   not in the default run (`--only copies`);
 - logprobs: the server's tokens/s with and without the `logprobs` scoring pass at batch 1 and
   16 (`bench/bench_logprobs.py`); not in the default run (`--only logprobs`);
+- packing: fine-tuning on 16,000 tweet-length prompt/completion records, one a row and packed
+  to the context: record tokens/s, trained tokens/s, records/s and padding (`bench/bench_packing.py`);
+  `--only packing`;
 - profile: one decoding step split into parts, each compiled by XLA alone, with its time, cores
   busy and weight bandwidth: the blocks' matrix products in the stored layout and as the XLA loop
   runs them (activations as columns), the output projection, the draw, the whole step by
@@ -506,7 +509,7 @@ def bench_peer_transformers(args, ours):
 
 
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
-EXTRA_SECTIONS = ("copies", "logprobs", "profile")  # run only when named with --only
+EXTRA_SECTIONS = ("copies", "logprobs", "profile", "packing")  # run only when named with --only
 
 
 def _batches(text):
@@ -580,6 +583,11 @@ def main(argv=None):
         from bench_profile import bench_profile
 
         results["profile"] = bench_profile(args, timed, measured)
+    if "packing" in sections:  # bench/bench_packing.py
+        from bench_packing import bench_packing, temporary_folder
+
+        args.vocab_dir, args.tmp = _vocab_dir(), temporary_folder()
+        results["packing"] = bench_packing(args, timed, sample_text)
     if "logprobs" in sections:  # bench/bench_logprobs.py
         from bench_logprobs import bench_logprobs
 
