@@ -13,6 +13,7 @@ from serving import running_server
 
 import gpt2_simple as gpt2
 from gpt2_simple.formats.chat_template import PRESETS
+from gpt2_simple.formats.run_record import read_val_losses
 from gpt2_simple.training import chats
 from gpt2_simple.training.chats import ChatTemplate
 
@@ -49,7 +50,7 @@ def chat_runs(tmp_path_factory, real_vocab_dir):
     common = dict(steps=100, model_dir=model_dir, model_name="tiny", batch_size=2, accumulate_gradients=1,
                   sample_every=0, print_every=50, learning_rate=1e-2, seed=0, save_every=0,
                   checkpoint_dir=str(root / "checkpoint"))
-    gpt2.finetune(gpt2.start_tf_sess(), str(data), run_name="chat", **common)
+    gpt2.finetune(gpt2.start_tf_sess(), str(data), run_name="chat", val_dataset=str(data), val_every=50, **common)
     gpt2.finetune(gpt2.start_tf_sess(), str(data), run_name="outside", chat_template=str(root / "outside.jinja"),
                   **common)
     return root, model_dir, str(data)
@@ -170,6 +171,28 @@ def test_evaluate_scores_the_trained_tokens(chat_runs, enc):
     trained = sum(int(m.sum()) for m in chats.load_examples(enc, data, ChatTemplate()).masks)
     assert [r["tokens"] for r in rows] == [trained, trained]  # the base model and model-100
     assert rows[1]["loss"] < rows[0]["loss"] / 5  # the replies learned, scored on the tokens it trained on
+    validation = read_val_losses(str(root / "checkpoint" / "chat"))  # val_dataset of the same shape, same tokens
+    assert [step for step, _ in validation] == [0, 50, 100] and validation[-1][1] < validation[0][1] / 5
+    assert validation[-1][1] == pytest.approx(rows[1]["loss"], rel=0.2)  # a sample of the same trained tokens
+
+
+def test_the_copy_check_reads_the_runs_conversations(chat_runs):
+    root, _, _ = chat_runs
+    sess = _session(root, "chat")
+    texts = gpt2.generate(sess, messages=[_question("sky")], length=20, top_k=1, return_as_list=True,
+                          check_copies=True)
+    assert texts[0].copy.tokens == len(sess.encoder.encode(texts[0]))  # the reply is checked
+    assert len(sess.copy_index().tokens) == 5400  # every token of the 300 conversations, as trained
+
+
+def test_a_lora_chat_runs_adapter_export_carries_the_template(chat_runs, tmp_path):
+    root, model_dir, data = chat_runs
+    run = gpt2.finetune(gpt2.start_tf_sess(), data, steps=2, model_dir=model_dir, model_name="tiny", batch_size=2,
+                        accumulate_gradients=1, sample_every=0, save_every=0, lora_rank=2,
+                        checkpoint_dir=str(tmp_path)).run_dir
+    out = gpt2.export_hf(run, str(tmp_path / "adapters"), peft_adapters=True)
+    assert open(os.path.join(out, "chat_template.jinja")).read() == PRESETS["gpt2"]
+    assert json.load(open(os.path.join(out, "tokenizer_config.json")))["chat_template"] == PRESETS["gpt2"]
 
 
 def test_a_chat_run_resumes_exactly(chat_runs, tmp_path):
