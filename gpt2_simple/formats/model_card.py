@@ -100,7 +100,20 @@ def _training_section(run_dir, training, base, base_id):
         lines += [f"Validation loss: {losses[-1][1]:.4f} nats per token at step {losses[-1][0]} (the last)."]
     if best:
         lines += [f"Best validation loss: {best['val_loss']:.4f} at step {best['step']}."]
-    return lines + ([""] if losses or best else []) + _evaluation_section(run_dir)
+    return lines + ([""] if losses or best else []) + _evaluation_section(run_dir) + _copies_section(run_dir)
+
+
+def _copies_section(run_dir):
+    """The run's last copy check (`generate(check_copies=True)`), or nothing."""
+    check = run_record.read_copies(run_dir)
+    if not check:
+        return []
+    line = (f"The last copy check (`generate(check_copies=True)`) read {check['samples']} sample(s): "
+            f"{check['copied']} share {check['span']} or more tokens in a row with the training text, the "
+            f"longest {check['longest']} tokens.")
+    if check.get("threshold") is not None:
+        line += f" {check['dropped']} were dropped at copy_threshold={check['threshold']}."
+    return ["## Copies of the training text", "", line, ""]
 
 
 def _evaluation_section(run_dir):

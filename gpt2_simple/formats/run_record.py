@@ -89,6 +89,19 @@ def read_evaluation(run_dir):
     return _read_json(run_dir, EVALUATION_FILE, "delete it (it only keeps the last evaluate table)")
 
 
+COPIES_FILE = "copies.json"
+
+
+def record_copies(run_dir, summary):
+    """Keep the last copy check of a run's samples (`SampleMarks.summary`) for its model card."""
+    write_text(os.path.join(run_dir, COPIES_FILE), json.dumps(summary) + "\n")
+
+
+def read_copies(run_dir):
+    """The run's last copy check, or None."""
+    return _read_json(run_dir, COPIES_FILE, "delete it (it only keeps the last copy check)")
+
+
 def read_training(folder):
     """The run's `{"dataset", "line_by_line", "base_model"}` record, or None (older runs, model folders)."""
     return _read_json(folder, TRAINING_FILE, "delete it (it only records the run's dataset and base model)")

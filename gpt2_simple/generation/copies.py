@@ -161,17 +161,25 @@ class SampleMarks:
                              "copy reported), or None to keep every sample")
         self.index, self.enc, self.threshold = index, enc, threshold
         self.dropped = 0
+        self.longest = []  # the longest copied span of each sample checked
 
     def mark(self, text, prefix=None):
         """`text` as a `MarkedText` (its part after `prefix` checked), or None when it copies too much."""
         body = text[len(prefix):] if prefix and text.startswith(prefix) else text
         copy = self.index.check(self.enc.encode(body))
+        self.longest.append(copy.longest)
         if self.threshold is not None and copy.longest >= self.threshold:
             self.dropped += 1
             return None
         marked = MarkedText(text)
         marked.copy = copy
         return marked
+
+    def summary(self):
+        """What this check found, for the run's model card: samples, their longest copies, and those dropped."""
+        return {"samples": len(self.longest), "longest": max(self.longest, default=0),
+                "copied": sum(n >= SPAN for n in self.longest), "span": SPAN, "dropped": self.dropped,
+                "threshold": self.threshold}
 
     def report(self):
         """The line saying how many samples were dropped, or ''."""

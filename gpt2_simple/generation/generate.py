@@ -21,6 +21,7 @@ import numpy as np
 
 from encoder import get_encoder
 
+from ..formats import run_record
 from ..formats.folders import load_model
 from ..formats.hub import model_folder
 from ..model.names import run_folder
@@ -147,6 +148,8 @@ def generate(sess, run_name="run1", checkpoint_dir="checkpoint", model_name=None
             out_file.close()
     if marks and marks.report():
         print(marks.report(), file=sys.stderr)
+    if marks and run_record.read_training(sess.folder) is not None:  # a run's last check goes into its card
+        run_record.record_copies(sess.folder, marks.summary())
     return texts if return_as_list else None
 
 

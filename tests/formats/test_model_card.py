@@ -9,7 +9,7 @@ from runs import make_tiny_model, write_text
 
 import gpt2_simple as gpt2
 from encoder import get_encoder
-from gpt2_simple.formats.run_record import read_best, read_evaluation, read_val_losses
+from gpt2_simple.formats.run_record import read_best, read_copies, read_evaluation, read_val_losses
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,11 @@ def exported(tmp_path_factory, real_vocab_dir):
     run = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, model_name="124M", model_dir=model_dir, batch_size=2,
                         accumulate_gradients=1, sample_every=0, checkpoint_dir=str(root / "checkpoint"), seed=2,
                         val_dataset=data, val_every=2, keep_best=True, learning_rate=1e-3).run_dir
-    gpt2.evaluate(gpt2.start_tf_sess(), data, run_name="run1", checkpoint_dir=str(root / "checkpoint"),
-                  model_dir=model_dir, print_table=False)  # its table goes into the card
+    sess = gpt2.start_tf_sess()
+    gpt2.evaluate(sess, data, run_name="run1", checkpoint_dir=str(root / "checkpoint"), model_dir=model_dir,
+                  print_table=False)  # its table goes into the card, and so does a copy check
+    gpt2.load_gpt2(sess, run_name="run1", checkpoint_dir=str(root / "checkpoint"))
+    gpt2.generate(sess, nsamples=2, batch_size=2, length=12, seed=1, check_copies=True, return_as_list=True)
     return gpt2.export_hf(run, str(root / "hf")), run
 
 
@@ -70,6 +73,8 @@ def test_the_card_parses_without_warnings_and_tells_how_the_run_was_made(exporte
     assert [r["model"] for r in table] == ["base 124M", "model-4"]
     assert f"| model-4 | 4 | {table[1]['loss']:.4f} | {table[1]['perplexity']:.2f} |" in body
     assert "## Evaluation" in body and "Held-out `data.txt`" in body
+    check = read_copies(run)
+    assert check["samples"] == 2 and f"read 2 sample(s): {check['copied']} share 8 or more tokens" in body
 
 
 def test_a_model_folder_gets_a_card_without_a_base_model(tmp_path, real_vocab_dir):
