@@ -71,8 +71,9 @@ def base_folder(settings, run_folder):
     for folder in (settings["base_folder"], settings.get("base_folder_absolute", "")):
         if folder and os.path.isdir(folder):
             return folder
-    if hub.repo_id_of(settings["base_folder"]):  # pulled from the Hub on another machine: pull it here
-        return hub.pull(hub.PREFIX + hub.repo_id_of(settings["base_folder"]))
+    again = hub.pull_again(settings["base_folder"])  # pulled from the Hub elsewhere: the same commit, here
+    if again:
+        return again
     raise FileNotFoundError(
         f"{run_folder} holds LoRA adapters whose base model folder {settings['base_folder']} is missing; "
         f"put that model back there (download_gpt2 for a released model) or train with lora_save='merged'"

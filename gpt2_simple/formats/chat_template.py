@@ -44,6 +44,7 @@ PRESETS = {
     ),
 }
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around a rendered generation block, removed after
+_REPLY, _NEXT = "\x00reply\x00", "\x00next\x00"  # stand-ins for a reply and the turn after it
 INSTALL_JINJA = 'pip install "gpt2_simple[serve]" (or pip install jinja2)'
 
 
@@ -116,6 +117,7 @@ class ChatTemplate:
         self.preset = next((name for name, text in PRESETS.items() if text == self.source), None)
         self._jinja = None if self.preset else _compile(self.source)
         self._marks = "{% generation" in self.source
+        self.turn_end = self._turn_end()
 
     def render(self, messages, add_generation_prompt=True):
         """The text of `messages` (dicts with `role` and string `content`).
@@ -139,6 +141,27 @@ class ChatTemplate:
             return _unmark(self._render_jinja(messages, add_generation_prompt))
         text = self._render_jinja(messages, add_generation_prompt)
         return text, self._prefix_spans(messages, text)
+
+    def _turn_end(self):
+        """What begins the next turn, up to its first line: a stop for replies, beside end-of-text.
+
+        The built-in `gpt2` template: "\nuser:", as a model not trained on chats writes the next turn
+        (one trained on them ends its reply with end-of-text first); ChatML: "<|im_end|>"; "" when the
+        template marks none (`dialogpt`: end-of-text alone).
+        """
+        if self.preset:
+            return "\nuser:" if self.preset == "gpt2" else ""
+        try:
+            text = ChatTemplate.render(self, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _REPLY},
+                                              {"role": "user", "content": _NEXT}], add_generation_prompt=False)
+        except TemplateError as e:
+            raise ValueError(f"chat_template fails on a plain user/assistant/user chat: {e}") from None
+        start, end = text.find(_REPLY), text.find(_NEXT)
+        between = text[start + len(_REPLY):end].rstrip() if 0 <= start < end else ""
+        body = between.lstrip("\n")
+        if "\n" in body:  # "<|im_end|>\n<|im_start|>user": the turn has ended at its first line
+            between = between[:len(between) - len(body) + body.index("\n")]
+        return "" if between.startswith(self.eos_token) else between  # end-of-text ends every reply already
 
     def _render_jinja(self, messages, add_generation_prompt):
         import jinja2

@@ -16,7 +16,7 @@ import re
 from ..model.names import model_folder as local_model_folder
 
 PREFIX = "hf://"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$")
 FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
          "tokenizer_config.json", "generation_config.json", "chat_template.jinja"]
@@ -28,11 +28,16 @@ def is_hub_name(name):
 
 
 def repo_id(name, argument="model_name"):
-    """`ORG/NAME` of `hf://ORG/NAME`, checked; a one-line ValueError naming `argument` otherwise."""
+    """`ORG/NAME` of `hf://ORG/NAME` (or of `ORG/NAME` for a push's `repo`), checked; a one-line ValueError
+    naming `argument` otherwise."""
+    if argument == "repo" and not is_hub_name(name):
+        name = PREFIX + os.fspath(name)
     rid = os.fspath(name)[len(PREFIX):]
-    if not _ID.match(rid):
-        raise ValueError(f"{argument}={name!r} is not a Hub id; write it as hf://ORG/NAME, e.g. "
-                         "hf://openai-community/gpt2")
+    if not _REPO.match(rid):
+        shown = rid if argument == "repo" else name
+        raise ValueError(f"{argument}={shown!r} is not a Hub id; write it as "
+                         f"{'ORG/NAME' if argument == 'repo' else 'hf://ORG/NAME'}, e.g. "
+                         f"{'' if argument == 'repo' else 'hf://'}openai-community/gpt2")
     return rid
 
 
@@ -40,6 +45,12 @@ def repo_id_of(folder):
     """The Hub id a folder was pulled from (`ORG/NAME`, from the cache's snapshot path), or None."""
     match = _SNAPSHOT.search(os.path.abspath(folder)) if folder else None
     return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def pull_again(folder):
+    """A pulled folder that is gone (another machine, a cleared cache): its repository at the same commit."""
+    rid = repo_id_of(folder)
+    return pull(PREFIX + rid, revision=os.path.basename(os.path.normpath(folder))) if rid else None
 
 
 def model_folder(model_dir, model_name):
@@ -52,7 +63,7 @@ def resolve(source):
     return pull(source, "folder") if is_hub_name(source) else source
 
 
-def pull(name, argument="model_name"):
+def pull(name, argument="model_name", revision=None):
     """Download (or find in the cache) the files of `hf://ORG/NAME`; returns the snapshot folder.
 
     Raises:
@@ -66,7 +77,7 @@ def pull(name, argument="model_name"):
     from huggingface_hub import errors
 
     try:
-        folder = hub.snapshot_download(rid, allow_patterns=FILES)
+        folder = hub.snapshot_download(rid, allow_patterns=FILES, revision=revision)
     except (errors.RepositoryNotFoundError, errors.GatedRepoError) as e:
         raise FileNotFoundError(f"{argument}={name!r}: the Hub has no repository {rid} that this token may read "
                                 f"({type(e).__name__}); check the id, or log in with `hf auth login` (or set "
@@ -79,7 +90,7 @@ def pull(name, argument="model_name"):
     except errors.HfHubHTTPError as e:
         raise ConnectionError(f"{argument}={name!r}: the Hub refused the download of {rid} ({status_of(e)}); "
                               "try again later") from None
-    if not any(f.endswith(".safetensors") for f in os.listdir(folder)):
+    if not os.path.isdir(folder) or not any(f.endswith(".safetensors") for f in os.listdir(folder)):
         raise FileNotFoundError(f"{argument}={name!r}: {rid} has no .safetensors weights (gpt2_simple reads no "
                                 "pickled pytorch_model.bin); pick a repository that has model.safetensors")
     return folder

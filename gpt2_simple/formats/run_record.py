@@ -12,6 +12,7 @@ Writing the weights is `checkpoint.py`'s.
 import glob
 import json
 import os
+import warnings
 
 import tensorflow as tf
 
@@ -81,7 +82,16 @@ def record_evaluation(run_dir, dataset, rows):
     """Keep the last `evaluate` table of a run (its held-out `dataset`, one row per model) for its model card."""
     record = {"dataset": os.path.basename(os.fspath(dataset)),
               "rows": [{k: row[k] for k in EVALUATION_KEYS} for row in rows]}
-    write_text(os.path.join(run_dir, EVALUATION_FILE), json.dumps(record) + "\n")
+    _keep(run_dir, EVALUATION_FILE, record)
+
+
+def _keep(run_dir, name, record):
+    """Write a record for the model card; a folder that cannot be written only loses the note, with a warning."""
+    try:
+        write_text(os.path.join(run_dir, name), json.dumps(record) + "\n")
+    except OSError as e:
+        warnings.warn(f"{run_dir} is not writable ({e.strerror}); its model card will not show this {name}",
+                      stacklevel=3)
 
 
 def read_evaluation(run_dir):
@@ -94,7 +104,7 @@ COPIES_FILE = "copies.json"
 
 def record_copies(run_dir, summary):
     """Keep the last copy check of a run's samples (`SampleMarks.summary`) for its model card."""
-    write_text(os.path.join(run_dir, COPIES_FILE), json.dumps(summary) + "\n")
+    _keep(run_dir, COPIES_FILE, summary)
 
 
 def read_copies(run_dir):

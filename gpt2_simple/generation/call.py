@@ -84,6 +84,8 @@ def prepare(sess, prefix=None, *, length, truncate=None, include_prefix=True, st
     bias_vector(logit_bias, sess.model.hparams.n_vocab)  # raises naming an id out of range
     guard = sess.copy_guard(avoid_copies, training_data) if check_span(avoid_copies) else None
     stops = StopStrings(stop)
+    if messages is not None and template.turn_end and template.turn_end not in stops.strings:
+        stops = StopStrings([template.turn_end] + stops.strings)  # a reply ends where the next turn begins
     stop_tokens = stops.tokens(enc)
     if eot is not None and len(stop_tokens) < MAX_STOPS:
         stop_tokens.append([eot])  # the compiled loop ends a row at its end-of-text

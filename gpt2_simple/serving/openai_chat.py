@@ -24,39 +24,16 @@ REFUSED = {
     "function_call": lambda v, body: v not in (None, "none"),
     "response_format": lambda v, body: v is not None and v != {"type": "text"},
 }
-_MARKS = ("\x00reply\x00", "\x00next\x00")  # stand-ins for a reply and the turn after it
 
 
 class ChatTemplate(chat_template.ChatTemplate):
-    """The run's chat template as the endpoint uses it: a refused conversation is a 400, and `turn_end`
-    is the text that begins the next turn (generation stops there too)."""
-
-    def __init__(self, source=None, *, eos_token=chat_template.EOS):
-        super().__init__(source, eos_token=eos_token)
-        self.turn_end = self._turn_end()
+    """The run's chat template as the endpoint uses it: a refused conversation is a 400."""
 
     def render(self, messages, add_generation_prompt=True):
         try:
             return super().render(messages, add_generation_prompt)
         except chat_template.TemplateError as e:
             raise api.APIError(400, str(e), "messages") from None
-
-    def _turn_end(self):
-        """What the template writes between an assistant's reply and the next user message, up to its first line.
-
-        ChatML gives "<|im_end|>"; the built-in template "<|endoftext|>" (a stop already). Empty: it marks no turn.
-        """
-        try:
-            text = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARKS[0]},
-                                {"role": "user", "content": _MARKS[1]}], add_generation_prompt=False)
-        except api.APIError as e:
-            raise ValueError(f"chat_template fails on a plain user/assistant/user chat: {e.message}") from None
-        start, end = text.find(_MARKS[0]), text.find(_MARKS[1])
-        between = text[start + len(_MARKS[0]):end].rstrip() if 0 <= start < end else ""
-        body = between.lstrip("\n")
-        if "\n" in body:  # "<|im_end|>\n<|im_start|>user": the turn has ended at its first line
-            between = between[:len(between) - len(body) + body.index("\n")]
-        return "" if between.startswith(self.eos_token) else between  # end-of-text ends every completion already
 
 
 def messages_of(body):

@@ -82,8 +82,8 @@ def load_examples(enc, path, template, *, train_on="completion"):
     """
     tokens, masks, empty = [], [], 0
     for file in dataset_module.resolve_paths(path):
-        for text, spans in _rendered(file, template):
-            ids, mask = encode_marked(enc, text, spans if train_on == "completion" else [(0, len(text))])
+        for text, spans in _rendered(file, template, train_on):
+            ids, mask = encode_marked(enc, text, spans)
             mask[0] = False  # the first token has nothing before it to be predicted from
             if not mask.any():
                 empty += 1
@@ -101,25 +101,30 @@ def load_examples(enc, path, template, *, train_on="completion"):
     return Examples(tokens, masks)
 
 
-def _rendered(file, template):
+def _rendered(file, template, train_on):
     """(text, spans to train on) for each record of one file."""
     if file.endswith(".jsonl"):
         for number, record in _jsonl_records(file):
-            yield _render(record, template, f"{file} line {number}")
+            yield _render(record, template, f"{file} line {number}", train_on)
     elif file.endswith(".csv"):
         for number, row in _csv_rows(file):
             pair = {"prompt": row["prompt"], "completion": row["completion"]}
-            yield _render(pair, template, f"{file} line {number}")
+            yield _render(pair, template, f"{file} line {number}", train_on)
     else:
         raise ValueError(f"dataset file {file!r} is not .jsonl or .csv; a dataset of conversations or "
                          "prompt/completion pairs takes only those (write plain text as {\"text\": ...} records)")
 
 
-def _render(record, template, where):
-    """One record -> (text, the character spans of what the model should write)."""
+def _render(record, template, where, train_on="completion"):
+    """One record -> (text, the character spans to train on: what the model should write, or all of it)."""
+    text, spans = _render_shape(record, template, where, train_on)
+    return text, spans if train_on == "completion" else [(0, len(text))]
+
+
+def _render_shape(record, template, where, train_on):
     if "messages" in record or "conversations" in record:
         messages = _messages(record, where)
-        return _render_messages(template, messages, 0, where)
+        return _render_messages(template, messages, 0, where, train_on)
     if "prompt" in record or "completion" in record:
         prompt, completion = record.get("prompt"), record.get("completion")
         if isinstance(prompt, str) and isinstance(completion, str):
@@ -127,7 +132,7 @@ def _render(record, template, where):
             return text, [(len(prompt), len(text))]
         if isinstance(prompt, list) and isinstance(completion, list):
             messages = _check_messages(prompt, where, "prompt") + _check_messages(completion, where, "completion")
-            return _render_messages(template, messages, len(prompt), where)
+            return _render_messages(template, messages, len(prompt), where, train_on)
         raise ValueError(f"{where}: prompt and completion must both be strings or both be lists of messages "
                          f"(got {type(prompt).__name__} and {type(completion).__name__}); {_SHAPES_HELP}")
     if isinstance(record.get("text"), str):
@@ -137,9 +142,11 @@ def _render(record, template, where):
                      f"(it has {sorted(record)}); {_SHAPES_HELP}")
 
 
-def _render_messages(template, messages, first, where):
-    """Render with the template; the spans of assistant turns at index `first` or later."""
+def _render_messages(template, messages, first, where, train_on):
+    """Render with the template; the spans of assistant turns at index `first` or later (none for 'all')."""
     try:
+        if train_on == "all":
+            return template.render(messages, add_generation_prompt=False), []
         text, spans = template.spans(messages)
     except TemplateError as e:
         raise ValueError(f"{where}: {e}") from None
@@ -217,18 +224,24 @@ def _jsonl_records(path):
 
 
 def _first_record(path):
-    for _, record in _jsonl_records(path):
-        return record
+    """The first record of a JSON-lines file, reading only up to it (None: not an object, or none)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return None  # reported with its line number when the file is read
     return None
 
 
 def _csv_header(path):
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # -sig: Excel's byte-order mark
         return next(csv.reader(f), [])
 
 
 def _csv_rows(path):
-    reader = csv.DictReader(io.StringIO(read_text(path)))
+    reader = csv.DictReader(io.StringIO(read_text(path).removeprefix("\ufeff")))
     try:
         for row in reader:
             if row.get("prompt") is None or row.get("completion") is None:
@@ -241,7 +254,7 @@ def _csv_rows(path):
 
 
 def template_for(chat_template_source, enc):
-    """The `ChatTemplate` a run trains with (its end-of-text spelled by the vocabulary)."""
+    """The `ChatTemplate` of template text (None: the built-in one), its end-of-text spelled by the vocabulary."""
     return ChatTemplate(chat_template_source, eos_token=enc.decode([enc.eot_token]))
 
 
@@ -256,10 +269,18 @@ def run_template(chat_template_arg, dataset, run_dir, source_dir):
     return chat_template.source_of(None)
 
 
-def warn_cut(data, n_ctx):
-    """Say how many examples are longer than the context (training reads their beginning)."""
-    if isinstance(data, Examples):
-        cut = sum(len(t) > n_ctx for t in data.tokens)
-        if cut:
-            warnings.warn(f"{cut} of {len(data)} examples are longer than the context ({n_ctx} tokens); training "
-                          f"reads the first {n_ctx} tokens of each", stacklevel=3)
+def fit_context(data, n_ctx):
+    """`data` without the examples that train nothing in their first `n_ctx` tokens (a prompt longer than the
+    context), saying how many examples are cut and how many dropped; other data as it is."""
+    if not isinstance(data, Examples):
+        return data
+    cut = sum(len(t) > n_ctx for t in data.tokens)
+    kept = [i for i, m in enumerate(data.masks) if m[:n_ctx].any()]
+    if cut:
+        warnings.warn(f"{cut} of {len(data)} examples are longer than the context ({n_ctx} tokens); training reads "
+                      f"the first {n_ctx} tokens of each, and drops the {len(data) - len(kept)} with nothing to "
+                      "train on there", stacklevel=3)
+    if not kept:
+        raise ValueError(f"no example has a token to train on in its first {n_ctx} tokens (the context); shorten "
+                         "the prompts")
+    return Examples([data.tokens[i] for i in kept], [data.masks[i] for i in kept])

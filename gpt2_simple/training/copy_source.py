@@ -38,8 +38,7 @@ def training_tokens(run_dir, enc, dataset=None, line_by_line=None):
                                 "training_data= naming where it is now")
     if line_by_line is None:
         line_by_line = run_record.trained_on_documents(run_dir)
-    template = chats.template_for(chat_template.read_run_template(run_dir), enc)
-    chunks = load_chunks(enc, dataset, TrainOptions(line_by_line=line_by_line), template)
+    chunks = load_chunks(enc, dataset, TrainOptions(line_by_line=line_by_line), chat_template.read_run_template(run_dir))
     if isinstance(chunks, chats.Examples):  # conversations, end to end (their turns hold end-of-text already)
         return np.concatenate(chunks.tokens), None
     tokens = np.concatenate([np.asarray(c) for c in chunks]) if chunks else np.zeros(0, np.uint16)

@@ -132,23 +132,28 @@ def count_documents(chunk, eot):
 def training_data(enc, dataset, opts, template, n_ctx):
     """(data, window): a run's training data (`load_chunks`; `template` the chat template's text or None)
     and the tokens of its training windows."""
-    data = load_chunks(enc, dataset, opts, template and chats.template_for(template, enc))
+    structured = chats.is_structured(dataset)
+    if opts.val_dataset is not None and chats.is_structured(opts.val_dataset) != structured:
+        kinds = ("plain text", "conversations or prompt/completion records")
+        raise ValueError(f"val_dataset {opts.val_dataset!r} holds {kinds[not structured]} but the dataset holds "
+                         f"{kinds[structured]}; hold out records of the same kind as the training data")
+    data = chats.fit_context(load_chunks(enc, dataset, opts, template), n_ctx)
     window = min(n_ctx, make_sampler(data, enc, opts, 0).longest)
     if window < 2:
         raise ValueError(f"dataset {dataset!r} has no chunk of 2 or more tokens, so there is nothing to predict; "
                          "pass more text")
-    chats.warn_cut(data, n_ctx)
     return data, window
 
 
 def load_chunks(enc, path, opts, template=None):
     """The training data of dataset `path`: token chunks in the mode `opts.line_by_line` selects, or
-    `chats.Examples` for structured records (rendered by `template`) and for packed documents."""
+    `chats.Examples` for structured records (rendered by the chat template of text `template`, None: the
+    built-in one) and for packed documents."""
     if chats.is_structured(path):
-        if template is None:
-            raise ValueError(f"dataset {os.fspath(path)!r} holds conversations or prompt/completion pairs; "
-                             "pass them to finetune, which renders them with the run's chat template")
-        return chats.load_examples(enc, path, template, train_on=opts.train_on)
+        if opts.line_by_line:
+            raise ValueError("line_by_line=True reads plain text, one document a line; conversations and "
+                             "prompt/completion records are examples already: leave line_by_line out")
+        return chats.load_examples(enc, path, chats.template_for(template, enc), train_on=opts.train_on)
     if opts.line_by_line:
         chunks = load_documents(enc, path, text_field=opts.text_field)
         return documents_as_examples(chunks, enc.eot_token) if opts.packing else chunks

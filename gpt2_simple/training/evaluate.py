@@ -185,8 +185,7 @@ def evaluate(sess, dataset, *, run_name=None, checkpoint_dir="checkpoint", check
         line_by_line = run_record.trained_on_documents(run_dir)  # a base model alone: False
     # combine=1: each text file is its own chunk, without the `<|endoftext|>` text training joins files with
     opts = TrainOptions(line_by_line=bool(line_by_line), text_field=text_field, combine=1)
-    template = chats.template_for(chat_template.read_run_template(run_dir), enc)  # conversations: as the run trained
-    chunks = documents.load_chunks(enc, dataset, opts, template)
+    chunks = documents.load_chunks(enc, dataset, opts, chat_template.read_run_template(run_dir))  # as it trained
     byte_lengths = token_byte_lengths(enc)
     rows, scorer = [], None
     for label, folder, name in folders:

@@ -34,7 +34,7 @@ def log_scalars(step, **values):
 
 def validation_sample(enc, opts, window, template=None):
     """The fixed validation sample: `[val_batch_count, val_batch_size, seq]` tokens drawn with seed 1
-    (`[..., 4, seq]` for structured examples; `template` renders their conversations)."""
+    (`[..., 4, seq]` for structured examples; `template` is the text of the chat template rendering them)."""
     chunks = documents.load_chunks(enc, opts.val_dataset, opts, template)  # in the run's mode
     sampler = documents.make_sampler(chunks, enc, opts, seed=1)
     seq = min(window, sampler.longest)

@@ -121,10 +121,13 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         scale = tf.convert_to_tensor(loss_scale.scale) if loss_scale is not None else tf.constant(1.0)
 
         def minibatch(tokens, scale):
+            # Packed examples count by their trained tokens: the minibatch's mean times that count is
+            # its sum, so the step divides the sums of all minibatches and replicas by their total.
+            weight = tf.reduce_sum(tf.cast(tokens[:, 1, 1:], tf.float32)) if examples else tf.constant(1.0)
             with tf.GradientTape() as tape:
-                loss = lm_loss(model, tokens, dtype=dtype, recompute=recompute)
+                loss = lm_loss(model, tokens, dtype=dtype, recompute=recompute) * weight
                 scaled = loss * scale
-            return [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)], loss
+            return [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)], loss, weight
 
         if xla:
             minibatch = tf.function(minibatch, jit_compile=True, autograph=False)
@@ -133,25 +136,33 @@ def compile_train_step(model, opt, names, *, strategy, precision="float32", reco
         # (tracing is most of a first step's wait). The sums start as scalar zeros, broadcast by
         # the first addition: no zero-filled buffers, so with accumulate_gradients=1 the step
         # holds one set of gradients, not two.
-        def body(i, grads, total):
-            more, loss = minibatch(batches[i], scale)
-            return i + 1, [g + m for g, m in zip(grads, more)], total + loss
+        def body(i, grads, total, count):
+            more, loss, weight = minibatch(batches[i], scale)
+            return i + 1, [g + m for g, m in zip(grads, more)], total + loss, count + weight
 
-        n = tf.shape(batches)[0]
-        start = (tf.constant(0), [tf.constant(0.0)] * len(variables), tf.constant(0.0))
-        _, grads, total = tf.while_loop(
-            lambda i, *_: i < n, body, start,
-            shape_invariants=(tf.TensorShape([]), [tf.TensorShape(None)] * len(variables), tf.TensorShape([])))
+        start = (tf.constant(0), [tf.constant(0.0)] * len(variables), tf.constant(0.0), tf.constant(0.0))
+        _, grads, total, count = tf.while_loop(
+            lambda i, *_: i < tf.shape(batches)[0], body, start,
+            shape_invariants=(tf.TensorShape([]), [tf.TensorShape(None)] * len(variables), tf.TensorShape([]),
+                              tf.TensorShape([])))
         grads = [tf.ensure_shape(g, v.shape) for g, v in zip(grads, variables)]
-        count = tf.cast(n, tf.float32)
-        return [g / (count * scale) for g in grads], total / count
+        count = tf.maximum(count, 1.0)  # minibatches, or trained tokens (a step of none trains nothing)
+        return [g / (count * scale) for g in grads], total / count, count
 
     @tf.function(input_signature=[batch_spec(3, examples)], autograph=False)
     def train_step(batches):
-        grads, loss = strategy.run(replica_step, args=(batches,))
-        mean = tf.distribute.ReduceOp.MEAN
-        grads = strategy.extended.batch_reduce_to(mean, list(zip(grads, variables)))
-        loss = strategy.reduce(mean, loss, axis=None)
+        grads, loss, count = strategy.run(replica_step, args=(batches,))
+        if examples:  # each replica's mean, weighted by its trained tokens: the mean over all of them
+            add = tf.distribute.ReduceOp.SUM
+            total = strategy.reduce(add, count, axis=None)
+            share = strategy.run(lambda c: c / total, args=(count,))
+            grads = strategy.run(lambda gs, s: [g * s for g in gs], args=(grads, share))
+            grads = strategy.extended.batch_reduce_to(add, list(zip(grads, variables)))
+            loss = strategy.reduce(add, strategy.run(lambda v, s: v * s, args=(loss, share)), axis=None)
+        else:
+            mean = tf.distribute.ReduceOp.MEAN
+            grads = strategy.extended.batch_reduce_to(mean, list(zip(grads, variables)))
+            loss = strategy.reduce(mean, loss, axis=None)
         if loss_scale is None:
             opt.apply(grads)
             return loss

@@ -200,8 +200,7 @@ def _prepare_run(opts, dataset, strategy):
     enc = get_encoder(source_dir)
     template = chats.run_template(opts.chat_template, dataset, run_dir, source_dir)
     chunks, window = documents.training_data(enc, dataset, opts, template, model.hparams.n_ctx)
-    validation = None if opts.val_dataset is None else validation_sample(enc, opts, window, template and
-                                                                           chats.template_for(template, enc))
+    validation = None if opts.val_dataset is None else validation_sample(enc, opts, window, template)
     chief = is_chief(strategy)
     if chief:
         os.makedirs(run_dir, exist_ok=True)
@@ -209,7 +208,7 @@ def _prepare_run(opts, dataset, strategy):
         resume.copy_metadata(source_dir, run_dir)
         run_record.record_documents(run_dir, enc.eot_token if opts.line_by_line else None)
         run_record.record_training(run_dir, dataset, None if resuming else source_dir, opts.line_by_line,
-                                   card_settings(opts, examples=isinstance(chunks, chats.Examples)))
+                                   card_settings(opts, examples=chats.is_structured(dataset)))
         if template is not None:
             chat_template.write_run_template(run_dir, template)
     return _RunSetup(run_dir, source_dir, prefix, resuming, chief, model, enc, chunks, window, validation)

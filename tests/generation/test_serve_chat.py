@@ -34,7 +34,7 @@ def server(client):
 def test_templates_render_and_find_the_next_turn():
     default = ChatTemplate()
     assert default.render(MESSAGES) == "system: Be brief.\nuser: Hello there\nassistant:"
-    assert default.turn_end == ""  # its replies end with <|endoftext|>, which ends every completion
+    assert default.turn_end == "\nuser:"  # as a model not trained on chats writes the next turn
     chatml = ChatTemplate(CHATML)
     assert chatml.render(MESSAGES[1:]) == "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
     assert chatml.turn_end == "<|im_end|>"

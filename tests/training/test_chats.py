@@ -161,3 +161,30 @@ def test_a_packed_windows_summed_loss_and_gradients_equal_its_examples_run_alone
     for i, g in enumerate(grads):  # relative to each gradient's size: an element that cancels to ~0 has no digits
         expected = sum(a[1][i] for a in alone)
         assert np.linalg.norm(g - expected) <= 1e-5 * np.linalg.norm(expected), list(model.weights)[i]
+
+
+def test_a_step_of_examples_is_the_mean_over_every_trained_token_of_its_minibatches(tiny_hparams):
+    """Accumulated minibatches count by their trained tokens, not equally: the step is one mean over all."""
+    from gpt2_simple.training.optimizer import make_optimizer
+    from gpt2_simple.training.step import compile_train_step
+
+    model = GPT2(HParams(**tiny_hparams), seed=4)
+    rng = np.random.default_rng(1)
+    rows = []
+    for length, trained in ((6, 5), (10, 2)):  # 5 trained tokens in one minibatch, 2 in the other
+        row = np.zeros((4, 10), np.int32)
+        row[0, :length], row[2, :length], row[3, :length] = rng.integers(0, 97, length), 1, np.arange(length)
+        row[1, 1:1 + trained] = 1
+        rows.append(row[None])
+    batches = np.stack(rows)  # [accumulate 2, batch 1, 4, 10]
+    before = {n: v.numpy() for n, v in model.weights.items()}
+    with tf.GradientTape() as tape:
+        total = sum(lm_loss(model, tf.constant(r)) * float(r[:, 1, 1:].sum()) for r in rows) / 7.0
+    expected = dict(zip(model.weights, tape.gradient(total, list(model.weights.values()))))
+    opt = make_optimizer("sgd", dict(model.weights), 100.0)  # moves far above the weights' float32 rounding
+    step = compile_train_step(model, opt, list(model.weights), strategy=tf.distribute.get_strategy(), examples=True,
+                              xla=False)
+    assert float(step(tf.constant(batches))) == pytest.approx(float(total), rel=1e-5)
+    for name, variable in model.weights.items():  # SGD: each weight moved by minus the rate times its gradient
+        moved, grad = (before[name] - variable.numpy()) / 100.0, tf.convert_to_tensor(expected[name]).numpy()
+        assert np.linalg.norm(moved - grad) <= 1e-5 * max(np.linalg.norm(grad), 1e-8), name
