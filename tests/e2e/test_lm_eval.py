@@ -6,7 +6,6 @@ equal our in-process scores, with the harness's current request (`max_tokens: 1,
 the drawn token dropped) and the older one (`max_tokens: 0, logprobs: 10`).
 """
 import json
-import os
 
 import numpy as np
 import pytest
@@ -40,7 +39,13 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, served_sess):
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with pytest.MonkeyPatch.context() as env:  # offline for this module only: later tests see the environment as it was
+        for name, value in dict(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false").items():
+            env.setenv(name, value)
+        yield from _setup(tmp_path_factory, served_sess)
+
+
+def _setup(tmp_path_factory, served_sess):
     root = tmp_path_factory.mktemp("lm_eval")
     sess = served_sess
     hf = gpt2.export_hf(sess.folder, str(root / "hf"))
