@@ -65,10 +65,11 @@ def write_random_folder(folder, hparams, seed=0):
 
 
 def lora_child(folder, recompute):
-    """Load `folder`'s base in bfloat16, add rank-8 adapters, run two Adam steps; returns the profile."""
+    """Load `folder`'s base in bfloat16, add rank-8 adapters, run two Adam steps and save the merged weights
+    (finetune's default `lora_save`); returns the profile, the peak RSS after the steps and after the save."""
     import tensorflow as tf
 
-    from gpt2_simple.formats.checkpoint import load_checkpoint
+    from gpt2_simple.formats.checkpoint import load_checkpoint, save_checkpoint
     from gpt2_simple.training.optimizer import make_optimizer
     from gpt2_simple.training.step import compile_train_step
 
@@ -87,7 +88,12 @@ def lora_child(folder, recompute):
     profile.update(first_step_rss_mb=rss_mb(), first_step_peak_rss_mb=peak_rss_mb())
     start = time.perf_counter()
     step(tokens).numpy()
-    profile.update(step_s=time.perf_counter() - start, weights_rss_mb=profile["loaded_rss_mb"])
+    profile.update(step_s=time.perf_counter() - start, weights_rss_mb=profile["loaded_rss_mb"],
+                   steps_peak_rss_mb=peak_rss_mb())
+    with tempfile.TemporaryDirectory() as run:  # finetune's default save: the merged weights, model-2
+        start = time.perf_counter()
+        save_checkpoint(model, run, 2)
+        profile.update(save_s=time.perf_counter() - start, save_peak_rss_mb=peak_rss_mb())
     return profile
 
 

@@ -4,15 +4,17 @@ This module owns the files that hold weights: the table of OpenAI variable names
 (`model/wte`, `model/h0/attn/c_attn/w`, ...), reading an original OpenAI checkpoint or a run's
 `model-<N>` with a shape check per tensor, writing `model-<N>.index` +
 `model-<N>.data-00000-of-00001` (the TF1 `Saver` bundle format, so `tf.train.load_checkpoint`,
-TF1 `Saver` code and gpt-2-simple open them) and the `checkpoint` state file, and
-`load_checkpoint(folder)`. It does not know about optimizers, datasets or sampling, nor about
-other layouts: telling a folder's layout apart is `folders.py`'s.
+TF1 `Saver` code and gpt-2-simple open them; a LoRA run's merged save has a data file a layer) and
+the `checkpoint` state file, and `load_checkpoint(folder)`. It knows no optimizers, datasets,
+sampling or other layouts (telling a folder's layout apart is `folders.py`'s).
 
 Files are written under temporary names and renamed, and the state file changes only after the
 new checkpoint is complete, so a crash never leaves a half-written checkpoint in use.
 """
+import glob
 import os
 import re
+import secrets
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +22,7 @@ import tensorflow as tf
 from ..atomic import staged_path, write_text
 from ..errors import one_line
 from ..model.hparams import load_hparams
-from ..model.lora import base_dtype, frozen_init, merged_weights
+from ..model.lora import adapters, base_dtype, frozen_init, merged_weight
 from ..model.model import GPT2
 
 STATE_FILE = "checkpoint"
@@ -230,10 +232,36 @@ def remove_temporaries(folder):
     return stale
 
 
-def model_tensors(model):
-    """The model's weights by OpenAI name, reshaped to the checkpoint's shapes: float32, LoRA adapters folded in."""
-    weights = merged_weights(model)
-    return {name: tf.reshape(weights[name], shape) for name, shape in openai_variables(model.hparams)}
+def model_tensors(model, names=None):
+    """The model's weights by OpenAI name (`names` only, when given), reshaped to the checkpoint's shapes:
+    float32, LoRA adapters folded in."""
+    adapted, table = adapters(model), openai_variables(model.hparams)
+    return {n: tf.reshape(merged_weight(model, n, adapted), shape) for n, shape in table if names is None or n in names}
+
+
+def write_merged_bundle(prefix, model):
+    """`model_tensors(model)` as one TF bundle at `prefix`, atomically, a layer at a time: a LoRA model's merged
+    weights are new float32 tensors, a second model if formed at once. Each layer's are written as a bundle,
+    then merged into one (`MergeV2Checkpoints`: a data file per layer, one index)."""
+    table = [name for name, _ in openai_variables(model.hparams)]
+    groups = [[n for n in table if not n.startswith("model/h")]]
+    groups += [[n for n in table if n.startswith(f"model/h{i}/")] for i in range(model.hparams.n_layer)]
+    folder, name = os.path.split(os.path.abspath(prefix))
+    stem = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
+    parts = [f"{stem}-part{k}" for k in range(len(groups))]
+    try:
+        for part, names in zip(parts, groups):
+            tensors = model_tensors(model, names)  # this layer's float32 copies, gone before the next layer's
+            tf.raw_ops.SaveV2(prefix=part, tensor_names=names, shape_and_slices=[""] * len(names),
+                              tensors=[tensors[n] for n in names])
+        shards = tuple(f".data-{i:05d}-of-{len(parts):05d}" for i in range(len(parts)))
+        with staged_path(prefix, suffixes=shards + (INDEX_SUFFIX,)) as tmp:
+            tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=tmp, delete_old_dirs=False)
+    finally:
+        for path in glob.glob(stem + "-part*"):
+            os.remove(path)
+    _fsync_dir(folder)
+    return prefix
 
 
 def write_state(folder, prefixes):
@@ -264,7 +292,11 @@ def save_checkpoint(model, folder, step, *, max_checkpoints=1, companions=None, 
     step = int(step)
     for name, companion in (companions or {}).items():
         write_bundle(os.path.join(folder, f"{name}-{step}"), companion)
-    prefix = write_bundle(os.path.join(folder, f"model-{step}"), model_tensors(model) if tensors is None else tensors)
+    path = os.path.join(folder, f"model-{step}")
+    if tensors is None and model.lora is not None:  # merged weights: new float32 tensors, a layer at a time
+        prefix = write_merged_bundle(path, model)
+    else:
+        prefix = write_bundle(path, model_tensors(model) if tensors is None else tensors)
     previous = [p for p in read_state(folder) if _bundle_exists(p) and p != prefix]
     # A checkpoint of a later step belongs to an earlier run in this folder (restore_from='fresh'
     # restarts the count): it is kept and never pruned here.
@@ -288,9 +320,14 @@ def step_of(prefix):
 def remove_bundle(prefix, companions=()):
     """Delete checkpoint `prefix` (and `<companion>-<step>` bundles of the same step)."""
     for p in [prefix] + [companion_path(prefix, c) for c in companions]:
-        for suffix in (INDEX_SUFFIX, DATA_SUFFIX, ".meta"):
-            if os.path.exists(p + suffix):
-                os.remove(p + suffix)
+        for path in [p + INDEX_SUFFIX, p + ".meta"] + data_files(p):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def data_files(prefix):
+    """The data files of bundle `prefix`: `.data-00000-of-00001`, or one a shard (`write_merged_bundle`'s)."""
+    return sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
 
 
 def companion_path(prefix, name):

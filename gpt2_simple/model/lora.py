@@ -238,11 +238,16 @@ def merged_weights(model):
     A float32 weight without an adapter is returned as the variable itself.
     """
     adapted = adapters(model)
-    out = {}
-    for name, var in model.weights.items():
-        value = var if var.dtype == tf.float32 else tf.cast(var, tf.float32)
-        out[name] = value + adapted[name].delta() if name in adapted else value
-    return out
+    return {name: merged_weight(model, name, adapted) for name in model.weights}
+
+
+def merged_weight(model, name, adapted=None):
+    """One weight as float32 with its adapter folded in (`adapted`: `adapters(model)`, computed once by a caller
+    that asks for many); a float32 weight without an adapter is the variable itself."""
+    adapted = adapters(model) if adapted is None else adapted
+    var = model.weights[name]
+    value = var if var.dtype == tf.float32 else tf.cast(var, tf.float32)
+    return value + adapted[name].delta() if name in adapted else value
 
 
 def merge_lora(model):

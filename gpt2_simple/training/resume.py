@@ -134,8 +134,8 @@ def optimizer_tensors(opt, mode):
 def describe_save(prefix, mode):
     """'  model-10: 498.0 MB of weights + 995.1 MB of optimizer state; the run folder holds 1.5 GB'."""
     def size(p):
-        return sum(os.path.getsize(p + s) for s in (checkpoint.INDEX_SUFFIX, checkpoint.DATA_SUFFIX)
-                   if os.path.isfile(p + s))
+        return sum(os.path.getsize(f) for f in [p + checkpoint.INDEX_SUFFIX] + checkpoint.data_files(p)
+                   if os.path.isfile(f))
 
     folder = os.path.dirname(prefix) or "."
     total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)

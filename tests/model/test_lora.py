@@ -97,6 +97,23 @@ def test_merged_weights_equal_w_plus_scale_a_b_and_merge_keeps_the_logits():
     np.testing.assert_allclose(model(TOKENS).numpy(), on_the_fly, atol=1e-5)
 
 
+def test_a_merged_save_writes_a_layer_at_a_time_into_one_bundle_that_any_reader_opens(tmp_path):
+    model = _tiny_model()
+    model.enable_lora(4, alpha=8, base_precision="bfloat16", seed=0)
+    _train_b(model)
+    prefix = checkpoint.save_checkpoint(model, str(tmp_path), 3)
+    files = checkpoint.data_files(prefix)
+    assert len(files) == model.hparams.n_layer + 1  # the embeddings and final norm, then one a layer
+    reader = tf.train.load_checkpoint(prefix)  # TF's own reader: one bundle, its shards behind one index
+    expected = checkpoint.model_tensors(model)
+    assert sorted(reader.get_variable_to_shape_map()) == sorted(expected)
+    for name, tensor in expected.items():
+        assert np.array_equal(reader.get_tensor(name), tensor.numpy()), name
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # no part left behind
+    checkpoint.remove_bundle(prefix)
+    assert checkpoint.data_files(prefix) == [] and not os.path.exists(prefix + ".index")
+
+
 # ---------------------------------------------------------------------------------------------
 # finetune with LoRA
 
@@ -184,7 +201,8 @@ def test_adapter_only_saves_are_small_and_load_onto_their_base(workdir):
     sess = gpt2.start_tf_sess()
     gpt2.finetune(sess, data, steps=2, lora_save="adapters", run_name="small", **dict(LORA, model_dir=model_dir))
     gpt2.finetune(gpt2.start_tf_sess(), data, steps=2, run_name="big", **dict(LORA, model_dir=model_dir))
-    size = {run: os.path.getsize(root / "checkpoint" / run / "model-2.data-00000-of-00001") for run in ("small", "big")}
+    size = {run: sum(os.path.getsize(f) for f in checkpoint.data_files(str(root / "checkpoint" / run / "model-2")))
+            for run in ("small", "big")}  # a merged save has a data file a layer
     assert size["small"] < size["big"] / 100, size
     loaded = gpt2.load_gpt2(gpt2.start_tf_sess(), run_name="small")
     np.testing.assert_array_equal(loaded.model(TOKENS).numpy(), sess.model(TOKENS).numpy())

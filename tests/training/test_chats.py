@@ -188,3 +188,13 @@ def test_a_step_of_examples_is_the_mean_over_every_trained_token_of_its_minibatc
     for name, variable in model.weights.items():  # SGD: each weight moved by minus the rate times its gradient
         moved, grad = (before[name] - variable.numpy()) / 100.0, tf.convert_to_tensor(expected[name]).numpy()
         assert np.linalg.norm(moved - grad) <= 1e-5 * max(np.linalg.norm(grad), 1e-8), name
+
+
+def test_documents_train_packed_with_packing_true(workdir):
+    root, model_dir, data = workdir
+    result = gpt2.finetune(gpt2.start_tf_sess(), data, steps=3, model_dir=model_dir, model_name="tiny", batch_size=2,
+                           accumulate_gradients=1, sample_every=0, save_every=0, line_by_line=True, packing=True,
+                           learning_rate=1e-2, seed=0)
+    assert len(result.losses) == 3 and result.losses[3] < result.losses[1]
+    with pytest.raises(ValueError, match="packing=True packs documents"):
+        gpt2.finetune(gpt2.start_tf_sess(), data, steps=1, model_dir=model_dir, model_name="tiny", packing=True)
