@@ -89,12 +89,21 @@ def source_of(chat_template):
 
 
 def read_run_template(run_dir):
-    """The template text a run folder keeps (`chat_template.jinja`), or None when it has none."""
+    """The template text a folder keeps: a run's (or an export's) `chat_template.jinja`, else a Hugging Face
+    folder's `chat_template` in `tokenizer_config.json`; None when it has none."""
     path = os.path.join(run_dir, FILE) if run_dir else None
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    config = os.path.join(run_dir, "tokenizer_config.json") if run_dir else None
+    if config and os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            try:
+                template = json.load(f).get("chat_template")
+            except (json.JSONDecodeError, AttributeError):
+                return None
+        return template if isinstance(template, str) else None  # a list of named templates: not read
+    return None
 
 
 def write_run_template(folder, source):

@@ -128,7 +128,8 @@ def finetune(sess, dataset, steps=-1, model_name="124M", model_dir="models", com
             base model folder to load).
         train_on: for conversations and pairs (docs/chat.md): 'completion' (the replies, each with
             its end-of-text) or 'all' (every token).
-        chat_template: 'gpt2' (the default), 'dialogpt' or a Jinja file; kept in the run folder.
+        chat_template: 'gpt2', 'dialogpt' or a Jinja file, kept in the run folder (None: the
+            run's, else its base model's, else 'gpt2').
         packing: examples share a window, each seeing only itself (None: for conversations and
             pairs; True also packs line_by_line's documents).
 

@@ -198,3 +198,13 @@ def test_documents_train_packed_with_packing_true(workdir):
     assert len(result.losses) == 3 and result.losses[3] < result.losses[1]
     with pytest.raises(ValueError, match="packing=True packs documents"):
         gpt2.finetune(gpt2.start_tf_sess(), data, steps=1, model_dir=model_dir, model_name="tiny", packing=True)
+
+
+def test_a_hugging_face_folders_template_is_read_from_its_tokenizer_config(tmp_path):
+    from gpt2_simple.formats.chat_template import FILE, read_run_template
+
+    assert read_run_template(str(tmp_path)) is None
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": PRESETS["dialogpt"]}))
+    assert read_run_template(str(tmp_path)) == PRESETS["dialogpt"]  # a pulled DialoGPT-style base
+    (tmp_path / FILE).write_text(PRESETS["gpt2"])
+    assert read_run_template(str(tmp_path)) == PRESETS["gpt2"]  # the run's own file comes first
