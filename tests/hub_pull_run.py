@@ -31,6 +31,9 @@ def main(root, mode):
     out = {"logits": gpt2.load_model("hf://test-org/tiny6")(np.array(TOKENS)).numpy().tolist(),
            "unknown": error_of(lambda: gpt2.load_model("hf://test-org/nope"))}
     if mode == "offline":
+        sess = gpt2.load_gpt2(gpt2.start_tf_sess(), model_name="hf://test-org/tiny6")  # as serve --model_name does
+        out["loaded_from"] = sess.folder
+        out["generated"] = gpt2.generate(sess, prefix="The quick", length=4, top_k=1, return_as_list=True)[0]
         data = os.path.join(root, "data.txt")
         checkpoint_dir = os.path.join(root, "checkpoint")
         out["straight"] = gpt2.finetune(gpt2.start_tf_sess(), data, steps=4, run_name="straight",

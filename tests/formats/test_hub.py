@@ -66,6 +66,7 @@ def test_a_sharded_model_pulled_by_id_then_offline_matches_transformers_fine_tun
     offline = _child(tmp_path, "offline", HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
     np.testing.assert_allclose(offline["logits"], reference, atol=1e-4, rtol=0)
     assert offline["unknown"][0] == "ConnectionError" and "HF_HUB_OFFLINE" in offline["unknown"][1]
+    assert hub.repo_id_of(offline["loaded_from"]) == REPO and offline["generated"].startswith("The quick")
     assert offline["resumed"] == {k: offline["straight"][k] for k in ("3", "4")}  # exact resume
     assert offline["straight"]["4"] < offline["straight"]["1"]
     exported = str(tmp_path / "exported")
