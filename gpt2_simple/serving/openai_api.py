@@ -300,7 +300,8 @@ def _top(enc, alternatives, name, logprob):
     return top
 
 
-def models(model, n_ctx):
-    """`GET /v1/models`."""
+def models(model, n_ctx, root=None):
+    """`GET /v1/models`, in vLLM's shape: `root` is the folder served (a run or model), and `parent` the model a
+    served adapter sits on (None: the model is served whole)."""
     return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "gpt2_simple",
-                                        "max_model_len": n_ctx}]}
+                                        "root": root or model, "parent": None, "max_model_len": n_ctx}]}

@@ -76,7 +76,7 @@ async def models(request):
     from starlette.responses import JSONResponse
 
     s = served_of(request)
-    return JSONResponse(api.models(s.name, s.n_ctx))
+    return JSONResponse(api.models(s.name, s.n_ctx, root=s.sess.folder))
 
 
 async def page(request):

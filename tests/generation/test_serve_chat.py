@@ -125,7 +125,8 @@ def test_tokenize_detokenize_and_tokenizer_info_in_vllms_shapes(client, sess):
     assert bad.status_code == 400 and "99999" in bad.json()["error"]["message"]
     info = client.get("/tokenizer_info").json()
     assert (info["eos_token"], info["max_model_len"], info["chat_template"]) == ("<|endoftext|>", 32, PRESETS["gpt2"])
-    assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 32
+    card = client.get("/v1/models").json()["data"][0]
+    assert (card["max_model_len"], card["root"], card["parent"]) == (32, sess.folder, None)  # vLLM's shape
 
 
 def scrape(client):
