@@ -163,13 +163,20 @@ def load_chunks(enc, path, opts, template=None):
     return dataset_module.load_dataset(enc, path, opts.combine, text_field=opts.text_field)
 
 
+def each_document(chunk, eot):
+    """Each document of a stream whole, as int32 `[eot] document [eot]`: what packing trains on and
+    `evaluate` scores (a stream that does not begin with a separator has its first document all the same)."""
+    cut = separator_positions(chunk, eot)
+    if not len(cut) or cut[0] != 0:
+        cut = np.concatenate([[0], cut])
+    for first, end in zip(cut, np.append(cut[1:], len(chunk))):
+        body = np.asarray(chunk[first:end], np.int32)
+        yield np.concatenate([body if body[0] == eot else np.r_[eot, body], [eot]]).astype(np.int32)
+
+
 def documents_as_examples(chunks, eot):
     """Documents mode's streams as examples to pack: `[eot] document [eot]` each, every target trained."""
-    tokens = []
-    for chunk in chunks:
-        cut = np.append(separator_positions(chunk, eot), len(chunk))
-        tokens += [np.r_[eot, np.asarray(chunk[a + 1:b], np.int32), eot].astype(np.int32)
-                   for a, b in zip(cut[:-1], cut[1:]) if chunk[a] == eot]
+    tokens = [doc for chunk in chunks if len(chunk) for doc in each_document(chunk, eot)]
     masks = [np.r_[False, np.ones(len(t) - 1, bool)] for t in tokens]
     return chats.Examples(tokens, masks)
 

@@ -61,12 +61,7 @@ def cut_windows(chunks, n_ctx, eot=None, enc=None):
                 docs.append(-1)
         return Windows(rows, targets, docs, texts)
     for chunk in chunks:
-        cut = documents.separator_positions(chunk, eot)
-        if not len(cut) or cut[0] != 0:
-            cut = np.concatenate([[0], cut])  # a stream that does not begin with a separator
-        for first, end in zip(cut, np.append(cut[1:], len(chunk))):
-            body = np.asarray(chunk[first:end], np.int32)
-            doc = np.concatenate([body if body[0] == eot else np.r_[eot, body], [eot]]).astype(np.int32)
+        for doc in documents.each_document(chunk, eot):
             texts.append(enc.decode([int(t) for t in doc[1:-1]]) if enc is not None else "")
             for begin in range(0, len(doc) - 1, n_ctx - 1):
                 rows.append(doc[begin:begin + n_ctx])
