@@ -29,7 +29,7 @@ import numpy as np
 from ..formats import chat_template
 from ..formats.chat_template import EOS, ChatTemplate, TemplateError, check_messages
 from . import dataset as dataset_module
-from .records import read_text
+from .records import json_lines, read_text
 
 SHAPE_KEYS = ("messages", "prompt", "completion", "conversations")
 SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
@@ -211,13 +211,7 @@ def encode_marked(enc, text, spans):
 
 
 def _jsonl_records(path):
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not JSON ({error.msg}); {_SHAPES_HELP}") from None
+    for number, record in json_lines(path, _SHAPES_HELP):
         if not isinstance(record, dict):
             raise ValueError(f"{path} line {number} is a JSON {type(record).__name__}, not an object; {_SHAPES_HELP}")
         yield number, record

@@ -95,20 +95,28 @@ def read_jsonl(path, text_field="text"):
             a string (the message names the file and the line number).
     """
     texts = []
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not JSON ({error.msg}); write one JSON object per "
-                             "line, such as {\"text\": \"...\"}") from None
+    for number, record in json_lines(path, 'write one JSON object per line, such as {"text": "..."}'):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{path} line {number} has no string field {text_field!r} (it has {found}); "
                              "pass text_field= naming the key that holds each document's text")
         texts.append(record[text_field])
     return texts
+
+
+def json_lines(path, fix):
+    """(line number, decoded value) of each non-blank line of a JSON-lines file (decoded as by `read_text`).
+
+    Raises:
+        ValueError: a line that is not JSON, naming the file, the line and `fix`.
+    """
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not JSON ({error.msg}); {fix}") from None
 
 
 def read_lines(path):
