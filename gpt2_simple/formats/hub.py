@@ -27,17 +27,15 @@ def is_hub_name(name):
     return isinstance(name, (str, os.PathLike)) and os.fspath(name).startswith(PREFIX)
 
 
-def repo_id(name, argument="model_name"):
-    """`ORG/NAME` of `hf://ORG/NAME` (or of `ORG/NAME` for a push's `repo`), checked; a one-line ValueError
-    naming `argument` otherwise."""
-    if argument == "repo" and not is_hub_name(name):
-        name = PREFIX + os.fspath(name)
-    rid = os.fspath(name)[len(PREFIX):]
+def repo_id(name, argument="model_name", *, bare=False):
+    """`ORG/NAME` of `hf://ORG/NAME` (also of a `bare` `ORG/NAME`, as a push's `repo` is written), checked;
+    a one-line ValueError naming `argument` and the value as given otherwise."""
+    text = os.fspath(name)
+    prefix = PREFIX if text.startswith(PREFIX) or not bare else ""
+    rid = text[len(prefix):] if text.startswith(prefix) else ""
     if not _REPO.match(rid):
-        shown = rid if argument == "repo" else name
-        raise ValueError(f"{argument}={shown!r} is not a Hub id; write it as "
-                         f"{'ORG/NAME' if argument == 'repo' else 'hf://ORG/NAME'}, e.g. "
-                         f"{'' if argument == 'repo' else 'hf://'}openai-community/gpt2")
+        raise ValueError(f"{argument}={text!r} is not a Hub id; write it as {prefix}ORG/NAME, e.g. "
+                         f"{prefix}openai-community/gpt2")
     return rid
 
 

@@ -37,7 +37,7 @@ def push_to_hub(source, repo, *, private=False, gguf=None, adapters=False, check
         ConnectionError: the Hub cannot be reached.
         ValueError, FileNotFoundError: a bad `repo`, `gguf` or `source` (as `export_hf` raises them).
     """
-    rid = hub.repo_id(repo, "repo")
+    rid = hub.repo_id(repo, "repo", bare=True)
     if gguf is not None and gguf not in DTYPES:
         raise ValueError(f"gguf={gguf!r} is not a GGUF type; pass one of {', '.join(DTYPES)}, or leave it out")
     client = hub.hub_client()
