@@ -47,10 +47,6 @@ class Examples:
     def __len__(self):
         return len(self.tokens)
 
-    @property
-    def longest(self):
-        return max(len(t) for t in self.tokens)
-
 
 def is_structured(path):
     """Whether a dataset path holds structured records: a `.jsonl` whose first record has a shape key
