@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from ..model.adapter_rows import BASE
 from .options import MAX_STOP_TOKENS, NO_TOKEN, text_tail
 
 
@@ -29,10 +30,12 @@ class Decoding:
     pads: np.ndarray = None  # int32 [batch]: each row's left padding in the caches
     offsets: np.ndarray = None  # int [batch]: the `out` column each row joined at (0: from the call's start)
     matrices: list = None  # the XLA loop's transposed block matrices, made at its first call (`columns.loop_matrices`)
+    adapters: list = None  # each row's LoRA adapter, (slot, scale) (`adapter_rows.BASE`: none), with an adapter table
 
     def __post_init__(self):
         self.prompt(self.pending)
         self.offsets = np.zeros(len(self.history), np.int64) if self.offsets is None else self.offsets
+        self.adapters = [BASE] * len(self.history) if self.adapters is None else list(self.adapters)
 
     def prompt(self, pending):
         """Start the caches over from `pending` (a left-padded prompt)."""

@@ -13,18 +13,20 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from ..model.adapter_rows import BASE
 from .decoding import Decoding, cache_window
 from .options import NO_TOKEN, SamplingOptions
 
 
 @dataclasses.dataclass(frozen=True)
 class Joining:
-    """A row that joins a running call: its prompt, options, (seed, stream row) and tokens wanted."""
+    """A row that joins a running call: its prompt, options, (seed, stream row), tokens wanted and LoRA adapter."""
 
     tokens: list
     options: SamplingOptions
     seed: tuple
     length: int
+    adapter: tuple = BASE  # (slot, scale) in the sampler's `adapter_rows.AdapterTable`
 
 
 def shifted_start(state: Decoding, rows):
@@ -47,7 +49,7 @@ def admit(state: Decoding, rows, slots, *, size, hparams, prefill, empty):
         slots: ended rows' indexes, or new ones below `size`.
         size: the batch's rows afterwards (at least today's).
         hparams: the model's (the caches hold `[batch * n_head, positions, head_dim]`).
-        prefill: `tokens [1, p]` -> (keys, values) of a prompt read alone; `empty(batch)`: empty caches.
+        prefill: `(tokens [1, p], adapter)` -> (keys, values) of a prompt read alone; `empty(batch)`: empty caches.
     """
     old_window = state.caches[0][0].shape[1]
     grow, shift = size - len(state.ended), shifted_start(state, rows) - state.start
@@ -56,7 +58,7 @@ def admit(state: Decoding, rows, slots, *, size, hparams, prefill, empty):
     for slot, row in zip(slots, rows):
         place(state, slot, row)
     n_head, window = hparams.n_head, max(old_window, cache_window(state.start + state.left(), hparams.n_ctx))
-    reads = [prefill(tf.constant([row.tokens[:-1]])) if len(row.tokens) > 1 else empty(1) for row in rows]
+    reads = [prefill(tf.constant([row.tokens[:-1]]), row.adapter) if len(row.tokens) > 1 else empty(1) for row in rows]
     indexes = tf.constant([[slot * n_head + h] for slot in slots for h in range(n_head)])
     caches = []
     for kind, old in enumerate(state.caches):
@@ -79,6 +81,7 @@ def _grow(state, size):
     state.ended, state.seeds, state.until = more(state.ended, True), more(state.seeds, 0), more(state.until, 0)
     state.pads, state.offsets = more(state.pads, state.start), more(state.offsets, state.drawn)
     state.options = state.options + state.options[:1] * extra  # one guard a batch: the fillers carry the batch's
+    state.adapters = state.adapters + [BASE] * extra
 
 
 def _shift(state, by):
@@ -94,3 +97,4 @@ def place(state, slot, row):
     state.pending[slot], state.pads[slot] = row.tokens[-1], state.start - (len(row.tokens) - 1)
     state.ended[slot], state.seeds[slot], state.options[slot] = False, row.seed, row.options
     state.offsets[slot], state.until[slot] = state.drawn, state.drawn + row.length
+    state.adapters[slot] = row.adapter

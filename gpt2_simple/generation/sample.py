@@ -44,9 +44,11 @@ class Sampler:
     Both return the rows that drew a stop sequence (`options.stop_hits`, checked at every step).
     """
 
-    def __init__(self, model, *, xla_max_batch=None):
+    def __init__(self, model, *, xla_max_batch=None, adapters=None):
         self.model = model
+        self.adapters = adapters  # an `adapter_rows.AdapterTable`: each row may use its own LoRA adapter (the server)
         # None: XLA_MAX_BATCH, or 0 (never the XLA loop) where XLA is switched off or cannot compile.
+        self._last_rows = (None, [])
         self.xla_max_batch = (XLA_MAX_BATCH if xla_choice.decide() else 0) if xla_max_batch is None else xla_max_batch
         hp = model.hparams
         inputs = [
@@ -58,33 +60,35 @@ class Sampler:
         ]
         caches = [tf.TensorSpec([None, None, hp.head_dim], tf.float32)] * hp.n_layer  # [batch * n_head, positions, ...]
         pads = tf.TensorSpec([None], tf.int32)  # each row's left padding (prompts of different lengths)
+        rows = adapters.specs() if adapters else []  # each row's adapter (none without a table)
         self._decode = tf.function(  # autograph off: plain TF ops only; converting the model costs seconds a trace
-            self.decode_chunk, input_signature=[tf.TensorSpec([None, None], tf.int32), pads, caches, caches] + inputs,
+            self.decode_chunk,
+            input_signature=[tf.TensorSpec([None, None], tf.int32), pads, caches, caches] + inputs + [rows],
             autograph=False)
         self._decode_fixed = tf.function(
             self.decode_fixed,
             input_signature=[tf.TensorSpec([None, 1], tf.int32), pads, caches, caches, tf.TensorSpec([], tf.int32)]
-            + inputs + [columns.matrix_specs(model)], jit_compile=True, autograph=False)
-        self._prefill = tf.function(lambda tokens: model.forward(tokens)[1:], autograph=False,
-                                    input_signature=[tf.TensorSpec([1, None], tf.int32)])
+            + inputs + [columns.matrix_specs(model), rows], jit_compile=True, autograph=False)
+        self._prefill = tf.function(lambda tokens, rows: model.forward(tokens, adapters=rows or None)[1:],
+                                    autograph=False, input_signature=[tf.TensorSpec([1, None], tf.int32), rows])
 
     @property
     def tracing_count(self):
         return sum(f.experimental_get_tracing_count() for f in (self._decode, self._decode_fixed, self._prefill))
 
-    def decode_chunk(self, pending, pads, keys, values, n, seed, knobs, steering):
+    def decode_chunk(self, pending, pads, keys, values, n, seed, knobs, steering, rows=()):
         """Feed `pending` (any length), growing the caches, then draw up to `n` tokens: see `_loop`."""
-        return self._loop(pending, pads, keys, values, None, n, seed, knobs, steering)
+        return self._loop(pending, pads, keys, values, None, n, seed, knobs, steering, rows=rows)
 
-    def decode_fixed(self, token, pads, keys, values, start, n, seed, knobs, steering, matrices):
+    def decode_fixed(self, token, pads, keys, values, start, n, seed, knobs, steering, matrices, rows=()):
         """Feed `token` at position `start` into caches of a fixed window, then draw up to `n` (<= window - start).
 
         The caches are n_layer float32 `[batch * n_head, window, head_dim]`, valid before `start`;
         the loop writes positions up to start + n - 1 < window. See `_loop`.
         """
-        return self._loop(token, pads, keys, values, start, n, seed, knobs, steering, matrices)
+        return self._loop(token, pads, keys, values, start, n, seed, knobs, steering, matrices, rows)
 
-    def _loop(self, pending, pads, keys, values, start, n, seed, knobs, steering, matrices=()):
+    def _loop(self, pending, pads, keys, values, start, n, seed, knobs, steering, matrices=(), rows=()):
         """The one decoding loop: feed `pending`, then draw up to `n` (<= n_ctx) tokens one at a time.
 
         Args:
@@ -99,6 +103,7 @@ class Sampler:
                 row, `draws.row_seeds`; int64 `[batch]`, the index in its stream of each row's first token drawn).
             knobs: `Knobs.of(...)`, one value a row; steering: the loop's `Steering`.
             matrices: `columns.loop_matrices`, made once per `chunks` call (not per compiled call), or none.
+            rows: each row's LoRA adapter (`adapter_rows.AdapterTable.rows`), or none.
 
         Returns:
             (int32 `[batch, n_ctx]` whose first `count` columns are the drawn tokens, count, bool
@@ -111,7 +116,7 @@ class Sampler:
         fixed = start is not None
         slots = tf.range(hp.n_ctx)[None, :]
 
-        forward = columns.decoder(self.model, matrices)
+        forward = columns.decoder(self.model, matrices, rows or None)
 
         def body(i, fed, keys, values, drawn, steering):
             logits, keys, values = forward(fed, keys, values, start + i if fixed else None, pads)
@@ -162,7 +167,7 @@ class Sampler:
             context, length, seed=seed, chunk=chunk, stop=stop, options=options, guard=guard, **kwargs)), axis=1)
 
     def chunks(self, context, length, *, seed=None, chunk=None, stop=None, options=None, guard=None, join=None,
-               **kwargs):
+               adapters=None, **kwargs):
         """`sample`, yielding each compiled call's new tokens (int32 numpy `[batch, k]`) as it returns.
 
         The first chunk holds one token for batches up to `xla_max_batch`: it comes after one
@@ -173,6 +178,8 @@ class Sampler:
         grow by (up to `xla_max_batch`); it returns `decoding.Joining` rows, which take `slots` in order,
         and `fits(rows)` says whether those rows can join (their texts fit the context). A joined
         row draws what it would alone; the chunks after it have the grown batch's rows.
+
+        `adapters`: with the sampler's `AdapterTable`, each row's (slot, scale) (None: the base alone for every row).
         """
         context = left_padded(context)
         batch = len(context)
@@ -181,7 +188,7 @@ class Sampler:
         state = Decoding(history=context, pending=context, caches=self._empty_cache(batch),
                          out=np.zeros([batch, 0], np.int32), ended=np.zeros(batch, bool),
                          seeds=row_seeds(seed, batch) if np.ndim(seed) == 0 else np.asarray(seed, np.int64),
-                         options=options, until=np.full(batch, length))
+                         options=options, until=np.full(batch, length), adapters=adapters)
         chunk = int(chunk or length)
         knobs = Knobs.of(options, self.model.hparams.n_vocab, guard)
         while state.left():  # 0 once every row has ended or has all it wants
@@ -222,17 +229,19 @@ class Sampler:
             self._prefill_rows(state)
         pending, pads, (keys, values) = tf.constant(np.maximum(state.pending, 0)), tf.constant(state.pads), state.caches
         seed = (tf.constant(state.seeds), tf.constant(state.index()))
+        rows = self._rows(state.adapters)
         if state.start is None:  # read the prompt (and draw one token, or a chunk without XLA)
             n = 1 if fixed else n
             drawn, count, ended, keys, values = self._decode(pending, pads, keys, values, tf.constant(n), seed, knobs,
-                                                             steering)
+                                                             steering, rows)
             if fixed:  # from here on, the XLA loop over caches of a fixed window
                 state.start = keys[0].shape[1]
                 keys, values = self._fit(keys, state), self._fit(values, state)
         else:
             state.matrices = columns.loop_matrices(self.model) if state.matrices is None else state.matrices
             drawn, count, ended, keys, values = self._decode_fixed(pending, pads, keys, values, tf.constant(state.start),
-                                                                   tf.constant(n), seed, knobs, steering, state.matrices)
+                                                                   tf.constant(n), seed, knobs, steering, state.matrices,
+                                                                   rows)
             state.start += int(count)
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
@@ -251,16 +260,30 @@ class Sampler:
         assert joining.fits(state, rows, hp.n_ctx), "join returned rows that do not fit"
         taken = slots[:len(rows)]
         size = max(len(state.ended), xla_batch(max(taken) + 1, self.xla_max_batch))
-        joining.admit(state, rows, taken, size=size, hparams=hp, prefill=self._prefill, empty=self._empty_cache)
+        joining.admit(state, rows, taken, size=size, hparams=hp, empty=self._empty_cache,
+                      prefill=lambda tokens, adapter: self._prefill(tokens, self._rows([adapter])))
         return True
+
+    def _rows(self, adapters):
+        """The compiled loops' `rows` input for rows using `adapters` ((slot, scale) each): none without a table.
+
+        The last batch's are kept: rows are gathered again only when the batch's adapters or the table change.
+        """
+        if self.adapters is None:
+            return []
+        key = (tuple(adapters), self.adapters.version)
+        if self._last_rows[0] != key:
+            self._last_rows = (key, self.adapters.rows(adapters))
+        return self._last_rows[1]
 
     def _prefill_rows(self, state):
         """Read a left-padded prompt row by row into the XLA loop's caches (padding costs no compute):
         each row's tokens but the last, behind its padding; the last column becomes `pending`."""
         hp = self.model.hparams
         keys, values = [[] for _ in range(hp.n_layer)], [[] for _ in range(hp.n_layer)]
-        for row, pad in zip(state.pending, state.pads):
-            read = self._prefill(tf.constant(row[None, pad:-1])) if pad < len(row) - 1 else self._empty_cache(1)
+        for row, pad, adapter in zip(state.pending, state.pads, state.adapters):
+            read = (self._prefill(tf.constant(row[None, pad:-1]), self._rows([adapter])) if pad < len(row) - 1
+                    else self._empty_cache(1))
             for layer, (k, v) in enumerate(zip(*read)):
                 keys[layer].append(tf.pad(k, [[0, 0], [pad, 0], [0, 0]]))
                 values[layer].append(tf.pad(v, [[0, 0], [pad, 0], [0, 0]]))

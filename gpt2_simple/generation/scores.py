@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from ..model.adapter_rows import BASE
 from ..model.logprobs import token_logprobs
 
 MAX_TOP = 10  # alternatives computed per position: OpenAI allows 5, lm-evaluation-harness once asked for 10
@@ -38,28 +39,31 @@ class Scores:
 class LogprobScorer:
     """The compiled pass behind OpenAI's `logprobs` for one model: each token's log-probability and its alternatives."""
 
-    def __init__(self, model):
-        self.model = model
-        self._score = tf.function(self.score_batch, input_signature=[tf.TensorSpec([None, None], tf.int32)],
-                                  autograph=False)
+    def __init__(self, model, adapters=None):
+        self.model, self.adapters = model, adapters  # adapters: an `adapter_rows.AdapterTable`, or None
+        self._score = tf.function(self.score_batch, autograph=False, input_signature=[
+            tf.TensorSpec([None, None], tf.int32), adapters.specs() if adapters else []])
 
     @property
     def tracing_count(self):
         return self._score.experimental_get_tracing_count()
 
-    def score_batch(self, tokens):
-        """int32 `[batch, seq]` -> (logprob of each next token `[batch, seq - 1]`, top values and ids `[batch, seq - 1, MAX_TOP]`)."""
-        return token_logprobs(self.model, tokens, top=MAX_TOP)
+    def score_batch(self, tokens, rows=()):
+        """int32 `[batch, seq]` -> (logprob of each next token `[batch, seq - 1]`, top values and ids `[batch, seq - 1, MAX_TOP]`);
+        `rows`: each row's LoRA adapter (`AdapterTable.rows`), or none."""
+        return token_logprobs(self.model, tokens, top=MAX_TOP, adapters=rows or None)
 
-    def score(self, sequences):
-        """Token lists (each 1..n_ctx long) -> one `Scores` each, from one forward pass."""
+    def score(self, sequences, adapters=None):
+        """Token lists (each 1..n_ctx long) -> one `Scores` each, from one forward pass; `adapters`: with a table,
+        each sequence's (slot, scale)."""
         longest = max(len(s) for s in sequences)
         if longest < 2:  # nothing is predicted; a pass needs two positions
             return [Scores(list(s), [None] * len(s), [None] * len(s)) for s in sequences]
         batch = np.zeros([len(sequences), longest], np.int32)  # right padding: no earlier position sees it
         for row, s in zip(batch, sequences):
             row[:len(s)] = s
-        chosen, values, ids = (t.numpy() for t in self._score(tf.constant(batch)))
+        rows = self.adapters.rows(adapters or [BASE] * len(sequences)) if self.adapters else []
+        chosen, values, ids = (t.numpy() for t in self._score(tf.constant(batch), rows))
         out = []
         for r, s in enumerate(sequences):
             n = len(s) - 1

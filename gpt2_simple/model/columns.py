@@ -16,6 +16,7 @@ choices".
 """
 import tensorflow as tf
 
+from . import lora
 from .model import LAYER_NORM_EPSILON, attend, gelu, write_at
 
 # The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
@@ -33,12 +34,13 @@ def usable(model):
             and copy_bytes <= MAX_COPY_BYTES)
 
 
-def decoder(model, matrices):
+def decoder(model, matrices, adapters=None):
     """`forward(token, keys, values, start, pads)`: a decoding loop's forward pass of the last position,
-    `step` over `matrices` (`loop_matrices`), or `GPT2.forward` (`last_only`) when there are none."""
+    `step` over `matrices` (`loop_matrices`), or `GPT2.forward` (`last_only`) when there are none; `adapters`:
+    None, or each row's LoRA adapter (`adapter_rows.AdapterTable.rows`)."""
     if not matrices:
-        return lambda *args: model.forward(*args, last_only=True)
-    return lambda token, keys, values, start, pads: step(model, matrices, token, keys, values, start, pads)
+        return lambda *args: model.forward(*args, last_only=True, adapters=adapters)
+    return lambda token, keys, values, start, pads: step(model, matrices, token, keys, values, start, pads, adapters)
 
 
 def loop_matrices(model):
@@ -63,12 +65,12 @@ def _matrix_layers(block):
     return block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
 
 
-def step(model, matrices, token, keys, values, start, pads):
-    """`model.forward(token, keys, values, start, pads, last_only=True)` for one token a row.
+def step(model, matrices, token, keys, values, start, pads, adapters=None):
+    """`model.forward(token, keys, values, start, pads, last_only=True, adapters=adapters)` for one token a row.
 
     Args:
         matrices: `block_matrices(model)`.
-        token: int32 `[batch, 1]`; keys, values, start, pads: as `GPT2.forward`'s (fixed window).
+        token: int32 `[batch, 1]`; keys, values, start, pads, adapters: as `GPT2.forward`'s (fixed window).
 
     Returns:
         (logits float32 `[batch, 1, n_vocab]`, keys, values).
@@ -77,14 +79,16 @@ def step(model, matrices, token, keys, values, start, pads):
     position = start if pads is None else tf.maximum(start - pads, 0)  # [] or [batch]
     x = _transposed(model.embed(token[:, 0], position))  # [n_embd, batch]
     new_keys, new_values = [], []
-    for block, (w_attn, w_proj, w_fc, w_out), k, v in zip(model.h, matrices, keys, values):
+    for block, (w_attn, w_proj, w_fc, w_out), k, v, rows in zip(model.h, matrices, keys, values,
+                                                               adapters or [(None,) * 4] * len(model.h)):
         attn = block.attn
-        qkv = _transposed(_dense(w_attn, attn.c_attn.b, _norm(block.ln_1, x)))  # [batch, 3 * n_embd]
+        qkv = _transposed(_dense(w_attn, attn.c_attn.b, _norm(block.ln_1, x), rows[0]))  # [batch, 3 * n_embd]
         q, kk, vv = (tf.reshape(t, [-1, 1, hp.head_dim]) for t in tf.split(qkv, 3, axis=1))  # [batch * n_head, 1, head_dim]
         k, v = write_at(k, kk, start), write_at(v, vv, start)
         a = attend(q, k, v, start, pads, hp.n_head)  # [batch * n_head, 1, head_dim]
-        x = x + _dense(w_proj, attn.c_proj.b, _transposed(tf.reshape(a, [-1, hp.n_embd])))
-        x = x + _dense(w_out, block.mlp.c_proj.b, gelu(_dense(w_fc, block.mlp.c_fc.b, _norm(block.ln_2, x))))
+        x = x + _dense(w_proj, attn.c_proj.b, _transposed(tf.reshape(a, [-1, hp.n_embd])), rows[1])
+        x = x + _dense(w_out, block.mlp.c_proj.b, gelu(_dense(w_fc, block.mlp.c_fc.b, _norm(block.ln_2, x), rows[2])),
+                       rows[3])
         new_keys.append(k)
         new_values.append(v)
     return model.output_logits(_transposed(x)[:, None, :]), new_keys, new_values
@@ -96,9 +100,14 @@ def _norm(layer, x):
     return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * layer.g[:, None] + layer.b[:, None]
 
 
-def _dense(w, b, x):
-    """`w @ x + b` for columns: `[nf, nx] @ [nx, batch]`. `- (-b)`: see `Conv1D.__call__`."""
-    return tf.matmul(w, x) - tf.negative(b)[:, None]
+def _dense(w, b, x, rows=None):
+    """`w @ x + b` for columns: `[nf, nx] @ [nx, batch]`. `- (-b)`: see `Conv1D.__call__`. `rows`: None, or each
+    column's adapter (`lora.row_update`'s), whose update is added."""
+    y = tf.matmul(w, x) - tf.negative(b)[:, None]
+    if rows is None:
+        return y
+    update = lora.row_update(_transposed(x)[:, None, :], rows)  # [batch, 1, nf]
+    return y + _transposed(update[:, 0, :])
 
 
 def _transposed(x):

@@ -157,8 +157,8 @@ class LoRAConv1D(tf.Module):
     def b(self):
         return self.base.b
 
-    def __call__(self, x):
-        y = self.base(x)  # [..., nf]
+    def __call__(self, x, rows=None):
+        y = self.base(x, rows)  # [..., nf]
         nx, nf = self.lora_A.shape[0], self.lora_B.shape[1]
         a = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(self.lora_A, x.dtype))  # [batch*seq, r]
         update = tf.matmul(a, tf.cast(self.lora_B, x.dtype)) * tf.cast(self.scale, x.dtype)  # [batch*seq, nf]
@@ -167,6 +167,13 @@ class LoRAConv1D(tf.Module):
     def delta(self):
         """`scale * A @ B` in float32: `[nx, nf]`."""
         return self.scale * tf.matmul(self.lora_A, self.lora_B)
+
+
+def row_update(x, rows):
+    """Each row's own low-rank update `(x @ A) @ B` (its scale in B): `x` `[batch, seq, nx]`, `rows` = (A `[batch, nx, r]`,
+    B `[batch, r, nf]`) -> `[batch, seq, nf]`: several adapters over one base in one batch (`adapter_rows.py`)."""
+    a, b = rows
+    return tf.matmul(tf.matmul(x, tf.cast(a, x.dtype)), tf.cast(b, x.dtype))
 
 
 def _parent(block, target):

@@ -75,14 +75,16 @@ class Conv1D(_Layer):
         self.w = self._weight("w", [nx, nf])
         self.b = self._weight("b", [nf])
 
-    def __call__(self, x):
+    def __call__(self, x, rows=None):
+        """`x @ w + b` for `x` `[..., nx]`; `rows`: None, or each row's adapter (A `[batch, nx, r]`, B `[batch, r, nf]`,
+        `adapter_rows.py`), whose `(x @ A) @ B` is added row by row (x is then `[batch, seq, nx]`)."""
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
         w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
         # `- (-b)`, not `+ b` (the same bits): XLA's CPU backend fuses an added bias into a matrix-vector
         # product (batch 1 decoding) and then runs the product on one core.
-        y = tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) - tf.negative(b)  # [batch*seq, nf]
-        return tf.reshape(y, tf.concat([leading, [nf]], axis=0))
+        y = tf.reshape(tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) - tf.negative(b), tf.concat([leading, [nf]], 0))
+        return y if rows is None else y + lora.row_update(x, rows)
 
 
 def gelu(x):
@@ -109,7 +111,7 @@ class Attention(_Layer):
         x = tf.transpose(tf.reshape(x, [batch, self.n_head, seq, x.shape[-1]]), [0, 2, 1, 3])
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
-    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None, adapters=None):
         """Self-attention of `x` over the cached positions and its own: (output, keys, values).
 
         Args:
@@ -123,11 +125,13 @@ class Attention(_Layer):
                 its queries never see (a batch of prompts of different lengths).
             segments: None, or int32 `[batch, seq]` without caches: a query sees only keys of its
                 own segment (packed training windows: examples that never see each other).
+            adapters: None, or the rows' adapters of (c_attn, c_proj): see `Conv1D.__call__`.
 
         Returns:
             (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
         """
-        q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x), 3, axis=-1))  # [batch * n_head, seq, head_dim]
+        rows = adapters or (None, None)
+        q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x, rows[0]), 3, axis=-1))  # [batch * n_head, seq, head_dim]
         if start is None:
             if keys is not None:
                 k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
@@ -135,7 +139,7 @@ class Attention(_Layer):
         else:
             k, v = write_at(keys, k, start), write_at(values, v, start)
         out = attend(q, k, v, start, pads, self.n_head, segments)
-        return self.c_proj(self._merge_heads(out, tf.shape(x)[0])), k, v
+        return self.c_proj(self._merge_heads(out, tf.shape(x)[0]), rows[1]), k, v
 
 
 def attend(q, k, v, start, pads, n_head, segments=None):
@@ -173,8 +177,9 @@ class MLP(_Layer):
         self.c_fc = Conv1D(f"{scope}/c_fc", registry, init, n_embd, 4 * n_embd)
         self.c_proj = Conv1D(f"{scope}/c_proj", registry, init, 4 * n_embd, n_embd)
 
-    def __call__(self, x):
-        return self.c_proj(gelu(self.c_fc(x)))
+    def __call__(self, x, adapters=None):
+        rows = adapters or (None, None)  # the rows' adapters of (c_fc, c_proj): see `Conv1D.__call__`
+        return self.c_proj(gelu(self.c_fc(x, rows[0])), rows[1])
 
 
 class Block(_Layer):
@@ -185,11 +190,13 @@ class Block(_Layer):
         self.ln_2 = LayerNorm(f"{scope}/ln_2", registry, init, hparams.n_embd)
         self.mlp = MLP(f"{scope}/mlp", registry, init, hparams.n_embd)
 
-    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None):
-        """(output, keys, values): see `Attention.__call__`."""
-        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads, segments)
+    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None, adapters=None):
+        """(output, keys, values): see `Attention.__call__`; `adapters`: None, or the rows' adapters of the
+        block's four matrices (c_attn, attn c_proj, c_fc, mlp c_proj), `adapter_rows.AdapterTable.rows`'."""
+        rows = adapters or (None,) * 4
+        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads, segments, rows[:2])
         x = x + a
-        return x + self.mlp(self.ln_2(x)), keys, values
+        return x + self.mlp(self.ln_2(x), rows[2:]), keys, values
 
 
 class GPT2(tf.Module):
@@ -225,7 +232,7 @@ class GPT2(tf.Module):
         self.lora_weights = {}
         self.lora_base = None
 
-    def forward(self, tokens, keys=None, values=None, start=None, pads=None, last_only=False):
+    def forward(self, tokens, keys=None, values=None, start=None, pads=None, last_only=False, adapters=None):
         """Logits for `tokens`, continuing after the cached positions: the one cached forward pass.
 
         Args:
@@ -240,6 +247,8 @@ class GPT2(tf.Module):
                 own unpadded forward pass).
             last_only: the logits of the last position only (`[batch, 1, n_vocab]`): decoding
                 needs no others, and a prompt's output projection is a quarter of 124M's work.
+            adapters: None, or each row's LoRA adapter, one entry a block
+                (`adapter_rows.AdapterTable.rows`): several fine-tunes of this base in one batch.
 
         Returns:
             (logits float32 `[batch, seq, n_vocab]`, keys, values), the caches now holding `tokens`.
@@ -253,8 +262,8 @@ class GPT2(tf.Module):
             positions = tf.maximum(positions[None, :] - pads[:, None], 0)
         x = self.embed(tokens, positions)  # [batch, seq, n_embd]
         new_keys, new_values = [], []
-        for block, k, v in zip(self.h, keys, values):
-            x, k, v = block(x, k, v, start, pads)
+        for block, k, v, rows in zip(self.h, keys, values, adapters or [None] * len(self.h)):
+            x, k, v = block(x, k, v, start, pads, adapters=rows)
             new_keys.append(k)
             new_values.append(v)
         return self.output_logits(x[:, -1:] if last_only else x), new_keys, new_values

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 
+from ..model.adapter_rows import BASE
 from . import openai_api as api
 from . import openai_chat as chat_api
 from .batcher import Job, QueueFull
@@ -23,9 +24,10 @@ async def disconnected(receive):
 class Run:
     """One request's jobs in the batcher, and the events they send back to the event loop."""
 
-    def __init__(self, batcher, req, loop, enc, metrics, copies=None, guard=None):
+    def __init__(self, batcher, req, loop, enc, metrics, copies=None, guard=None, *, adapter=BASE, model=""):
         """`copies`: the run's `copies.CopyIndex` when the request asked for `check_copies`, else None;
-        `guard`: the `copy_guard.GuardIndex` of its `avoid_copies`, else None."""
+        `guard`: the `copy_guard.GuardIndex` of its `avoid_copies`, else None; `adapter`: (slot, scale) of its
+        LoRA run; `model`: the name its metrics are counted under."""
         self.batcher, self.n, self.events, self.req, self.enc = batcher, req.n, asyncio.Queue(), req, enc
         self.metrics, self.start, self.first, self.copies = metrics, time.perf_counter(), True, copies
         self.rows = len(req.prompts) * req.n
@@ -34,7 +36,7 @@ class Run:
         self.scores = [None] * self.rows
         self.jobs = [Job(tokens=t, n=req.n, options=req.options, max_tokens=req.max_tokens, stops=req.stops,
                          seed=req.seed, emit=self._emitter(loop, p),
-                         scored=req.logprobs is not None, guard=guard)
+                         scored=req.logprobs is not None, guard=guard, adapter=adapter)
                      for p, t in enumerate(req.contexts)]
         try:
             for job in self.jobs:
@@ -43,7 +45,8 @@ class Run:
             self.cancel()
             raise api.APIError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
                                headers={"Retry-After": "1"}) from None
-        metrics.prompt_tokens.inc(self.prompt_tokens)
+        self.model = model
+        metrics.prompt_tokens.labels(model).inc(self.prompt_tokens)
 
     def _emitter(self, loop, prompt):
         def emit(event):
@@ -70,15 +73,15 @@ class Run:
             index = prompt * self.n + event[1]
             if self.first:
                 self.first = False
-                self.metrics.first_token.observe(time.perf_counter() - self.start)
+                self.metrics.first_token.labels(self.model).observe(time.perf_counter() - self.start)
             if event[0] == "text":
                 self.texts[index] += event[2]
             if event[0] == "done":
                 left -= 1
                 self.counts[index], self.scores[index] = event[3], event[4]
-                self.metrics.completion_tokens.inc(event[3])
+                self.metrics.completion_tokens.labels(self.model).inc(event[3])
                 if event[2] == "abort":
-                    self.metrics.aborted_rows.inc()
+                    self.metrics.aborted_rows.labels(self.model).inc()
             yield index, event[0], event[2]
 
     @property

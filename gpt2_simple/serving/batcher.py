@@ -29,6 +29,7 @@ from ..generation.joining import Joining
 from ..generation.options import SamplingOptions
 from ..generation.scores import covered
 from ..generation.stop_strings import StopStrings
+from ..model.adapter_rows import BASE
 
 CHUNK = 4  # tokens per compiled call: how often pieces arrive and cancellation is noticed
 LOG = logging.getLogger("gpt2_simple.serve")
@@ -56,6 +57,7 @@ class Job:
     seed: int = None
     scored: bool = False
     guard: object = None  # the `copy_guard.GuardIndex` of `options.avoid_copies` tokens, or None
+    adapter: tuple = BASE  # (slot, scale) of its LoRA run in the sampler's `AdapterTable` (BASE: none)
     cancelled: bool = False
 
     def group(self):
@@ -149,6 +151,16 @@ class Batcher:
         for job in waiting:
             for i in range(job.n):
                 job.emit(("done", i, "abort", 0, None))
+
+    def wait_unused(self, slot):
+        """Wait until no job of adapter `slot` waits or has rows drawing (an adapter being removed: none can join)."""
+        def unused():
+            return not any(job.adapter[0] == slot for job in self._waiting) and not any(
+                _Row.live(row) and row.job.adapter[0] == slot for row in self._slots)
+
+        with self._lock:
+            while not self._lock.wait_for(unused, timeout=0.05):  # rows end without notifying: look again
+                pass
 
     def stop(self, timeout=30):
         """Abort what waits and runs (`abort`), and end the thread."""
@@ -274,7 +286,8 @@ class Batcher:
             [job.tokens for job in jobs for _ in range(job.n)] + [[self.encoder.eot_token]] * fillers, length,
             seed=seeds, chunk=CHUNK, stop=ended, guard=jobs[0].guard, join=lambda slots, fits: self._join(
                 jobs[0].group(), rows, slots, fits),
-            options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers)
+            options=[o for job, o in zip(jobs, sampling) for _ in range(job.n)] + sampling[:1] * fillers,
+            adapters=[job.adapter for job in jobs for _ in range(job.n)] + [BASE] * fillers)
 
     def _join(self, group, rows, slots, fits):
         """Waiting jobs that can join the running batch, in queue order (`Sampler.chunks`' `join`): their rows, for `slots`.
@@ -289,7 +302,7 @@ class Batcher:
             for job in list(self._waiting) if not self._aborting else ():
                 if job.group() != group or len(joining) + job.n > len(slots):
                     break
-                rows_of_job = [Joining(job.tokens, job.options, tuple(pair), job.max_tokens)
+                rows_of_job = [Joining(job.tokens, job.options, tuple(pair), job.max_tokens, job.adapter)
                                for pair in row_seeds(batch_seed(job.seed), job.n)]
                 if not fits(joining + rows_of_job):
                     break
@@ -312,5 +325,5 @@ class Batcher:
         for row, reason in scored:
             shown = covered(self.encoder, row.drawn, row.text.text, reason == "stop")
             sequences.append(row.job.tokens + row.drawn[:shown])
-        for (row, reason), scores in zip(scored, self.scorer.score(sequences)):
+        for (row, reason), scores in zip(scored, self.scorer.score(sequences, [row.job.adapter for row, _ in scored])):
             row.job.emit(("done", row.i, reason, len(row.drawn), scores))

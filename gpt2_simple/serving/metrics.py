@@ -14,9 +14,10 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 
 
 class Metrics:
-    """The metrics of one server. `endpoints`: the paths counted by name (others count as "other")."""
+    """The metrics of one server. `batchers()`: its workers now; `endpoints`: the paths counted by name (others count
+    as "other")."""
 
-    def __init__(self, batcher, endpoints, install):
+    def __init__(self, batchers, endpoints, install):
         try:
             import prometheus_client as prom
         except ImportError:
@@ -26,21 +27,21 @@ class Metrics:
         self.registry = registry = prom.CollectorRegistry()
         self.requests = prom.Counter(PREFIX + "requests", "HTTP requests by endpoint and status",
                                      ["endpoint", "status"], registry=registry)
-        self.prompt_tokens = prom.Counter(PREFIX + "prompt_tokens", "Prompt tokens of accepted requests",
-                                          registry=registry)
-        self.completion_tokens = prom.Counter(PREFIX + "completion_tokens", "Tokens generated",
-                                              registry=registry)
+        self.prompt_tokens = prom.Counter(PREFIX + "prompt_tokens", "Prompt tokens of accepted requests, by model",
+                                          ["model"], registry=registry)
+        self.completion_tokens = prom.Counter(PREFIX + "completion_tokens", "Tokens generated, by model",
+                                              ["model"], registry=registry)
         self.aborted_rows = prom.Counter(PREFIX + "aborted_rows", "Rows ended unfinished by a shutdown "
-                                         "(finish_reason abort)", registry=registry)
+                                         "(finish_reason abort), by model", ["model"], registry=registry)
         self.latency = prom.Histogram(PREFIX + "request_seconds", "Time from a request to the end of its answer",
                                       ["endpoint"], buckets=BUCKETS, registry=registry)
         self.first_token = prom.Histogram(PREFIX + "time_to_first_token_seconds",
-                                          "Time from a request to its first generated text or finished choice",
-                                          buckets=BUCKETS, registry=registry)
-        prom.Gauge(PREFIX + "queue_depth", "Requests waiting for the model",
-                   registry=registry).set_function(lambda: batcher.queued)
-        prom.Gauge(PREFIX + "running_rows", "Rows (prompts times n) in the batch running now",
-                   registry=registry).set_function(lambda: batcher.running)
+                                          "Time from a request to its first generated text or finished choice, by model",
+                                          ["model"], buckets=BUCKETS, registry=registry)
+        prom.Gauge(PREFIX + "queue_depth", "Requests waiting for the models",
+                   registry=registry).set_function(lambda: sum(b.queued for b in batchers()))
+        prom.Gauge(PREFIX + "running_rows", "Rows (prompts times n) in the batches running now",
+                   registry=registry).set_function(lambda: sum(b.running for b in batchers()))
 
     def scrape(self):
         """(body, content type) of Prometheus' text format."""

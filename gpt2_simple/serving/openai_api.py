@@ -300,8 +300,9 @@ def _top(enc, alternatives, name, logprob):
     return top
 
 
-def models(model, n_ctx, root=None):
-    """`GET /v1/models`, in vLLM's shape: `root` is the folder served (a run or model), and `parent` the model a
-    served adapter sits on (None: the model is served whole)."""
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "gpt2_simple",
-                                        "root": root or model, "parent": None, "max_model_len": n_ctx}]}
+def models(held):
+    """`GET /v1/models`, in vLLM's shape, from (name, n_ctx, root, parent) a model: `root` is the folder served (a run
+    or model), and `parent` the model a served LoRA run sits on (None: the model is served whole)."""
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "gpt2_simple",
+                                        "root": root or name, "parent": parent, "max_model_len": n_ctx}
+                                       for name, n_ctx, root, parent in held]}

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from importlib import resources
 
+from ..model.adapter_rows import BASE
 from . import openai_api as api
 from . import openai_chat as chat_api
 from . import openai_responses, tokenizer_api
@@ -32,6 +33,8 @@ class Served:
     max_body: int
     training_data: str = None
     documents: bool = False  # a documents run: prompts are read after end-of-text, as `generate` reads them
+    adapter: tuple = BASE  # a LoRA run's (slot, scale) in its base's adapter table
+    parent: str = None  # a LoRA run: the name of the base it sits on (vLLM's `parent`)
     building: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # one copy-index build at a time
 
     @property
@@ -58,25 +61,31 @@ def served_name(sess, name=None):
     return name or os.path.basename(os.path.normpath(sess.folder or "gpt2")) or "gpt2"
 
 
-def served_of(request):
-    return request.app.state.served
+def catalog_of(request):
+    return request.app.state.catalog
+
+
+def served_of(request, body=None):
+    """The `Served` a request is for: the model its body names (`catalog.Catalog.pick`), or the first model."""
+    return catalog_of(request).pick(body or {})
 
 
 async def health(request):
     from starlette.responses import JSONResponse
 
-    s = served_of(request)
-    b = s.batcher
-    return JSONResponse({"status": "draining" if b.draining else "ok", "model": s.name, "queued": b.queued,
-                         "running": b.running, "batches": b.batches, "rows": b.rows, "tokens": b.tokens},
-                        status_code=503 if b.draining else 200)  # a load balancer takes a draining replica out
+    catalog = catalog_of(request)
+    batchers, draining = catalog.batchers, any(b.draining for b in catalog.batchers)
+    counts = {key: sum(getattr(b, key) for b in batchers) for key in ("queued", "running", "batches", "rows", "tokens")}
+    return JSONResponse(dict({"status": "draining" if draining else "ok", "model": catalog.default.name,
+                              "models": list(catalog.entries)}, **counts),
+                        status_code=503 if draining else 200)  # a load balancer takes a draining replica out
 
 
 async def models(request):
     from starlette.responses import JSONResponse
 
-    s = served_of(request)
-    return JSONResponse(api.models(s.name, s.n_ctx, root=s.sess.folder))
+    return JSONResponse(api.models([(s.name, s.n_ctx, s.sess.folder, s.parent)
+                                    for s in catalog_of(request).entries.values()]))
 
 
 async def page(request):
@@ -86,24 +95,22 @@ async def page(request):
 
 
 async def completions(request):
-    s = served_of(request)
-    return await _answer(request, lambda body: api.parse_completion(body, s.enc, s.n_ctx, max_tokens=s.max_tokens,
-                                                                    documents=s.documents),
+    return await _answer(request, lambda s, body: api.parse_completion(body, s.enc, s.n_ctx, max_tokens=s.max_tokens,
+                                                                       documents=s.documents),
                          api.completion_id(), api.completion, completion_events)
 
 
 async def chat(request):
-    s = served_of(request)
-    return await _answer(request, lambda body: chat_api.parse_chat(body, s.enc, s.n_ctx, s.template,
-                                                                   max_tokens=s.max_tokens, documents=s.documents),
+    return await _answer(request, lambda s, body: chat_api.parse_chat(body, s.enc, s.n_ctx, s.template,
+                                                                      max_tokens=s.max_tokens, documents=s.documents),
                          chat_api.chat_id(), chat_api.chat_completion, chat_events)
 
 
 async def responses(request):
     """`POST /v1/responses`: a chat (`openai_responses.py`), answered as a `response` object or its events."""
-    s, given = served_of(request), {}
+    given = {}
 
-    def parse(body):
+    def parse(s, body):
         given["body"] = body
         return openai_responses.parse_response(body, s.enc, s.n_ctx, s.template, max_tokens=s.max_tokens,
                                                documents=s.documents)
@@ -117,26 +124,53 @@ async def responses(request):
 
 
 async def tokenize(request):
-    s = served_of(request)
-    return await _json_route(request, lambda body: tokenizer_api.tokenize(body, s.enc, s.n_ctx, s.template))
+    return await _json_route(request, lambda s, body: tokenizer_api.tokenize(body, s.enc, s.n_ctx, s.template))
 
 
 async def detokenize(request):
-    s = served_of(request)
-    return await _json_route(request, lambda body: tokenizer_api.detokenize(body, s.enc))
+    return await _json_route(request, lambda s, body: tokenizer_api.detokenize(body, s.enc))
 
 
 async def tokenizer_info(request):
     from starlette.responses import JSONResponse
 
-    s = served_of(request)
-    return JSONResponse(tokenizer_api.tokenizer_info(s.enc, s.n_ctx, s.template))
+    try:
+        s = served_of(request, {"model": request.query_params.get("model")})
+        return JSONResponse(tokenizer_api.tokenizer_info(s.enc, s.n_ctx, s.template))
+    except api.APIError as e:
+        return error_response(e)
+
+
+async def load_lora_adapter(request):
+    """vLLM's `POST /v1/load_lora_adapter` {"lora_name", "lora_path"}: serve one more LoRA run of the shared base."""
+    return await _adapter_update(request, lambda catalog, body: catalog.load(body.get("lora_name"),
+                                                                             body.get("lora_path")), "added")
+
+
+async def unload_lora_adapter(request):
+    """vLLM's `POST /v1/unload_lora_adapter` {"lora_name"}: stop serving a LoRA run once its rows have ended."""
+    return await _adapter_update(request, lambda catalog, body: catalog.unload(body.get("lora_name")), "removed")
+
+
+async def _adapter_update(request, change, done):
+    """Run `change(catalog, body)` off the event loop, with --allow_adapter_updates only; vLLM's plain-text answer."""
+    from starlette.responses import PlainTextResponse
+
+    catalog = catalog_of(request)
+    try:
+        if not request.app.state.adapter_updates:
+            raise api.APIError(404, f"{request.url.path} is off; start the server with --allow_adapter_updates")
+        body = await read_json(request, catalog.default.max_body)
+        await asyncio.to_thread(change, catalog, body)
+    except api.APIError as e:
+        return error_response(e)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.get('lora_name')}' {done} successfully.")
 
 
 async def metrics_page(request):
     from starlette.responses import Response
 
-    body, kind = served_of(request).metrics.scrape()
+    body, kind = catalog_of(request).default.metrics.scrape()
     return Response(body, media_type=kind)
 
 
@@ -144,7 +178,8 @@ async def _json_route(request, handle):
     from starlette.responses import JSONResponse
 
     try:
-        return JSONResponse(handle(await read_json(request, served_of(request).max_body)))
+        body = await read_json(request, catalog_of(request).default.max_body)
+        return JSONResponse(handle(served_of(request, body), body))
     except api.APIError as e:
         return error_response(e)
 
@@ -153,13 +188,16 @@ async def _answer(request, parse, cid, whole, events):
     """A completion's answer: checked by `parse`, shaped by `whole` (the JSON) or streamed by `events`."""
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
-    s = served_of(request)
+    catalog = catalog_of(request)
     try:
-        req = parse(await read_json(request, s.max_body))
+        body = await read_json(request, catalog.default.max_body)
+        s, adapter = catalog.lora_alias(body, served_of(request, body))
+        req = parse(s, body)
         copies = await s.built("check_copies", s.sess.copy_index) if req.check_copies else None
         n = req.options.avoid_copies
         guard = await s.built("avoid_copies", s.sess.copy_guard, n) if n else None
-        run = Run(s.batcher, req, asyncio.get_running_loop(), s.enc, s.metrics, copies, guard)
+        run = Run(s.batcher, req, asyncio.get_running_loop(), s.enc, s.metrics, copies, guard, adapter=adapter,
+                  model=s.name)
     except api.APIError as e:
         return error_response(e)
     if req.stream:
@@ -210,5 +248,7 @@ ROUTES = (
     ("/tokenize", tokenize, ("POST",)),
     ("/detokenize", detokenize, ("POST",)),
     ("/tokenizer_info", tokenizer_info, ("GET",)),
+    ("/v1/load_lora_adapter", load_lora_adapter, ("POST",)),
+    ("/v1/unload_lora_adapter", unload_lora_adapter, ("POST",)),
     ("/metrics", metrics_page, ("GET",)),
 )
