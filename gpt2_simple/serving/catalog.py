@@ -80,7 +80,7 @@ class Catalog:
             return self.default
         if name not in self.entries:
             raise api.APIError(404, f"The model `{name}` does not exist; this server has "
-                                    f"{', '.join(self.entries)} (GET /v1/models)", "model", kind="model_not_found")
+                                    f"{', '.join(self.entries)} (GET /v1/models)", "model", code="model_not_found")
         return self.entries[name]
 
     def adapters(self):
@@ -168,7 +168,7 @@ class Catalog:
             if served is None or served.parent is None:
                 raise api.APIError(404 if served is None else 400, f"lora_name={name!r} is not a LoRA run this server "
                                    f"holds; it has {', '.join(s.name for s in self.adapters()) or 'none'}",
-                                   "lora_name", kind="model_not_found" if served is None else "invalid_request_error")
+                                   "lora_name", code="model_not_found" if served is None else None)
             if name == self.first:
                 raise api.APIError(400, f"lora_name={name!r} answers requests without `model`; it stays", "lora_name")
             self.entries = {k: v for k, v in self.entries.items() if k != name}  # one rebinding: readers see either

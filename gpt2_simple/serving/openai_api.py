@@ -31,13 +31,13 @@ MAX_LOGPROBS = MAX_TOP  # OpenAI allows 5; older lm-evaluation-harness versions 
 class APIError(Exception):
     """A request the server refuses: an HTTP status and OpenAI's error object."""
 
-    def __init__(self, status, message, param=None, kind="invalid_request_error", headers=None):
+    def __init__(self, status, message, param=None, kind="invalid_request_error", headers=None, code=None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
         self.headers = headers or {}
 
     def body(self):
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclasses.dataclass

@@ -154,10 +154,11 @@ def test_metrics_count_requests_tokens_and_latencies(client, sess):
     assert grew(requests, endpoint="/v1/completions", status="400") == 1
     assert grew(requests, endpoint="/v1/chat/completions", status="200") == 1
     chat_prompt = len(sess.encoder.encode(ChatTemplate().render(MESSAGES)))
-    assert grew("gpt2_simple_prompt_tokens_total") == 2 + chat_prompt
-    completion = grew("gpt2_simple_completion_tokens_total")
+    model = client.app.state.catalog.first  # token counts carry the model's name
+    assert grew("gpt2_simple_prompt_tokens_total", model=model) == 2 + chat_prompt
+    completion = grew("gpt2_simple_completion_tokens_total", model=model)
     assert 5 <= completion <= 8  # 5, and the chat's 3 unless an end of text came first
-    assert grew("gpt2_simple_time_to_first_token_seconds_count") == 2
+    assert grew("gpt2_simple_time_to_first_token_seconds_count", model=model) == 2
     assert grew("gpt2_simple_request_seconds_count", endpoint="/v1/completions") == 2
     assert after[("gpt2_simple_queue_depth", ())] == 0 and after[("gpt2_simple_running_rows", ())] == 0
     assert json.loads(client.get("/health").text)["status"] == "ok"

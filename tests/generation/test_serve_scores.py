@@ -117,7 +117,7 @@ def test_the_openai_client_reads_logprobs(client, sess):
 
 
 def test_the_scoring_pass_never_retraces(client, sess):
-    scorer = client.app.state.batcher.scorer
+    scorer = client.app.state.catalog.default.batcher.scorer
     for prompt in (["a b c"], [[1, 2, 3, 4, 5, 6, 7]], ["x", "y z w"]):
         assert client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2, "logprobs": 0,
                                                     "echo": True}).status_code == 200
