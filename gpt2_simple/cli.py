@@ -17,8 +17,7 @@ as one line with exit code 2; `main` returns the exit code and never calls `sys.
     gpt2_simple export_hf checkpoint/run1 hf/run1
     gpt2_simple export_gguf checkpoint/run1 run1.gguf --dtype q8_0
     gpt2_simple push checkpoint/run1 me/my-gpt2 --private --gguf q8_0
-    gpt2_simple serve --run_name run1
-
+    gpt2_simple serve --run_name run1 --run_name run2        # several runs; LoRA runs share their base
 The library is imported inside the functions below, never when this module is imported.
 """
 import contextlib
@@ -115,8 +114,8 @@ def build_parser():
     add_flags(encode, gpt2.encode_dataset, NOT_FLAGS["encode_dataset"])
 
     _add_exports(commands, gpt2, DTYPES)
-    add_flags(commands.add_parser("serve", help="serve a run or model over HTTP: OpenAI's API and a web page",
-                                  description=_summary(gpt2.serve)), gpt2.serve, {"sess"})
+    add_flags(commands.add_parser("serve", help="serve runs or a model over HTTP: OpenAI's API and a web page",
+                                  description=_summary(gpt2.serve)), gpt2.serve, {"sess", "run_names"}, repeated={"run_name"})
     return parser
 
 
@@ -296,7 +295,8 @@ def _run_export(name):
 def run_serve(args):
     import gpt2_simple as gpt2
 
-    gpt2.serve(**_call_kwargs(args, gpt2.serve))
+    names = args.run_name or ["run1"]  # --run_name a --run_name b: several runs (docs/serving.md, "Many fine-tunes")
+    gpt2.serve(**dict(_call_kwargs(args, gpt2.serve), run_name=names[0], run_names=names if len(names) > 1 else None))
 
 
 COMMANDS = {"finetune": run_finetune, "generate": run_generate, "evaluate": run_evaluate, "download": run_download, "encode": run_encode,

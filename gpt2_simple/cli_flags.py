@@ -104,11 +104,11 @@ def argument_docs(function):
     return docs
 
 
-def add_flags(parser, function, skip=(), choices=None):
+def add_flags(parser, function, skip=(), choices=None, repeated=()):
     """One `--name` flag per argument of `function` that has a default; returns the names.
 
     The default, the type (the default's type; str for None, int for `seed`) and the help text
-    all come from `function` itself.
+    all come from `function` itself. A flag in `repeated` may be given several times (a list; None without it).
     """
     docs = argument_docs(function)
     added = []
@@ -125,6 +125,9 @@ def add_flags(parser, function, skip=(), choices=None):
             options.update(type=int if name in INT_WHEN_NONE else float if name in FLOAT_WHEN_NONE else str)
         else:
             options.update(type=type(default))
+        if name in repeated:
+            options.update(action="append", default=None, help=help_text.replace("(default:", "(repeat it for "
+                                                                                  "several; default:"))
         parser.add_argument("--" + name, **options)
         added.append(name)
     return added
