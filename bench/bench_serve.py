@@ -10,7 +10,13 @@ so the server's overhead shows as a ratio.
 Then mixed traffic, as real clients send it: prompts of 3 to 200 tokens, temperatures from 0.7
 to 1.2, half of the requests seeded, 32 new tokens each; tokens/s of 16 clients against one
 client sending the same requests (`mixed_gain_c16_vs_c1`).
+
+Then many fine-tunes: rank-8 LoRA runs over the same model (random adapters, all four layers, as
+`lora_save="adapters"` writes them). 16 clients spread over 4 of them against 16 clients of one
+(`adapters_4_vs_1`), and the server's resident memory with 10 of them against the model served
+alone, beside the bound base + 10 adapters + 5% (`rss_10_adapters_mb`, `rss_bound_mb`).
 """
+import json
 import os
 import signal
 import socket
@@ -54,14 +60,15 @@ def _in_process(model_dir, name, repeat=4):
             "generate_stream_first_token_s": _percentile(first, 50)}
 
 
-def _start_server(model_dir, name):
+def _start_server(model_dir, name, serving=None):
+    """`gpt2_simple serve` of the model `name`, or with `serving` (flags naming runs) instead; (process, URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2_simple.cli", "serve", "--model_name", name, "--model_dir",
-                             model_dir, "--port", str(port), "--max_queue", "256"],
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2_simple.cli", "serve", "--port", str(port), "--max_queue", "256"]
+                            + (serving or ["--model_name", name, "--model_dir", model_dir]),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "Uvicorn running on" in line:
@@ -98,9 +105,10 @@ def _load(url, clients, bodies, label=""):
             f"{name}_p50_s": _percentile(latencies, 50), f"{name}_p99_s": _percentile(latencies, 99)}
 
 
-def _same(count):
-    """`count` equal requests: the same prompt and options, no seed."""
-    return [{"prompt": PROMPT, "max_tokens": NEW_TOKENS}] * count
+def _same(count, models=None):
+    """`count` equal requests: the same prompt and options, no seed; `models`: request i names models[i % len]."""
+    return [dict({"prompt": PROMPT, "max_tokens": NEW_TOKENS}, **({"model": models[i % len(models)]} if models else {}))
+            for i in range(count)]
 
 
 def _mixed(count, seed=0):
@@ -156,4 +164,71 @@ def bench_serve(args, make_folder):
     result["batching_gain_c16_vs_c1"] = result["c16_tokens_per_s"] / result["c1_tokens_per_s"]
     result["mixed_gain_c16_vs_c1"] = result["mixed_c16_tokens_per_s"] / result["mixed_c1_tokens_per_s"]
     result["server_overhead_c1"] = result["c1_p50_s"] / result["generate_p50_s"] - 1
+    result.update(_many(parent, args.model))
+    return result
+
+
+def _adapter_runs(parent, name, count, rank=8):
+    """`count` LoRA run folders `ad0`... under `parent/checkpoint`, adapters-only saves over `parent/name`: (their names,
+    the MB one adapter holds)."""
+    import shutil
+
+    from gpt2_simple.formats import adapters
+    from gpt2_simple.formats.checkpoint import write_bundle, write_state
+    from gpt2_simple.model.hparams import load_hparams
+    from gpt2_simple.model.lora import LAYER_PATHS, TARGETS
+
+    base = os.path.join(parent, name)
+    hp = load_hparams(base)
+    e, rng, names = hp.n_embd, np.random.default_rng(0), []
+    shapes = {"c_attn": (e, 3 * e), "attn/c_proj": (e, e), "c_fc": (e, 4 * e), "mlp/c_proj": (4 * e, e)}
+    settings = dict(rank=rank, alpha=float(rank), targets=list(TARGETS), base_precision=None, base_folder=base,
+                    base_folder_absolute=base, base_checkpoint="latest")
+    for i in range(count):
+        folder = os.path.join(parent, "checkpoint", f"ad{i}")
+        os.makedirs(folder)
+        tensors = {adapters.SETTINGS_TENSOR: np.array(json.dumps(settings).encode())}
+        for layer in range(hp.n_layer):
+            for target in TARGETS:
+                nx, nf = shapes[target]
+                path = f"model/h{layer}/{LAYER_PATHS[target]}"
+                tensors[path + "/lora_A"] = rng.normal(0, 0.02, (nx, rank)).astype(np.float32)
+                tensors[path + "/lora_B"] = rng.normal(0, 0.02, (rank, nf)).astype(np.float32)
+        write_bundle(os.path.join(folder, "model-1"), tensors)
+        write_state(folder, [os.path.join(folder, "model-1")])
+        for file in ("hparams.json", "encoder.json", "vocab.bpe"):
+            shutil.copy(os.path.join(base, file), folder)
+        names.append(f"ad{i}")
+    return names, hp.n_layer * sum(4 * (nx + nf) * rank for nx, nf in shapes.values()) / 2**20
+
+
+def _rss_mb(proc):
+    with open(f"/proc/{proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _many(parent, name):
+    """Many fine-tunes: 16 clients over 4 adapters against 16 of one; resident memory with 10 adapters."""
+    (runs, one), result = _adapter_runs(parent, name, 10), {}
+    checkpoint = ["--checkpoint_dir", os.path.join(parent, "checkpoint")]
+    for label, served, asked in (("one_adapter_", runs[:1], None), ("four_adapters_", runs[:4], runs[:4]),
+                                 ("ten_adapters_", runs, runs)):
+        flags = checkpoint + ["--max_adapters", "10"] + [f for r in served for f in ("--run_name", r)]
+        proc, url = _start_server(None, name, flags)
+        try:
+            _load(url, 16, _same(16, asked))  # compile the batch sizes the runs meet
+            result.update(_load(url, 16, _same(32, asked), label=label))
+            result[label + "rss_mb"] = _rss_mb(proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    proc, url = _start_server(parent, name)  # the model alone, after the same traffic
+    try:
+        _load(url, 16, _same(32))
+        result["base_alone_rss_mb"] = _rss_mb(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    result["adapter_mb"], result["rss_bound_mb"] = one, (result["base_alone_rss_mb"] + 10 * one) * 1.05
+    result["adapters_4_vs_1"] = result["four_adapters_c16_tokens_per_s"] / result["one_adapter_c16_tokens_per_s"]
     return result
