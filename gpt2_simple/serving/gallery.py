@@ -127,7 +127,19 @@ def samples_of(run, index, eot):
 
 
 def _gallery(request):
-    return request.app.state.gallery
+    """The gallery of the run `?model=NAME` names (the first run named without it), made once a run."""
+    from starlette.exceptions import HTTPException
+
+    from .routes import served_of
+
+    try:
+        folder = served_of(request, {"model": request.query_params.get("model")}).sess.folder
+    except api.APIError as e:
+        raise HTTPException(e.status, e.message) from None
+    galleries = request.app.state.galleries
+    if folder not in galleries:
+        galleries[folder] = Gallery(folder)
+    return galleries[folder]
 
 
 async def page(request):
@@ -148,12 +160,13 @@ async def generate(request):
 
     from .routes import collected, served_of
 
-    served = served_of(request)
     try:
+        served = served_of(request, {"model": request.query_params.get("model")})
         body = await read_json(request, served.max_body)
         req = completion_request(body, served)
         threshold = api.number(body, "copy_threshold", None, 0, 1 << 20, integer=True) or None
-        run = Run(served.batcher, req, asyncio.get_running_loop(), served.enc, served.metrics)
+        run = Run(served.batcher, req, asyncio.get_running_loop(), served.enc, served.metrics, adapter=served.adapter,
+                  model=served.name)
         if await collected(request, run) is None:
             return Response(status_code=499)  # the client left
         index, note = await _copy_index(served)

@@ -1,7 +1,7 @@
 """Many fine-tunes in one server: LoRA runs over one base, chosen by `model`, mixed in one batch."""
 import json
-import re
 import os
+import re
 import shutil
 import threading
 
@@ -117,7 +117,7 @@ def _client(url):
     return OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
 
 
-def test_the_model_field_picks_the_run_and_an_unknown_one_is_a_404(server, many):
+def test_the_model_field_picks_the_run_and_an_unknown_one_is_a_404(server, many, enc):
     import openai
 
     url, app = server
@@ -145,6 +145,16 @@ def test_the_model_field_picks_the_run_and_an_unknown_one_is_a_404(server, many)
     assert alias.choices[0].text == named.choices[0].text
     with pytest.raises(openai.BadRequestError, match="lora"):
         ai.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"lora": [{"id": 7, "scale": 1}]})
+    # The gallery of each run: `?model=` picks it, and its fresh samples come from that run's adapter.
+    assert httpx.get(url + "/gallery/data").json()["run"] == "a0"
+    assert httpx.get(url + "/gallery/data?model=a1").json()["run"] == "a1"
+    assert httpx.get(url + "/gallery/data?model=zz").status_code == 404
+    fresh = httpx.post(url + "/gallery/generate?model=a1", json={"n": 1, "length": 8, "seed": 4, "prompt": "The quick"},
+                       timeout=120).json()["samples"][0]["text"]
+    same = httpx.post(url + "/v1/completions", json={"model": "a1", "prompt": [50256] + enc.encode("The quick"),
+                                                     "max_tokens": 8, "seed": 4, "temperature": 0.9, "top_k": 40},
+                      timeout=120).json()["choices"][0]["text"]
+    assert fresh == same
     metrics = httpx.get(url + "/metrics").text
     assert re.search(r"gpt2_simple_completion_tokens_total\{model=\"a1\"\} [1-9]", metrics)
 
