@@ -12,11 +12,11 @@ line: a LoRA run over another base than the first one's, another vocabulary, mor
 `model/adapter_rows.py`'s.
 """
 import dataclasses
+import logging
 import os
 import threading
 
 from encoder import get_encoder
-from encoder.vocab import read_vocab
 
 from ..formats import adapters as run_adapters
 from ..formats.checkpoint import find_checkpoint
@@ -29,6 +29,8 @@ from ..model.names import run_folder
 from ..session import Session
 from . import openai_api as api
 from .batcher import Batcher
+
+LOG = logging.getLogger("gpt2_simple.serve")
 
 
 @dataclasses.dataclass(eq=False)
@@ -114,7 +116,7 @@ class Catalog:
 
     def add_session(self, sess, name):
         """Serve the model in `sess` (a full model) under `name`."""
-        self._check_vocabulary(sess.folder)
+        self._check_vocabulary(sess.folder, sess.encoder)
         engine = Engine(sess.model, self._batcher(sess.sampler, LogprobScorer(sess.model), sess.encoder))
         self.engines.append(engine)
         self.entries = dict(self.entries, **{name: self._served(name, sess, engine.batcher, BASE, None)})
@@ -127,22 +129,33 @@ class Catalog:
             raise ValueError(f"a model named {name!r} is served already; pick another name")
         found = adapter_run(folder)
         if found is None:
-            sess = Session()
-            sess.set_model(load_model(folder), get_encoder(folder), folder)
-            return self.add_session(sess, name)
+            return self.add_run_whole(name, folder)
         settings, arrays = found
-        engine = self._base_engine(settings, folder)
+        try:
+            engine = self._base_engine(settings, folder)
+        except FileNotFoundError:  # the base is gone: a merged save still serves alone, as a full model
+            if run_adapters.is_adapter_bundle(find_checkpoint(folder, "latest")):
+                raise
+            LOG.warning("%s: its LoRA base is missing, so it is served as its merged weights, a model of its own", folder)
+            return self.add_run_whole(name, folder)
         if len(engine.table.ranks) >= self.max_adapters:
             raise ValueError(f"{folder} would be LoRA run number {len(engine.table.ranks) + 1}, but max_adapters="
                              f"{self.max_adapters}; raise --max_adapters or serve fewer runs")
-        self._check_vocabulary(folder)
+        encoder = get_encoder(folder)
+        self._check_vocabulary(folder, encoder)
         config = lora.check_settings(settings["rank"], settings["alpha"], settings["targets"])
         slot = engine.table.add(config, arrays, source=folder)
         sess = Session()
-        sess.set_model(engine.model, get_encoder(folder), folder)  # its own copy index; the base's weights
+        sess.set_model(engine.model, encoder, folder)  # its own copy index; the base's weights
         self.entries = dict(self.entries, **{name: self._served(name, sess, engine.batcher, (slot, 1.0), engine.name)})
         self.first = self.first or name
         return self.entries[name]
+
+    def add_run_whole(self, name, folder):
+        """Serve the run in `folder` under `name` as a model of its own (its merged weights, for a LoRA run)."""
+        sess = Session()
+        sess.set_model(load_model(folder), get_encoder(folder), folder)
+        return self.add_session(sess, name)
 
     def load(self, name, folder):
         """vLLM's `load_lora_adapter`: serve the LoRA run in `folder` as `name` (a 400 naming the field otherwise)."""
@@ -190,8 +203,8 @@ class Catalog:
         if key[2] != "float32":
             lora.freeze(model, lora.BASE_PRECISIONS["float32"])  # a 16-bit base's rounded values, computed in float32
         table = AdapterTable(model.hparams)
-        self._check_vocabulary(base_dir)
         encoder = get_encoder(base_dir)
+        self._check_vocabulary(base_dir, encoder)
         engine = Engine(model, self._batcher(Sampler(model, adapters=table), LogprobScorer(model, table), encoder),
                         table, key, os.path.basename(os.path.normpath(base_dir)) or "base")
         self.engines.append(engine)
@@ -206,8 +219,9 @@ class Catalog:
         sampler.sample([[encoder.eot_token]], 2, seed=0)  # compile before the first request
         return Batcher(sampler, encoder, scorer=scorer, **self._batcher_args)
 
-    def _check_vocabulary(self, folder):
-        vocab = read_vocab(folder)
+    def _check_vocabulary(self, folder, encoder):
+        """A ValueError when `encoder` (of `folder`) reads text into other tokens than the first model's."""
+        vocab = (encoder.encoder, encoder.bpe_ranks)
         if self.vocab is None:
             self.vocab = (folder, vocab)
         elif vocab != self.vocab[1]:

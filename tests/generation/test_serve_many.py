@@ -13,6 +13,7 @@ import gpt2_simple as gpt2
 import runs
 from gpt2_simple.formats.folders import load_model
 from gpt2_simple.generation.options import SamplingOptions
+from gpt2_simple.model.logprobs import token_logprobs
 from gpt2_simple.serving.batcher import Job
 from gpt2_simple.serving.serve import build_app
 from serving import running_server
@@ -101,6 +102,10 @@ def test_runs_that_cannot_share_are_refused_at_start_naming_both(many, real_voca
         json.dump(vocab, f)
     with pytest.raises(ValueError, match=r"another vocabulary"):
         build_app(None, runs=["a0", "odd"], checkpoint_dir=checkpoint_dir)
+    # A merged LoRA save whose base is gone is still served, alone, as its merged weights.
+    shutil.rmtree(os.path.join(model_dir, "other"))
+    catalog = build_app(None, runs=["b0"], checkpoint_dir=checkpoint_dir).state.catalog
+    assert list(catalog.entries) == ["b0"] and catalog.engines[0].table is None
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +160,11 @@ def test_the_model_field_picks_the_run_and_an_unknown_one_is_a_404(server, many,
                                                      "max_tokens": 8, "seed": 4, "temperature": 0.9, "top_k": 40},
                       timeout=120).json()["choices"][0]["text"]
     assert fresh == same
+    # Scores come from the run's own adapter too.
+    ids = enc.encode("The quick brown fox jumps")
+    scored = ai.completions.create(model="a2", prompt=ids, max_tokens=0, echo=True, logprobs=1)
+    own = token_logprobs(load_model(os.path.join(many[2], "a2")), tf.constant([ids])).numpy()[0]
+    np.testing.assert_allclose(scored.choices[0].logprobs.token_logprobs[1:], own, rtol=0, atol=1e-4)
     metrics = httpx.get(url + "/metrics").text
     assert re.search(r"gpt2_simple_completion_tokens_total\{model=\"a1\"\} [1-9]", metrics)
 
