@@ -27,7 +27,9 @@ Sections:
   The train section also times a LoRA step (float32 and bfloat16 base) against the full step;
 - serve: `gpt2_simple serve` under 1, 4 and 16 concurrent clients, time to the first streamed
   token, the same workload in-process, and mixed traffic (prompts of 3 to 200 tokens, mixed
-  options, half seeded) from 16 clients against one (`bench/bench_serve.py`);
+  options, half seeded) from 16 clients against one, and many fine-tunes: 16 clients over 4 rank-8
+  LoRA runs of the model against 16 of one, resident memory with 10 against the model alone
+  (`bench/bench_serve.py`);
 - copies: the copy index (`generation/copies.py`) on `--copies_mb` megabytes of synthetic text:
   build time, memory, the check of a 200-token sample, the `avoid_copies=16` guard's index and
   one compiled `banned()` call, and a suffix array for comparison (`bench/bench_copies.py`);
