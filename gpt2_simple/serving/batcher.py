@@ -4,7 +4,7 @@ This module owns running requests on the model one batch at a time. Requests (`J
 a bounded queue (`QueueFull` when it is full: the server answers 503); the worker thread takes
 the oldest and every waiting job that can share its batch, up to `max_rows` rows. Jobs share a
 batch whatever their options, seeds and prompt lengths (prompts are left-padded and masked, each
-row carries its own options and seed), so each row draws what it would alone: a seeded row
+row carries its own options, seed and LoRA adapter), so each row draws what it would alone: a seeded row
 equals `generate(seed=...)`'s. Only the copy guard is one a batch, and prompts of different lengths
 share a batch only while every row fits in the context (no sliding window). Batching is continuous:
 between chunks, waiting jobs of the batch's group take the slots of rows that have ended, or grow

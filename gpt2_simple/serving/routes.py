@@ -1,9 +1,10 @@
-"""The server's routes: one handler a path, each over the app's `Served` state, and the route table.
+"""The server's routes: one handler a path, each over the `Served` state of the model a request names, and the table.
 
 This module owns what each path answers: `POST /v1/completions`, `/v1/chat/completions` and
 `/v1/responses` (checked by `openai_api.py`, `openai_chat.py` and `openai_responses.py`, run as
 `answers.Run`s in the batcher, answered whole or streamed), `GET /v1/models`, `POST /tokenize`
-and `/detokenize`, `GET /tokenizer_info` (`tokenizer_api.py`), `GET /metrics`, `GET /health` and the page at `/`. `ROUTES` is the one list
+and `/detokenize`, `GET /tokenizer_info` (`tokenizer_api.py`), vLLM's `POST /v1/load_lora_adapter` and
+`/v1/unload_lora_adapter` (`catalog.py` does the work), `GET /metrics`, `GET /health` and the page at `/`. `ROUTES` is the one list
 of them: the app is built from it and `/metrics` counts its paths by name. Building the app and
 running it is `serve.py`'s; the gallery's routes are `gallery.py`'s.
 """

@@ -1,11 +1,12 @@
-"""Serving a model over HTTP: the app built from the routes, and `serve`, which runs it until SIGTERM.
+"""Serving models over HTTP: the app built from the routes, and `serve`, which runs it until SIGTERM.
 
-This module owns assembling the ASGI app (the routes of `routes.py` over one `routes.Served`
-state, the gallery's routes for a run, the batcher's thread started and stopped with the app,
-the API key and the metrics around it) and running it under Uvicorn until SIGTERM or Ctrl-C, which
-drain it (new work gets 503, the requests in flight finish or end with "abort", then exit 0). What each route answers is `routes.py`'s; the model
-runs in `batcher.py`'s one worker thread. Starlette and Uvicorn are the optional `serve` extra,
-imported only when a server is built.
+This module owns assembling the ASGI app (the routes of `routes.py` over the `catalog.Catalog` of
+the models served, a `routes.Served` state each, the gallery's routes for a run, the workers'
+threads started and stopped with the app, the API key and the metrics around it) and running it
+under Uvicorn until SIGTERM or Ctrl-C, which drain it (new work gets 503, the requests in flight
+finish or end with "abort", then exit 0). What each route answers is `routes.py`'s; which runs
+share a model is `catalog.py`'s; each model runs in one `batcher.py` worker thread. Starlette and
+Uvicorn are the optional `serve` extra, imported only when a server is built.
 """
 import contextlib
 import os
