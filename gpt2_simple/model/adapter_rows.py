@@ -23,17 +23,20 @@ BASE = (0, 1.0)  # (slot, scale) of a row of the base model alone
 class AdapterTable:
     """The adapters one base serves, by slot (1, 2, ...; 0 is the base alone).
 
-    Each adaptable matrix keeps every adapter stacked, `A` `[adapters + 1, nx, R]` and `B`
-    `[adapters + 1, R, nf]` (position 0: zeros, the base alone), so a batch's rows are one gather a
-    matrix. Adding or removing an adapter builds the stacks again (briefly twice their size).
+    Each adaptable matrix keeps every adapter stacked in a variable, `A` `[positions, nx, R]` and `B`
+    `[positions, R, nf]` (position 0: zeros, the base alone), so a batch's rows are one gather a
+    matrix. An adapter is written into a free position in place, and removing one frees its
+    position: the stacks are made again only when they are full (then with twice the room) or a
+    larger rank arrives. `capacity` and `rank` size them from the start (the runs a server opens).
     """
 
-    def __init__(self, hparams):
+    def __init__(self, hparams, *, capacity=1, rank=1):
         self.hparams = hparams
         self.positions = {0: 0}  # slot -> its position in the stacks
         self.ranks = {}  # slot -> its own rank
         self._next = 1
-        self._stacks = None  # [(A, B) per target in TARGETS order] per block; None: no adapter yet
+        self._room, self._rank = capacity, rank  # the stacks' adapters and R, once made
+        self._stacks = None  # [(A, B) variables per target in TARGETS order] per block; None: no adapter yet
         self.version = 0  # changes with every add and remove
         self._lock = threading.Lock()
 
@@ -44,56 +47,80 @@ class AdapterTable:
 
     @property
     def rank(self):
-        """R, the rank every adapter is padded to: the largest added so far (1 before any)."""
-        return self._stacks[0][0][0].shape[2] if self._stacks else 1
+        """R, the rank every adapter is padded to."""
+        return self._rank
 
     def add(self, config, arrays, *, source):
         """Hold the adapters `arrays` (`{name: array}`, `model/h0/attn/c_attn/lora_A`, ...) of `config` (a
         `lora.LoRAConfig`); returns their slot. A ValueError names `source` when they do not fit this base."""
-        shapes, rank = self.shapes(), max(self.rank, config.rank)
-        new = []
-        for i in range(self.hparams.n_layer):
-            pairs = []
-            for target in TARGETS:
+        shapes = self.shapes()
+        for i in range(self.hparams.n_layer):  # every matrix checked before anything is written
+            for target in config.targets:
+                a, b = (arrays.get(f"model/h{i}/{LAYER_PATHS[target]}/lora_{x}") for x in "AB")
                 nx, nf = shapes[target]
-                a = np.zeros([1, nx, rank], np.float32)
-                b = np.zeros([1, rank, nf], np.float32)
-                if target in config.targets:
-                    a_, b_ = (arrays.get(f"model/h{i}/{LAYER_PATHS[target]}/lora_{x}") for x in "AB")
-                    if a_ is None or b_ is None or a_.shape != (nx, config.rank) or b_.shape != (config.rank, nf):
-                        raise ValueError(f"{source}: the adapter of layer h{i} {target} is missing or shaped for "
-                                         f"another model than this base (n_embd={self.hparams.n_embd}, "
-                                         f"n_layer={self.hparams.n_layer})")
-                    a[0, :, :config.rank], b[0, :config.rank] = a_, np.asarray(b_, np.float32) * np.float32(config.scale)
-                pairs.append((a, b))
-            new.append(pairs)
+                if a is None or b is None or a.shape != (nx, config.rank) or b.shape != (config.rank, nf):
+                    raise ValueError(f"{source}: the adapter of layer h{i} {target} is missing or shaped for "
+                                     f"another model than this base (n_embd={self.hparams.n_embd}, "
+                                     f"n_layer={self.hparams.n_layer})")
         with self._lock:
-            old = self._stacks or [[self._zeros(shapes[t], rank) for t in TARGETS] for _ in range(self.hparams.n_layer)]
-            self._stacks = [[(tf.concat([_padded(a, rank, 2), n_a], 0), tf.concat([_padded(b, rank, 1), n_b], 0))
-                             for (a, b), (n_a, n_b) in zip(block, added)] for block, added in zip(old, new)]
+            taken = set(self.positions.values())
+            position = next(p for p in range(len(taken) + 1) if p not in taken)
+            if self._stacks is None or config.rank > self._rank or position > self._room:
+                self._make(max(self._room, 2 * self._room if self._stacks is not None and position > self._room else 0,
+                               position), max(self._rank, config.rank))
+            for i, block in enumerate(self._stacks):
+                for target, (a_stack, b_stack) in zip(TARGETS, block):
+                    a, b = self._padded_pair(config, arrays, i, target)
+                    a_stack[position].assign(a)
+                    b_stack[position].assign(b)
             slot, self._next = self._next, self._next + 1
-            self.positions[slot], self.ranks[slot] = len(self.positions), config.rank
+            self.positions[slot], self.ranks[slot] = position, config.rank
             self.version += 1
         return slot
 
+    def _padded_pair(self, config, arrays, block, target):
+        """(A `[nx, R]`, scale * B `[R, nf]`) of one matrix of an adapter, zeros where it has none or past its rank."""
+        nx, nf = self.shapes()[target]
+        a, b = np.zeros([nx, self._rank], np.float32), np.zeros([self._rank, nf], np.float32)
+        if target in config.targets:
+            path = f"model/h{block}/{LAYER_PATHS[target]}"
+            a[:, :config.rank] = arrays[path + "/lora_A"]
+            b[:config.rank] = np.asarray(arrays[path + "/lora_B"], np.float32) * np.float32(config.scale)
+        return a, b
+
+    def _make(self, room, rank):
+        """(Re)make the stacks for `room` adapters of rank up to `rank`, keeping what they hold."""
+        made = []
+        for i in range(self.hparams.n_layer):
+            pairs = []
+            for t, (nx, nf) in enumerate(self.shapes().values()):
+                a, b = np.zeros([room + 1, nx, rank], np.float32), np.zeros([room + 1, rank, nf], np.float32)
+                if self._stacks is not None:
+                    old_a, old_b = (v.numpy() for v in self._stacks[i][t])
+                    a[:len(old_a), :, :old_a.shape[2]], b[:len(old_b), :old_b.shape[1]] = old_a, old_b
+                pairs.append((tf.Variable(a, trainable=False), tf.Variable(b, trainable=False)))
+            made.append(pairs)
+        self._stacks, self._room, self._rank = made, room, rank
+
     def remove(self, slot):
-        """Drop the adapter in `slot` (its rows must have ended)."""
+        """Drop the adapter in `slot` (its rows must have ended): its position is zeroed and free again."""
         with self._lock:
             if slot not in self.ranks:
                 return
-            order = [s for s, _ in sorted(self.positions.items(), key=lambda item: item[1]) if s != slot]
-            keep = [self.positions[s] for s in order]
+            position = self.positions.pop(slot)
             del self.ranks[slot]
-            self.positions = {s: i for i, s in enumerate(order)}
-            self._stacks = [[(tf.gather(a, keep), tf.gather(b, keep)) for a, b in block] for block in self._stacks]
+            for block in self._stacks:
+                for a_stack, b_stack in block:
+                    a_stack[position].assign(tf.zeros(a_stack.shape[1:]))
+                    b_stack[position].assign(tf.zeros(b_stack.shape[1:]))
             self.version += 1
 
     def __contains__(self, slot):
         return slot in self.positions
 
-    def nbytes(self, slot):
-        """The bytes one adapter takes in the stacks."""
-        return sum((nx + nf) * self.rank * 4 for nx, nf in self.shapes().values()) * self.hparams.n_layer
+    def nbytes(self):
+        """The bytes the stacks hold (every position, the base's zeros included)."""
+        return sum(int(np.prod(v.shape)) * 4 for block in self._stacks or () for pair in block for v in pair)
 
     def specs(self):
         """The `tf.TensorSpec`s of `rows`' result, for a compiled signature (batch and rank of any size)."""
@@ -112,19 +139,13 @@ class AdapterTable:
         with self._lock:  # `add` and `remove` may come from another thread (the server's adapter routes)
             # A slot no longer held is an ended row's (a live row's adapter is removed only once it has ended).
             index = tf.constant([self.positions.get(slot, 0) for slot, _ in adapters], tf.int32)
-            stacks = self._stacks or [[self._zeros(shape, 1) for shape in self.shapes().values()]] * self.hparams.n_layer
+            stacks = self._stacks or [[_zeros(shape) for shape in self.shapes().values()]] * self.hparams.n_layer
         scales = tf.constant([[[scale]] for _, scale in adapters], tf.float32)  # [batch, 1, 1]
         return [tuple((tf.gather(a, index), tf.gather(b, index) * scales) for a, b in block) for block in stacks]
 
-    @staticmethod
-    def _zeros(shape, rank):
-        nx, nf = shape
-        return tf.zeros([1, nx, rank], tf.float32), tf.zeros([1, rank, nf], tf.float32)
 
 
-def _padded(stack, rank, axis):
-    """`stack` with its rank axis (`axis`) padded with zeros to `rank`."""
-    pad = rank - stack.shape[axis]
-    if not pad:
-        return stack
-    return tf.pad(stack, [[0, 0]] + ([[0, pad], [0, 0]] if axis == 1 else [[0, 0], [0, pad]]))
+def _zeros(shape):
+    """Stacks of the base alone: (A `[1, nx, 1]`, B `[1, 1, nf]`) of zeros."""
+    nx, nf = shape
+    return tf.zeros([1, nx, 1], tf.float32), tf.zeros([1, 1, nf], tf.float32)

@@ -65,6 +65,7 @@ class Catalog:
         self.vocab = None  # (folder, its vocabulary): every model must read the same tokens
         self.first = None  # the name of the first model named: requests without `model` go there
         self._updating = threading.Lock()  # one adapter load or unload at a time
+        self.sizes = (1, 1)  # (adapters, largest rank) the adapter table is made for at first (`open_runs`)
 
     @property
     def default(self):
@@ -202,7 +203,7 @@ class Catalog:
         model = load_base(base_dir, settings["base_checkpoint"], base_precision=settings.get("base_precision"))
         if key[2] != "float32":
             lora.freeze(model, lora.BASE_PRECISIONS["float32"])  # a 16-bit base's rounded values, computed in float32
-        table = AdapterTable(model.hparams)
+        table = AdapterTable(model.hparams, capacity=self.sizes[0], rank=self.sizes[1])
         encoder = get_encoder(base_dir)
         self._check_vocabulary(base_dir, encoder)
         engine = Engine(model, self._batcher(Sampler(model, adapters=table), LogprobScorer(model, table), encoder),
@@ -235,7 +236,14 @@ def _described(base):
 
 
 def open_runs(catalog, run_names, checkpoint_dir):
-    """Serve every run of `run_names` (folders under `checkpoint_dir`), in order; returns `catalog`."""
-    for name in run_names:
-        catalog.add_run(name, run_folder(checkpoint_dir, name))
+    """Serve every run of `run_names` (folders under `checkpoint_dir`), in order; returns `catalog`.
+
+    The adapter table is made once for all the LoRA runs among them (growing it run by run would leave
+    the memory of each smaller table behind).
+    """
+    folders = [run_folder(checkpoint_dir, name) for name in run_names]
+    ranks = [found[0]["rank"] for found in map(adapter_run, folders) if found is not None]
+    catalog.sizes = (max(1, len(ranks)), max(ranks, default=1))
+    for name, folder in zip(run_names, folders):
+        catalog.add_run(name, folder)
     return catalog
