@@ -1,14 +1,15 @@
 """Many LoRA adapters over one frozen base, chosen per row: the table of adapters and a batch's rows of them.
 
-This module owns serving several fine-tunes of one base at once. An `AdapterTable` holds each
-adapter's A `[nx, r]` and B `[r, nf]` (B already times its scale, alpha / r) under a slot number;
-`rows(adapters)` gives, for a batch whose row i wants adapter slot s_i at scale c_i, every
-adaptable matrix's A `[batch, nx, R]` and c_i B `[batch, R, nf]` (zeros for slot 0, the base alone,
-and for a matrix an adapter leaves alone; ranks padded with zeros to R, the largest held).
-`GPT2.forward` and `columns.step` add `(x @ A) @ B` row by row (`lora.row_update`): the base
-matrices are read once a step for every row, and mixing adapters costs only the low-rank
-products. `W + A @ B` is never formed. Reading adapters from run folders is `formats/adapters.py`'s;
-which request uses which slot is the server's.
+This module owns serving several fine-tunes of one base at once. An `AdapterTable` keeps, for
+every adaptable matrix, all adapters side by side: A `[nx, P * R]` and B `[P * R, nf]`, position p
+holding one adapter's A `[nx, r]` and its scale (alpha / r) times B `[r, nf]` in columns (rows)
+p * R.. (position 0: zeros, the base alone; ranks padded with zeros to R, the largest held).
+`rows(adapters)`, for a batch whose row i wants adapter slot s_i at scale c_i, gives those and a
+mask `[batch, P * R]`: c_i on row i's columns, 0 elsewhere. `GPT2.forward` and `columns.step` add
+`((x @ A) * mask) @ B` (`lora.row_update`): each row gets only its adapter's update (the others'
+terms are exact zeros), the base matrices and every adapter are read once a step for all rows, and
+mixing adapters costs only these narrow products. `W + A @ B` is never formed. Reading adapters
+from run folders is `formats/adapters.py`'s; which request uses which slot is the server's.
 """
 import threading
 
@@ -23,20 +24,19 @@ BASE = (0, 1.0)  # (slot, scale) of a row of the base model alone
 class AdapterTable:
     """The adapters one base serves, by slot (1, 2, ...; 0 is the base alone).
 
-    Each adaptable matrix keeps every adapter stacked in a variable, `A` `[positions, nx, R]` and `B`
-    `[positions, R, nf]` (position 0: zeros, the base alone), so a batch's rows are one gather a
-    matrix. An adapter is written into a free position in place, and removing one frees its
-    position: the stacks are made again only when they are full (then with twice the room) or a
-    larger rank arrives. `capacity` and `rank` size them from the start (the runs a server opens).
+    The side-by-side matrices are variables sized for `capacity` adapters of rank up to `rank`
+    from the start (the runs a server opens). An adapter is written into a free position in place,
+    and removing one zeroes and frees its position; they are made again only when full (then with
+    twice the room) or when a larger rank arrives, and the compiled loops then compile once more.
     """
 
     def __init__(self, hparams, *, capacity=1, rank=1):
         self.hparams = hparams
-        self.positions = {0: 0}  # slot -> its position in the stacks
+        self.positions = {0: 0}  # slot -> its position
         self.ranks = {}  # slot -> its own rank
         self._next = 1
-        self._room, self._rank = capacity, rank  # the stacks' adapters and R, once made
-        self._stacks = None  # [(A, B) variables per target in TARGETS order] per block; None: no adapter yet
+        self._room, self._rank = capacity, rank  # adapters the matrices hold, and R
+        self._matrices = None  # [(A, B) variables per target in TARGETS order] per block; None: no adapter yet
         self.version = 0  # changes with every add and remove
         self._lock = threading.Lock()
 
@@ -65,14 +65,15 @@ class AdapterTable:
         with self._lock:
             taken = set(self.positions.values())
             position = next(p for p in range(len(taken) + 1) if p not in taken)
-            if self._stacks is None or config.rank > self._rank or position > self._room:
-                self._make(max(self._room, 2 * self._room if self._stacks is not None and position > self._room else 0,
-                               position), max(self._rank, config.rank))
-            for i, block in enumerate(self._stacks):
-                for target, (a_stack, b_stack) in zip(TARGETS, block):
+            full = self._matrices is not None and position > self._room
+            if self._matrices is None or full or config.rank > self._rank:
+                self._make(max(self._room, 2 * self._room if full else 0, position), max(self._rank, config.rank))
+            columns = slice(position * self._rank, position * self._rank + self._rank)
+            for i, block in enumerate(self._matrices):
+                for target, (a_all, b_all) in zip(TARGETS, block):
                     a, b = self._padded_pair(config, arrays, i, target)
-                    a_stack[position].assign(a)
-                    b_stack[position].assign(b)
+                    a_all[:, columns].assign(a)
+                    b_all[columns].assign(b)
             slot, self._next = self._next, self._next + 1
             self.positions[slot], self.ranks[slot] = position, config.rank
             self.version += 1
@@ -89,18 +90,21 @@ class AdapterTable:
         return a, b
 
     def _make(self, room, rank):
-        """(Re)make the stacks for `room` adapters of rank up to `rank`, keeping what they hold."""
-        made = []
+        """(Re)make the matrices for `room` adapters of rank up to `rank`, keeping what they hold."""
+        made, old_rank, positions = [], self._rank, self._room + 1
         for i in range(self.hparams.n_layer):
             pairs = []
             for t, (nx, nf) in enumerate(self.shapes().values()):
-                a, b = np.zeros([room + 1, nx, rank], np.float32), np.zeros([room + 1, rank, nf], np.float32)
-                if self._stacks is not None:
-                    old_a, old_b = (v.numpy() for v in self._stacks[i][t])
-                    a[:len(old_a), :, :old_a.shape[2]], b[:len(old_b), :old_b.shape[1]] = old_a, old_b
-                pairs.append((tf.Variable(a, trainable=False), tf.Variable(b, trainable=False)))
+                a = np.zeros([nx, room + 1, rank], np.float32)
+                b = np.zeros([room + 1, rank, nf], np.float32)
+                if self._matrices is not None:
+                    old_a, old_b = (v.numpy() for v in self._matrices[i][t])
+                    a[:, :positions, :old_rank] = old_a.reshape(nx, positions, old_rank)
+                    b[:positions, :old_rank] = old_b.reshape(positions, old_rank, nf)
+                pairs.append((tf.Variable(a.reshape(nx, -1), trainable=False),
+                              tf.Variable(b.reshape(-1, nf), trainable=False)))
             made.append(pairs)
-        self._stacks, self._room, self._rank = made, room, rank
+        self._matrices, self._room, self._rank = made, room, rank
 
     def remove(self, slot):
         """Drop the adapter in `slot` (its rows must have ended): its position is zeroed and free again."""
@@ -109,43 +113,48 @@ class AdapterTable:
                 return
             position = self.positions.pop(slot)
             del self.ranks[slot]
-            for block in self._stacks:
-                for a_stack, b_stack in block:
-                    a_stack[position].assign(tf.zeros(a_stack.shape[1:]))
-                    b_stack[position].assign(tf.zeros(b_stack.shape[1:]))
+            columns = slice(position * self._rank, position * self._rank + self._rank)
+            for block in self._matrices:
+                for a_all, b_all in block:
+                    a_all[:, columns].assign(tf.zeros([a_all.shape[0], self._rank]))
+                    b_all[columns].assign(tf.zeros([self._rank, b_all.shape[1]]))
             self.version += 1
 
     def __contains__(self, slot):
         return slot in self.positions
 
     def nbytes(self):
-        """The bytes the stacks hold (every position, the base's zeros included)."""
-        return sum(int(np.prod(v.shape)) * 4 for block in self._stacks or () for pair in block for v in pair)
+        """The bytes the matrices hold (every position, the base's zeros included)."""
+        return sum(int(np.prod(v.shape)) * 4 for block in self._matrices or () for pair in block for v in pair)
 
     def specs(self):
-        """The `tf.TensorSpec`s of `rows`' result, for a compiled signature (batch and rank of any size)."""
+        """The `tf.TensorSpec`s of `rows`' result, for a compiled signature (any batch, positions and rank)."""
         shapes = self.shapes()
-        pair = tuple((tf.TensorSpec([None, nx, None], tf.float32), tf.TensorSpec([None, None, nf], tf.float32))
-                     for nx, nf in (shapes[t] for t in TARGETS))
-        return [pair] * self.hparams.n_layer
+        mask = tf.TensorSpec([None, None], tf.float32)
+        block = tuple((tf.TensorSpec([nx, None], tf.float32), tf.TensorSpec([None, nf], tf.float32), mask)
+                      for nx, nf in (shapes[t] for t in TARGETS))
+        return [block] * self.hparams.n_layer
 
     def rows(self, adapters):
-        """Each row's adapter for a batch: `adapters` lists (slot, scale) a row (`BASE`: none).
+        """A batch's adapters: `adapters` lists (slot, scale) a row (`BASE`: none).
 
         Returns:
-            one 4-tuple a block, of (A `[batch, nx, R]`, B `[batch, R, nf]`) for c_attn, attn c_proj, c_fc and
-            mlp c_proj: what `GPT2.forward(adapters=)` takes.
+            one 4-tuple a block, of (A `[nx, P * R]`, B `[P * R, nf]`, mask `[batch, P * R]`) for c_attn, attn
+            c_proj, c_fc and mlp c_proj: what `GPT2.forward(adapters=)` takes. A slot no longer held (an
+            ended row's: a live row's adapter is removed only once it has ended) gets the base's zeros.
         """
         with self._lock:  # `add` and `remove` may come from another thread (the server's adapter routes)
-            # A slot no longer held is an ended row's (a live row's adapter is removed only once it has ended).
-            index = tf.constant([self.positions.get(slot, 0) for slot, _ in adapters], tf.int32)
-            stacks = self._stacks or [[_zeros(shape) for shape in self.shapes().values()]] * self.hparams.n_layer
-        scales = tf.constant([[[scale]] for _, scale in adapters], tf.float32)  # [batch, 1, 1]
-        return [tuple((tf.gather(a, index), tf.gather(b, index) * scales) for a, b in block) for block in stacks]
-
+            index = [self.positions.get(slot, 0) for slot, _ in adapters]
+            matrices = self._matrices or [[_zeros(shape) for shape in self.shapes().values()]] * self.hparams.n_layer
+            rank, positions = (self._rank, self._room + 1) if self._matrices else (1, 1)
+        mask = np.zeros([len(adapters), positions, rank], np.float32)
+        for row, (position, (_, scale)) in enumerate(zip(index, adapters)):
+            mask[row, position] = scale if position else 0.0
+        mask = tf.constant(mask.reshape(len(adapters), -1))
+        return [tuple((a, b, mask) for a, b in block) for block in matrices]
 
 
 def _zeros(shape):
-    """Stacks of the base alone: (A `[1, nx, 1]`, B `[1, 1, nf]`) of zeros."""
+    """The matrices of the base alone: (A `[nx, 1]`, B `[1, nf]`) of zeros."""
     nx, nf = shape
-    return tf.zeros([1, nx, 1], tf.float32), tf.zeros([1, 1, nf], tf.float32)
+    return tf.zeros([nx, 1], tf.float32), tf.zeros([1, nf], tf.float32)

@@ -16,7 +16,6 @@ choices".
 """
 import tensorflow as tf
 
-from . import lora
 from .model import LAYER_NORM_EPSILON, attend, gelu, write_at
 
 # The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
@@ -106,8 +105,8 @@ def _dense(w, b, x, rows=None):
     y = tf.matmul(w, x) - tf.negative(b)[:, None]
     if rows is None:
         return y
-    update = lora.row_update(_transposed(x)[:, None, :], rows)  # [batch, 1, nf]
-    return y + _transposed(update[:, 0, :])
+    a, b_all, mask = rows  # `lora.row_update` for columns: A^T x, masked, then B^T of that: [nf, batch]
+    return y + tf.matmul(b_all, tf.matmul(a, x, transpose_a=True) * _transposed(mask), transpose_a=True)
 
 
 def _transposed(x):

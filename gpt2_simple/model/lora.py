@@ -170,10 +170,12 @@ class LoRAConv1D(tf.Module):
 
 
 def row_update(x, rows):
-    """Each row's own low-rank update `(x @ A) @ B` (its scale in B): `x` `[batch, seq, nx]`, `rows` = (A `[batch, nx, r]`,
-    B `[batch, r, nf]`) -> `[batch, seq, nf]`: several adapters over one base in one batch (`adapter_rows.py`)."""
-    a, b = rows
-    return tf.matmul(tf.matmul(x, tf.cast(a, x.dtype)), tf.cast(b, x.dtype))
+    """Each row's own low-rank update, several adapters over one base in one batch (`adapter_rows.py`): `x`
+    `[batch, seq, nx]`, `rows` = (A `[nx, P * R]`, B `[P * R, nf]`, mask `[batch, P * R]`) -> `((x @ A) * mask) @ B`,
+    `[batch, seq, nf]`."""
+    a, b, mask = rows
+    xa = tf.matmul(x, tf.cast(a, x.dtype))  # [batch, seq, P * R]: every adapter's
+    return tf.matmul(xa * tf.cast(mask, x.dtype)[:, None, :], tf.cast(b, x.dtype))  # only the row's own adds up
 
 
 def _parent(block, target):
