@@ -56,15 +56,18 @@ class Catalog:
         served: `served(name, sess, batcher, adapter, parent)` -> the `routes.Served` of one name.
         batcher_args: the `Batcher`'s keyword arguments (queue and batch limits).
         max_adapters: LoRA runs held at most.
+        list_base: serve the LoRA runs' base under its own name too (not for one run served alone, which
+            answers whatever `model` names, as it did before runs could share a server).
     """
 
-    def __init__(self, served, batcher_args, *, max_adapters=16):
+    def __init__(self, served, batcher_args, *, max_adapters=16, list_base=True):
         self._served, self._batcher_args, self.max_adapters = served, batcher_args, max_adapters
         self.entries = {}  # name -> `routes.Served`
         self.engines = []
         self.vocab = None  # (folder, its vocabulary): every model must read the same tokens
         self.first = None  # the name of the first model named: requests without `model` go there
         self._updating = threading.Lock()  # one adapter load or unload at a time
+        self.list_base = list_base
         self.sizes = (1, 1)  # (adapters, largest rank) the adapter table is made for at first (`open_runs`)
 
     @property
@@ -107,7 +110,7 @@ class Catalog:
             raise api.APIError(400, f"lora: adapter ids are 0 to {len(listed) - 1} (the LoRA runs in /v1/models' "
                                     f"order), got {[e['id'] for e in given]}", "lora")
         if served.parent is not None and body.get("model") is None:  # the first model is a LoRA run: its base
-            served = self.entries[served.parent]
+            served = self.entries.get(served.parent, served)
         if served.parent is not None or (on and listed[on[0]["id"]].batcher is not served.batcher):
             raise api.APIError(400, "lora: name the base model in `model` (or leave it out), not a LoRA run", "lora")
         if not on:
@@ -211,7 +214,7 @@ class Catalog:
         self.engines.append(engine)
         sess = Session()
         sess.set_model(model, encoder, base_dir)
-        if engine.name not in self.entries:  # the base itself: rows with no adapter
+        if self.list_base and engine.name not in self.entries:  # the base itself: rows with no adapter
             self.entries = dict(self.entries, **{engine.name: self._served(engine.name, sess, engine.batcher, BASE,
                                                                              None)})
         return engine

@@ -41,7 +41,8 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
                       metrics, name, max_tokens, max_body, training_data, documents=trained_on_documents(run_sess.folder),
                       adapter=adapter, parent=parent)
 
-    catalog = Catalog(served, dict(max_queue=max_queue, max_rows=max_batch), max_adapters=max_adapters)
+    catalog = Catalog(served, dict(max_queue=max_queue, max_rows=max_batch), max_adapters=max_adapters,
+                      list_base=len(runs or ()) > 1)
     if runs:
         open_runs(catalog, runs, checkpoint_dir)
     else:
