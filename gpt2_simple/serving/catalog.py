@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 
-from encoder import get_encoder
+from encoder import Encoder
+from encoder.vocab import read_vocab
 
 from ..formats import adapters as run_adapters
 from ..formats.checkpoint import find_checkpoint
@@ -64,7 +65,7 @@ class Catalog:
         self._served, self._batcher_args, self.max_adapters = served, batcher_args, max_adapters
         self.entries = {}  # name -> `routes.Served`
         self.engines = []
-        self.vocab = None  # (folder, its vocabulary): every model must read the same tokens
+        self.vocab = None  # (folder, its Encoder): every model reads with that one
         self.first = None  # the name of the first model named: requests without `model` go there
         self._updating = threading.Lock()  # one adapter load or unload at a time
         self.list_base = list_base
@@ -120,7 +121,7 @@ class Catalog:
 
     def add_session(self, sess, name):
         """Serve the model in `sess` (a full model) under `name`."""
-        self._check_vocabulary(sess.folder, sess.encoder)
+        self._encoder(sess.folder, sess.encoder)
         engine = Engine(sess.model, self._batcher(sess.sampler, LogprobScorer(sess.model), sess.encoder))
         self.engines.append(engine)
         self.entries = dict(self.entries, **{name: self._served(name, sess, engine.batcher, BASE, None)})
@@ -145,8 +146,7 @@ class Catalog:
         if len(engine.table.ranks) >= self.max_adapters:
             raise ValueError(f"{folder} would be LoRA run number {len(engine.table.ranks) + 1}, but max_adapters="
                              f"{self.max_adapters}; raise --max_adapters or serve fewer runs")
-        encoder = get_encoder(folder)
-        self._check_vocabulary(folder, encoder)
+        encoder = self._encoder(folder)
         config = lora.check_settings(settings["rank"], settings["alpha"], settings["targets"])
         slot = engine.table.add(config, arrays, source=folder)
         sess = Session()
@@ -158,7 +158,7 @@ class Catalog:
     def add_run_whole(self, name, folder):
         """Serve the run in `folder` under `name` as a model of its own (its merged weights, for a LoRA run)."""
         sess = Session()
-        sess.set_model(load_model(folder), get_encoder(folder), folder)
+        sess.set_model(load_model(folder), self._encoder(folder), folder)
         return self.add_session(sess, name)
 
     def load(self, name, folder):
@@ -207,8 +207,7 @@ class Catalog:
         if key[2] != "float32":
             lora.freeze(model, lora.BASE_PRECISIONS["float32"])  # a 16-bit base's rounded values, computed in float32
         table = AdapterTable(model.hparams, capacity=self.sizes[0], rank=self.sizes[1])
-        encoder = get_encoder(base_dir)
-        self._check_vocabulary(base_dir, encoder)
+        encoder = self._encoder(base_dir)
         engine = Engine(model, self._batcher(Sampler(model, adapters=table), LogprobScorer(model, table), encoder),
                         table, key, os.path.basename(os.path.normpath(base_dir)) or "base")
         self.engines.append(engine)
@@ -223,14 +222,19 @@ class Catalog:
         sampler.sample([[encoder.eot_token]], 2, seed=0)  # compile before the first request
         return Batcher(sampler, encoder, scorer=scorer, **self._batcher_args)
 
-    def _check_vocabulary(self, folder, encoder):
-        """A ValueError when `encoder` (of `folder`) reads text into other tokens than the first model's."""
-        vocab = (encoder.encoder, encoder.bpe_ranks)
+    def _encoder(self, folder, encoder=None):
+        """The one `Encoder` every model here reads with (one a run would cost tens of MB each); a ValueError when
+        `folder`'s vocabulary is not the first model's. `encoder`: the first model's own, already loaded."""
         if self.vocab is None:
-            self.vocab = (folder, vocab)
-        elif vocab != self.vocab[1]:
+            encoder = encoder or Encoder(*read_vocab(folder))
+            self.vocab = (folder, encoder)
+            return encoder
+        first = self.vocab[1]
+        tokens, merges = read_vocab(folder)
+        if tokens != first.encoder or {pair: rank for rank, pair in enumerate(merges)} != first.bpe_ranks:
             raise ValueError(f"{folder} has another vocabulary than {self.vocab[0]}; one server serves models of one "
                              "vocabulary (serve them apart)")
+        return first
 
 
 def _described(base):
