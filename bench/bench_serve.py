@@ -175,13 +175,13 @@ def _adapter_runs(parent, name, count, rank=8):
 
     from gpt2_simple.formats import adapters
     from gpt2_simple.formats.checkpoint import write_bundle, write_state
+    from gpt2_simple.model.adapter_rows import AdapterTable
     from gpt2_simple.model.hparams import load_hparams
     from gpt2_simple.model.lora import LAYER_PATHS, TARGETS
 
     base = os.path.join(parent, name)
     hp = load_hparams(base)
-    e, rng, names = hp.n_embd, np.random.default_rng(0), []
-    shapes = {"c_attn": (e, 3 * e), "attn/c_proj": (e, e), "c_fc": (e, 4 * e), "mlp/c_proj": (4 * e, e)}
+    rng, names, shapes = np.random.default_rng(0), [], AdapterTable(hp).shapes()
     settings = dict(rank=rank, alpha=float(rank), targets=list(TARGETS), base_precision=None, base_folder=base,
                     base_folder_absolute=base, base_checkpoint="latest")
     for i in range(count):

@@ -45,11 +45,6 @@ class AdapterTable:
         e = self.hparams.n_embd
         return {"c_attn": (e, 3 * e), "attn/c_proj": (e, e), "c_fc": (e, 4 * e), "mlp/c_proj": (4 * e, e)}
 
-    @property
-    def rank(self):
-        """R, the rank every adapter is padded to."""
-        return self._rank
-
     def add(self, config, arrays, *, source):
         """Hold the adapters `arrays` (`{name: array}`, `model/h0/attn/c_attn/lora_A`, ...) of `config` (a
         `lora.LoRAConfig`); returns their slot. A ValueError names `source` when they do not fit this base."""
@@ -119,13 +114,6 @@ class AdapterTable:
                     a_all[:, columns].assign(tf.zeros([a_all.shape[0], self._rank]))
                     b_all[columns].assign(tf.zeros([self._rank, b_all.shape[1]]))
             self.version += 1
-
-    def __contains__(self, slot):
-        return slot in self.positions
-
-    def nbytes(self):
-        """The bytes the matrices hold (every position, the base's zeros included)."""
-        return sum(int(np.prod(v.shape)) * 4 for block in self._matrices or () for pair in block for v in pair)
 
     def specs(self):
         """The `tf.TensorSpec`s of `rows`' result, for a compiled signature (any batch, positions and rank)."""

@@ -124,15 +124,22 @@ class Catalog:
         self._encoder(sess.folder, sess.encoder)
         engine = Engine(sess.model, self._batcher(sess.sampler, LogprobScorer(sess.model), sess.encoder))
         self.engines.append(engine)
-        self.entries = dict(self.entries, **{name: self._served(name, sess, engine.batcher, BASE, None)})
-        self.first = self.first or name
+        return self._enter(name, sess, engine.batcher, BASE, None)
+
+    def _enter(self, name, sess, batcher, adapter, parent, *, named=True):
+        """Answer for `name` from now on (one rebinding of `entries`: a request's thread sees it whole or not);
+        `named`: a model `serve` was given (the first one answers requests without `model`), not a listed base."""
+        self.entries = {**self.entries, name: self._served(name, sess, batcher, adapter, parent)}
+        self.first = self.first or (name if named else None)
         return self.entries[name]
 
-    def add_run(self, name, folder):
-        """Serve the run in `folder` under `name`: a LoRA run over the shared base, else a full model."""
+    def add_run(self, name, folder, found):
+        """Serve the run in `folder` under `name`: a LoRA run over the shared base, else a full model.
+
+        `found`: what `adapter_run(folder)` read (its caller has read it already).
+        """
         if name in self.entries:
             raise ValueError(f"a model named {name!r} is served already; pick another name")
-        found = adapter_run(folder)
         if found is None:
             return self.add_run_whole(name, folder)
         settings, arrays = found
@@ -151,9 +158,7 @@ class Catalog:
         slot = engine.table.add(config, arrays, source=folder)
         sess = Session()
         sess.set_model(engine.model, encoder, folder)  # its own copy index; the base's weights
-        self.entries = dict(self.entries, **{name: self._served(name, sess, engine.batcher, (slot, 1.0), engine.name)})
-        self.first = self.first or name
-        return self.entries[name]
+        return self._enter(name, sess, engine.batcher, (slot, 1.0), engine.name)
 
     def add_run_whole(self, name, folder):
         """Serve the run in `folder` under `name` as a model of its own (its merged weights, for a LoRA run)."""
@@ -171,9 +176,10 @@ class Catalog:
                 raise api.APIError(400, f"lora_path={folder!r} is not a folder on the server; give a LoRA run's "
                                         "folder (checkpoint/<run_name>)", "lora_path")
             try:
-                if adapter_run(folder) is None:
+                found = adapter_run(folder)
+                if found is None:
                     raise ValueError(f"{folder} is not a LoRA run (no adapters in its latest checkpoint)")
-                self.add_run(name, folder)
+                self.add_run(name, folder, found)
             except (FileNotFoundError, ValueError) as e:
                 raise api.APIError(400, f"lora_path: {e}", "lora_path") from None
 
@@ -214,8 +220,7 @@ class Catalog:
         sess = Session()
         sess.set_model(model, encoder, base_dir)
         if self.list_base and engine.name not in self.entries:  # the base itself: rows with no adapter
-            self.entries = dict(self.entries, **{engine.name: self._served(engine.name, sess, engine.batcher, BASE,
-                                                                             None)})
+            self._enter(engine.name, sess, engine.batcher, BASE, None, named=False)
         return engine
 
     def _batcher(self, sampler, scorer, encoder):
@@ -249,8 +254,9 @@ def open_runs(catalog, run_names, checkpoint_dir):
     the memory of each smaller table behind).
     """
     folders = [run_folder(checkpoint_dir, name) for name in run_names]
-    ranks = [found[0]["rank"] for found in map(adapter_run, folders) if found is not None]
+    found = [adapter_run(folder) for folder in folders]
+    ranks = [settings["rank"] for settings, _ in filter(None, found)]
     catalog.sizes = (max(1, len(ranks)), max(ranks, default=1))
-    for name, folder in zip(run_names, folders):
-        catalog.add_run(name, folder)
+    for name, folder, adapters in zip(run_names, folders, found):
+        catalog.add_run(name, folder, adapters)
     return catalog

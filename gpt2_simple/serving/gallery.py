@@ -130,10 +130,10 @@ def _gallery(request):
     """The gallery of the run `?model=NAME` names (the first run named without it), made once a run."""
     from starlette.exceptions import HTTPException
 
-    from .routes import served_of
+    from .routes import served_by_query
 
     try:
-        folder = served_of(request, {"model": request.query_params.get("model")}).sess.folder
+        folder = served_by_query(request).sess.folder
     except api.APIError as e:
         raise HTTPException(e.status, e.message) from None
     galleries = request.app.state.galleries
@@ -158,10 +158,10 @@ async def generate(request):
     """n fresh samples through the batcher (its queue, metrics and cancellation), each with its copy mark."""
     from starlette.responses import JSONResponse, Response
 
-    from .routes import collected, served_of
+    from .routes import collected, served_by_query
 
     try:
-        served = served_of(request, {"model": request.query_params.get("model")})
+        served = served_by_query(request)
         body = await read_json(request, served.max_body)
         req = completion_request(body, served)
         threshold = api.number(body, "copy_threshold", None, 0, 1 << 20, integer=True) or None
@@ -189,7 +189,7 @@ async def star(request):
     from starlette.responses import JSONResponse
 
     try:
-        body = await read_json(request, request.app.state.served.max_body)
+        body = await read_json(request, request.app.state.catalog.default.max_body)
     except api.APIError as e:
         return error_response(e)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):

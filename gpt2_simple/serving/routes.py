@@ -71,6 +71,11 @@ def served_of(request, body=None):
     return catalog_of(request).pick(body or {})
 
 
+def served_by_query(request):
+    """The `Served` a GET (or the gallery's) request is for: `?model=NAME`, or the first model."""
+    return served_of(request, {"model": request.query_params.get("model")})
+
+
 async def health(request):
     from starlette.responses import JSONResponse
 
@@ -136,7 +141,7 @@ async def tokenizer_info(request):
     from starlette.responses import JSONResponse
 
     try:
-        s = served_of(request, {"model": request.query_params.get("model")})
+        s = served_by_query(request)
         return JSONResponse(tokenizer_api.tokenizer_info(s.enc, s.n_ctx, s.template))
     except api.APIError as e:
         return error_response(e)

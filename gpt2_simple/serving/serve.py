@@ -61,7 +61,7 @@ def build_app(sess, *, api_key=None, max_tokens=1024, max_queue=64, max_batch=16
 
     app = starlette.applications.Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={Exception: on_error, 404: on_error, 405: on_error})
-    app.state.catalog, app.state.served = catalog, catalog.default
+    app.state.catalog = catalog
     app.state.adapter_updates = allow_adapter_updates
     app.state.galleries = {}  # run folder -> its `gallery.Gallery` (`/gallery?model=NAME`), made when first shown
     return metrics.middleware(Auth(app, api_key) if api_key else app)
