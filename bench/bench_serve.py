@@ -14,7 +14,8 @@ client sending the same requests (`mixed_gain_c16_vs_c1`).
 Then many fine-tunes: rank-8 LoRA runs over the same model (random adapters, all four layers, as
 `lora_save="adapters"` writes them). 16 clients spread over 4 of them against 16 clients of one
 (`adapters_4_vs_1`), and the server's resident memory with 10 of them against the model served
-alone, beside the bound base + 10 adapters + 5% (`rss_10_adapters_mb`, `rss_bound_mb`).
+alone, beside the bound base + 10 adapters + 5% (`ten_adapters_rss_mb`, `rss_bound_mb`), each read once the
+server is at rest after the same traffic.
 """
 import json
 import os
@@ -207,6 +208,18 @@ def _rss_mb(proc):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _wait_idle(url):
+    """Until the server's /health says nothing waits or runs, and a second more (its worker's last trim)."""
+    import httpx
+
+    while True:
+        health = httpx.get(url + "/health", timeout=30).json()
+        if not health["queued"] and not health["running"]:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+
+
 def _many(parent, name):
     """Many fine-tunes: 16 clients over 4 adapters against 16 of one; resident memory with 10 against the model alone.
 
@@ -224,6 +237,7 @@ def _many(parent, name):
             _load(url, 16, _same(16, asked))  # compile the batch sizes and windows the runs meet: joining
             _load(url, 16, _same(32, asked))  # rows make more of them than one round of 16 (measured: 0.6x)
             result.update(_load(url, 16, _same(32, asked), label=label))
+            _wait_idle(url)  # at rest: the worker has given back what the last batch freed
             result[label + "rss_mb"] = _rss_mb(proc)
         finally:
             proc.send_signal(signal.SIGTERM)

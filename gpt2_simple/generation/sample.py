@@ -16,7 +16,7 @@ Stop *strings* are text, checked by the callers between chunks (`stop=`).
 import numpy as np
 import tensorflow as tf
 
-from .. import xla_choice
+from .. import heap, xla_choice
 from ..model import columns
 from . import joining
 from .decoding import Decoding, cache_window, xla_batch
@@ -49,6 +49,7 @@ class Sampler:
         self.adapters = adapters  # an `adapter_rows.AdapterTable`: each row may use its own LoRA adapter (the server)
         # None: XLA_MAX_BATCH, or 0 (never the XLA loop) where XLA is switched off or cannot compile.
         self._last_rows = (None, [])
+        self._compiled = set()  # the XLA loop's input shapes met so far: each new one compiles a program
         self.xla_max_batch = (XLA_MAX_BATCH if xla_choice.decide() else 0) if xla_max_batch is None else xla_max_batch
         hp = model.hparams
         inputs = [
@@ -243,6 +244,10 @@ class Sampler:
                                                                    tf.constant(n), seed, knobs, steering, state.matrices,
                                                                    rows)
             state.start += int(count)
+            shapes = (pending.shape[0], keys[0].shape[1], rows[0][0][0].shape[1] if rows else 0)
+            if shapes not in self._compiled:  # a compile frees hundreds of MB that malloc would keep
+                self._compiled.add(shapes)
+                heap.trim()
         state.caches = (keys, values)
         return drawn.numpy()[:, :int(count)], ended.numpy()
 

@@ -36,7 +36,8 @@ class AdapterTable:
         self.ranks = {}  # slot -> its own rank
         self._next = 1
         self._room, self._rank = capacity, rank  # adapters the matrices hold, and R
-        self._matrices = None  # [(A, B) variables per target in TARGETS order] per block; None: no adapter yet
+        self._matrices = None  # [(A, B) variables per target in TARGETS order] per block
+        self._make(capacity, rank)  # before the first compile: the loops then keep one shape until the table grows
         self.version = 0  # changes with every add and remove
         self._lock = threading.Lock()
 
@@ -60,8 +61,8 @@ class AdapterTable:
         with self._lock:
             taken = set(self.positions.values())
             position = next(p for p in range(len(taken) + 1) if p not in taken)
-            full = self._matrices is not None and position > self._room
-            if self._matrices is None or full or config.rank > self._rank:
+            full = position > self._room
+            if full or config.rank > self._rank:
                 self._make(max(self._room, 2 * self._room if full else 0, position), max(self._rank, config.rank))
             columns = slice(position * self._rank, position * self._rank + self._rank)
             for i, block in enumerate(self._matrices):
@@ -133,16 +134,10 @@ class AdapterTable:
         """
         with self._lock:  # `add` and `remove` may come from another thread (the server's adapter routes)
             index = [self.positions.get(slot, 0) for slot, _ in adapters]
-            matrices = self._matrices or [[_zeros(shape) for shape in self.shapes().values()]] * self.hparams.n_layer
-            rank, positions = (self._rank, self._room + 1) if self._matrices else (1, 1)
+            matrices, rank, positions = self._matrices, self._rank, self._room + 1
         mask = np.zeros([len(adapters), positions, rank], np.float32)
         for row, (position, (_, scale)) in enumerate(zip(index, adapters)):
             mask[row, position] = scale if position else 0.0
         mask = tf.constant(mask.reshape(len(adapters), -1))
         return [tuple((a, b, mask) for a, b in block) for block in matrices]
 
-
-def _zeros(shape):
-    """The matrices of the base alone: (A `[nx, 1]`, B `[1, nf]`) of zeros."""
-    nx, nf = shape
-    return tf.zeros([nx, 1], tf.float32), tf.zeros([1, nf], tf.float32)

@@ -22,6 +22,7 @@ import threading
 
 import numpy as np
 
+from .. import heap
 from ..generation.call import TextStream
 from ..generation.decoding import xla_batch
 from ..generation.draws import batch_seed, row_seeds
@@ -190,6 +191,8 @@ class Batcher:
                 for job in self._running:
                     job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
             finally:
+                if not self._waiting:  # at rest: give back the heap the batch freed (before `running` says idle)
+                    heap.trim()
                 with self._lock:
                     self._running, self._slots = [], []
                     self._lock.notify_all()  # `wait_idle`

@@ -406,3 +406,25 @@ def test_adapter_only_run_without_its_base_or_with_another_base(workdir, real_vo
         gpt2.load_gpt2(gpt2.start_tf_sess())
     assert "the base model has other sizes than the one trained" in str(info.value)
     assert "\n" not in str(info.value) and snapshot(root) == before
+
+
+def test_an_adapter_table_has_one_shape_from_its_start_until_it_fills():
+    """The loops compile a program per shape of the table's matrices: a table sized for the runs a server opens
+    has their shape before the first (warm-up) compile, and keeps it until it fills (then doubles)."""
+    from gpt2_simple.model.adapter_rows import BASE, AdapterTable
+
+    hp = HParams(**TINY)
+    table = AdapterTable(hp, capacity=2, rank=4)
+
+    def widths():
+        return {a.shape[1] for block in table.rows([BASE]) for a, _, _ in block}
+
+    assert widths() == {3 * 4}  # the base's position and two adapters of rank 4, before any is held
+    rng, config = np.random.default_rng(0), lora.check_settings(4, 8.0, list(lora.TARGETS))
+    arrays = {f"model/h{i}/{lora.LAYER_PATHS[t]}/lora_{x}": rng.normal(size=(nx, 4) if x == "A" else (4, nf))
+              for i in range(hp.n_layer) for t, (nx, nf) in table.shapes().items() for x in "AB"}
+    for _ in range(2):
+        table.add(config, arrays, source="run")
+        assert widths() == {3 * 4}
+    table.add(config, arrays, source="run")
+    assert widths() == {5 * 4}  # full: room for twice as many
