@@ -9,16 +9,14 @@ writing those names is `checkpoint.py`'s job, sampling is `sample.py`'s.
 Weights of the `conv1d` layers are stored here as `[nx, nf]`; OpenAI's checkpoints hold them as
 `[1, nx, nf]`, and `checkpoint.py` reshapes on the way in and out.
 """
-import math
-
 import numpy as np
 import tensorflow as tf
 
 from . import lora
 from .hparams import check_tokens
+from .ops import attend, gelu, write_at
 
 LAYER_NORM_EPSILON = 1e-5
-_MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
 
 
 def normal_init(seed=None):
@@ -87,11 +85,6 @@ class Conv1D(_Layer):
         return y if rows is None else y + lora.row_update(x, rows)
 
 
-def gelu(x):
-    """OpenAI's tanh approximation of GELU (what the checkpoints were trained with)."""
-    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
-
-
 class Attention(_Layer):
     def __init__(self, scope, registry, init, hparams):
         super().__init__(scope, registry, init)
@@ -138,37 +131,8 @@ class Attention(_Layer):
             start = tf.shape(k)[1] - tf.shape(q)[1]
         else:
             k, v = write_at(keys, k, start), write_at(values, v, start)
-        out = attend(q, k, v, start, pads, self.n_head, segments)
+        out = attend(q, k, v, start, pads, self.n_head, segments, keep=keys is not None)
         return self.c_proj(self._merge_heads(out, tf.shape(x)[0]), rows[1]), k, v
-
-
-def attend(q, k, v, start, pads, n_head, segments=None):
-    """Masked attention of queries `q` at positions start.. over the caches `k`, `v`: `[batch * n_head, seq, head_dim]`.
-
-    Query i (at position start+i) sees keys 0..start+i, none of its row's `pads` (int32
-    `[batch]` or None) left-padding positions, and with `segments` (int32 `[batch, seq]`, no
-    cache) only keys of its own segment. The softmax runs in float32.
-    """
-    slots = tf.range(tf.shape(k)[1])
-    visible = (start + tf.range(tf.shape(q)[1]))[:, None] >= slots[None, :]  # [seq, cached+seq]
-    if pads is not None:  # [batch * n_head, seq, cached+seq]
-        visible = visible & tf.repeat(slots[None, :] >= pads[:, None], n_head, axis=0)[:, None, :]
-    if segments is not None:  # [batch * n_head, seq, seq]: a block-diagonal mask
-        visible = visible & tf.repeat(tf.equal(segments[:, :, None], segments[:, None, :]), n_head, axis=0)
-    scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED)
-    return tf.matmul(tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype), v)
-
-
-def write_at(cache, new, start):
-    """`cache` `[rows, window, d]` with positions start..start+seq-1 replaced by `new` `[rows, seq, d]`.
-
-    A scatter of whole rows: XLA updates the loop's cache buffer in place. Shared by
-    `Attention.__call__` and `columns.step`, the two writers of a fixed-window cache.
-    """
-    rows, seq = tf.shape(new)[0], tf.shape(new)[1]
-    at = tf.stack(tf.meshgrid(tf.range(rows), start + tf.range(seq), indexing="ij"), axis=-1)  # [rows, seq, 2]
-    return tf.tensor_scatter_nd_update(cache, at, new)
 
 
 class MLP(_Layer):

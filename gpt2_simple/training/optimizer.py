@@ -113,16 +113,19 @@ class Adam(SGD):
         self.beta2_power = tf.Variable(beta2, trainable=False, name="beta2_power")
 
     def _step_size(self):
-        # TF1's form: the bias correction goes into the step size, epsilon stays outside it.
-        return self.learning_rate * tf.sqrt(1.0 - self.beta2_power) / (1.0 - self.beta1_power)
+        # TF1's form, which its kernel computes: the bias correction goes into the step size,
+        # lr * sqrt(1 - beta2_power) / (1 - beta1_power), and epsilon stays outside it.
+        return tf.convert_to_tensor(self.learning_rate)
 
     def _slots(self, name):
         return self.m[name], self.v[name]
 
     def _update(self, var, grad, lr, m, v):
-        m = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
-        v = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
-        var.assign_sub(lr * m / (tf.sqrt(v) + self.epsilon))
+        # TF1's own Adam kernel (what AdamOptimizer ran): the weight and both moments updated in place, with
+        # no temporaries the size of the weight (an update written as tensor ops makes several for every weight).
+        tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=self.beta1_power,
+                                     beta2_power=self.beta2_power, lr=lr, beta1=self.beta1,
+                                     beta2=self.beta2, epsilon=self.epsilon, grad=grad)
 
     def _advance(self):
         self.beta1_power.assign(self.beta1_power * self.beta1)

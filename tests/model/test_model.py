@@ -146,3 +146,83 @@ def test_the_column_step_equals_the_forward_pass(tiny_hparams, pads):
     assert columns.usable(model)
     model.enable_lora(2)
     assert not columns.usable(model)  # adapters decode by GPT2.forward
+
+
+@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_training_attention_recomputes_its_probabilities_with_autodiff_s_gradients(tiny_hparams, xla, dtype):
+    """Training's attention (`keep=False`) has its own backward pass; its gradients are automatic
+    differentiation's of the same forward pass, with packed segments and in 16 bits too."""
+    from gpt2_simple.model.ops import attend
+
+    rng = np.random.default_rng(0)
+    q, k, v, d_out = (tf.constant(rng.normal(size=(4, 9, 8)), dtype) for _ in range(4))
+    segments = tf.constant([[0] * 4 + [1] * 5, [0] * 9])
+
+    def gradients(keep):
+        @tf.function(jit_compile=xla)
+        def run(q, k, v):
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                out = attend(q, k, v, 0, None, 2, segments, keep=keep)
+            return out, tape.gradient(out, [q, k, v], output_gradients=d_out)
+        return run(q, k, v)
+
+    (kept, kept_grads), (recomputed, recomputed_grads) = gradients(True), gradients(False)
+    np.testing.assert_array_equal(recomputed.numpy(), kept.numpy())  # the same forward ops
+    for mine, autodiff in zip(recomputed_grads, kept_grads):
+        autodiff = autodiff.numpy().astype(np.float32)
+        scale = np.abs(autodiff).max()  # float order differs: 1e-6 of it in float32, one bfloat16 rounding in 16 bits
+        assert scale > 0.1
+        np.testing.assert_allclose(mine.numpy().astype(np.float32), autodiff, rtol=0,
+                                   atol=scale * (1e-6 if dtype == tf.float32 else 2**-7))
+
+
+def test_xla_keeps_the_recomputed_softmax_and_tanh_apart_from_the_forward_ones(tiny_hparams):
+    """XLA merges equal expressions: had it merged the backward pass's softmax (GELU's tanh) into the forward
+    pass's, the probabilities (the tanh) would be kept after all. The compiled gradient has one exponential
+    more a layer than automatic differentiation's, and two tanh a layer."""
+    from gpt2_simple.model import model as model_module
+    from gpt2_simple.training.step import lm_loss
+
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    tokens = tf.constant(np.random.default_rng(0).integers(0, tiny_hparams["n_vocab"], (1, 16)), tf.int32)
+
+    def exponentials(keep):
+        attend = model_module.attend
+        model_module.attend = lambda *args, **kwargs: attend(*args, **dict(kwargs, keep=keep))
+        try:
+            @tf.function(jit_compile=True)
+            def gradients(tokens):
+                with tf.GradientTape() as tape:
+                    loss = lm_loss(model, tokens)
+                return tape.gradient(loss, list(model.weights.values()))
+            hlo = gradients.experimental_get_compiler_ir(tokens)(stage="optimized_hlo")
+        finally:
+            model_module.attend = attend
+        return hlo.count(" exponential("), hlo.count(" tanh(")
+
+    (recomputed, tanh), (kept, _) = exponentials(False), exponentials(True)
+    assert recomputed == kept + tiny_hparams["n_layer"] and tanh == 2 * tiny_hparams["n_layer"]
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_gelu_s_own_gradient_is_the_formula_s_derivative(xla):
+    from gpt2_simple.model.ops import gelu
+
+    x = tf.constant(np.linspace(-6, 6, 1001), tf.float32)
+
+    def plain(x):
+        return 0.5 * x * (1.0 + tf.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+    @tf.function(jit_compile=xla)
+    def both(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            mine, theirs = gelu(x), plain(x)
+        return mine, theirs, tape.gradient(mine, x), tape.gradient(theirs, x)
+
+    mine, theirs, d_mine, d_theirs = both(x)
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    np.testing.assert_allclose(d_mine.numpy(), d_theirs.numpy(), rtol=0, atol=1e-6)  # |gelu'| <= 1.13 here
+    assert d_mine.numpy().min() < -0.1 and d_mine.numpy().max() > 1.05  # the dip below 0 and the bump above 1
