@@ -572,7 +572,7 @@ def main(argv=None):
     if "memory" in sections:
         from bench_memory import bench_memory
 
-        results["memory"] = bench_memory(args, os.path.abspath(__file__), _check_child)
+        results["memory"] = bench_memory(args, os.path.abspath(__file__), _check_child, _openai_folder)
     if "serve" in sections:  # bench/bench_serve.py
         from bench_serve import bench_serve
 
