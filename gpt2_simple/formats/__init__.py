@@ -1,7 +1,8 @@
 """Files in and out: OpenAI checkpoints, Hugging Face folders, safetensors, GGUF, adapters and downloads.
 
 This stage owns the bytes on disk: the one table of OpenAI checkpoint names and the TF bundle
-format (`checkpoint.py`), Hugging Face's layout (`hf.py`) and the safetensors file format
+format (`checkpoint.py`; one tensor's reads, whole or cast to 16 bits a slice at a time:
+`tensor_reads.py`), Hugging Face's layout (`hf.py`) and the safetensors file format
 (`safetensors_file.py`), telling layouts apart, loading any of them and converting between them
 (`folders.py`), llama.cpp's GGUF file (`gguf.py`), LoRA adapters and their settings in run
 folders (`adapters.py`) and in Hugging Face peft's adapter folder (`peft.py`), what makes an

@@ -22,11 +22,11 @@ import tensorflow as tf
 from ..atomic import staged_path, write_text
 from ..errors import one_line
 from ..model.hparams import load_hparams
-from ..model.lora import adapters, base_dtype, frozen_init, merged_weight
+from ..model.lora import adapters, base_dtype, frozen_dtype, frozen_variable, merged_weight
 from ..model.model import GPT2
+from .tensor_reads import DATA_SUFFIX, read_tensor, restore_cast, restore_tensor  # noqa: F401 (read from here too)
 
 STATE_FILE = "checkpoint"
-DATA_SUFFIX = ".data-00000-of-00001"
 INDEX_SUFFIX = ".index"
 
 
@@ -143,33 +143,6 @@ def checked_reader(prefix, hparams):
     return reader
 
 
-def read_tensor(reader, prefix, name):
-    """One tensor as numpy, turning a truncated or corrupt data file into a ValueError."""
-    try:
-        return reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, IndexError) as e:
-        raise ValueError(
-            f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
-            f"{one_line(e, first=True)}); download the model again or restore an earlier checkpoint"
-        ) from None
-
-
-def restore_tensor(prefix, name, shape, dtype=tf.float32):
-    """One tensor of the bundle at `prefix` as a TensorFlow tensor of `shape`, read by itself.
-
-    Unlike `read_tensor` it makes no NumPy copy: a loader that casts it to 16 bits holds one
-    float32 tensor at a time, never the checkpoint. Errors as `read_tensor`'s.
-    """
-    try:
-        (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""], dtypes=[dtype])
-    except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(
-            f"checkpoint {prefix}{DATA_SUFFIX} is truncated or corrupt (reading {name}: "
-            f"{one_line(e, first=True)}); download the model again or restore an earlier checkpoint"
-        ) from None
-    return tf.reshape(value, shape)
-
-
 def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):
     """Load GPT-2 from a folder in OpenAI's layout: `hparams.json`, a `checkpoint` state file and its bundle.
 
@@ -188,13 +161,19 @@ def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):
     """
     prefix = find_checkpoint(folder, checkpoint)
     hparams = load_hparams(folder)
-    dtypes = checked_reader(prefix, hparams).get_variable_to_dtype_map()
+    reader = checked_reader(prefix, hparams)
+    dtypes, stored = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
 
-    def init(name, shape):  # one tensor at a time, straight into its variable (cast first for a 16-bit base)
+    def init(name, shape):  # one tensor at a time, straight into its variable
         return restore_tensor(prefix, name, shape, dtypes[name])
 
     if base_precision is not None:
-        init = frozen_init(init, base_dtype(base_precision))
+        frozen = base_dtype(base_precision)
+
+        def init(name, shape):  # noqa: F811 (a 16-bit base: cast slice by slice, never whole in float32)
+            value = restore_cast(prefix, name, stored[name], dtypes[name], frozen_dtype(name, frozen))
+            return frozen_variable(name, value.reshape(shape), frozen)
+
     model = GPT2(hparams, init=init)
     model.checkpoint_path = prefix
     return model

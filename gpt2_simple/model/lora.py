@@ -81,14 +81,18 @@ def base_dtype(base_precision, argument="base_precision"):
 # The frozen base
 
 
-def frozen_variable(name, value, dtype):
-    """A non-trainable variable holding `value` in `dtype`; LayerNorm's g and b stay float32.
+def frozen_dtype(name, dtype):
+    """The dtype weight `name` of a base frozen in `dtype` is stored in: LayerNorm's g and b stay float32.
 
     LayerNorm computes in float32 and its vectors are 0.03% of the weights, so they are not
     worth rounding.
     """
-    dtype = tf.float32 if "/ln_" in name else dtype
-    return tf.Variable(tf.cast(value, dtype), trainable=False, name=name.rsplit("/", 1)[-1])
+    return tf.float32 if "/ln_" in name else dtype
+
+
+def frozen_variable(name, value, dtype):
+    """A non-trainable variable holding `value` in `frozen_dtype(name, dtype)`."""
+    return tf.Variable(tf.cast(value, frozen_dtype(name, dtype)), trainable=False, name=name.rsplit("/", 1)[-1])
 
 
 def cast_on_use(weight, x):

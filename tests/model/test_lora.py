@@ -428,3 +428,26 @@ def test_an_adapter_table_has_one_shape_from_its_start_until_it_fills():
         assert widths() == {3 * 4}
     table.add(config, arrays, source="run")
     assert widths() == {5 * 4}  # full: room for twice as many
+
+
+def test_a_16_bit_base_is_read_a_slice_at_a_time_with_the_whole_tensor_s_rounding(tmp_path, monkeypatch):
+    """A 16-bit base is cast as it is read, a slice of rows at a time (TensorFlow's allocator would keep a whole
+    float32 tensor's memory); the weights equal the whole float32 tensors cast at once, exactly."""
+    from gpt2_simple.formats import tensor_reads
+
+    from gpt2_simple.model.hparams import save_hparams
+
+    model = _tiny_model()
+    checkpoint.save_checkpoint(model, str(tmp_path), 1)
+    save_hparams(model.hparams, str(tmp_path))
+    reads = []
+    restore = tf.raw_ops.RestoreV2
+    monkeypatch.setattr(tensor_reads, "SLICE_BYTES", 256)  # a few rows a slice, so every matrix takes several
+    monkeypatch.setattr(tf.raw_ops, "RestoreV2", lambda **kw: reads.append(kw["shape_and_slices"][0]) or restore(**kw))
+    for precision, dtype in (("bfloat16", tf.bfloat16), ("float16", tf.float16)):
+        frozen = checkpoint.load_checkpoint(str(tmp_path), base_precision=precision)
+        for name, var in model.weights.items():
+            want = var if "/ln_" in name else tf.cast(var, dtype)
+            np.testing.assert_array_equal(frozen.weights[name].numpy(), want.numpy())
+            assert frozen.weights[name].dtype == want.dtype
+    assert len(reads) > 2 * 2 * len(model.weights)  # both loads read in slices: over two reads a weight
