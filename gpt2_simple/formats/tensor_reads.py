@@ -32,7 +32,7 @@ def restore_tensor(prefix, name, shape, dtype=tf.float32):
     return tf.reshape(value, shape)
 
 
-SLICE_BYTES = 16 * 2**20  # float32 read at a time when a tensor is cast to 16 bits on loading
+SLICE_BYTES = 64 * 2**20  # float32 read at a time when a tensor is cast to 16 bits on loading
 
 
 def restore_cast(prefix, name, shape, dtype, target):
