@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from ..model.lora import check_settings
 from . import hub
-from .checkpoint import companion_path, read_tensor
+from .checkpoint import companion_path
+from .tensor_reads import read_tensor
 
 SETTINGS_TENSOR = "lora_settings"
 RESUME_COMPANION = "optimizer"  # the exact-resume bundle beside model-<N>

@@ -24,7 +24,7 @@ from ..errors import one_line
 from ..model.hparams import load_hparams
 from ..model.lora import adapters, base_dtype, frozen_dtype, frozen_variable, merged_weight
 from ..model.model import GPT2
-from .tensor_reads import DATA_SUFFIX, read_tensor, restore_cast, restore_tensor  # noqa: F401 (read from here too)
+from .tensor_reads import DATA_SUFFIX, restore_cast, restore_tensor
 
 STATE_FILE = "checkpoint"
 INDEX_SUFFIX = ".index"
@@ -164,15 +164,13 @@ def load_checkpoint(folder, checkpoint="latest", *, base_precision=None):
     reader = checked_reader(prefix, hparams)
     dtypes, stored = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
 
-    def init(name, shape):  # one tensor at a time, straight into its variable
-        return restore_tensor(prefix, name, shape, dtypes[name])
+    frozen = None if base_precision is None else base_dtype(base_precision)
 
-    if base_precision is not None:
-        frozen = base_dtype(base_precision)
-
-        def init(name, shape):  # noqa: F811 (a 16-bit base: cast slice by slice, never whole in float32)
-            value = restore_cast(prefix, name, stored[name], dtypes[name], frozen_dtype(name, frozen))
-            return frozen_variable(name, value.reshape(shape), frozen)
+    def init(name, shape):  # one tensor at a time, straight into its variable; a 16-bit base cast slice by slice
+        if frozen is None:
+            return restore_tensor(prefix, name, shape, dtypes[name])
+        value = restore_cast(prefix, name, stored[name], dtypes[name], frozen_dtype(name, frozen))
+        return frozen_variable(name, value.reshape(shape), frozen)
 
     model = GPT2(hparams, init=init)
     model.checkpoint_path = prefix

@@ -20,11 +20,8 @@ def read_tensor(reader, prefix, name):
 
 
 def restore_tensor(prefix, name, shape, dtype=tf.float32):
-    """One tensor of the bundle at `prefix` as a TensorFlow tensor of `shape`, read by itself.
-
-    Unlike `read_tensor` it makes no NumPy copy: a loader that casts it to 16 bits holds one
-    float32 tensor at a time, never the checkpoint. Errors as `read_tensor`'s.
-    """
+    """One tensor of the bundle at `prefix` as a TensorFlow tensor of `shape`, read by itself (no NumPy copy:
+    the loader of a float32 model puts it straight into its variable). Errors as `read_tensor`'s."""
     try:
         (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""], dtypes=[dtype])
     except (tf.errors.OpError, ValueError) as e:
@@ -32,7 +29,7 @@ def restore_tensor(prefix, name, shape, dtype=tf.float32):
     return tf.reshape(value, shape)
 
 
-SLICE_BYTES = 64 * 2**20  # float32 read at a time when a tensor is cast to 16 bits on loading
+SLICE_BYTES = 64 * 2**20  # read at a time when a tensor is cast to 16 bits on loading
 
 
 def restore_cast(prefix, name, shape, dtype, target):
@@ -41,12 +38,13 @@ def restore_cast(prefix, name, shape, dtype, target):
 
     TensorFlow's CPU allocator keeps the memory of the tensors it frees for reuse, so reading a whole
     float32 tensor to cast it would leave its size behind for good (the output matrix of 1558M: 322
-    MB; after loading its whole base, 840 MB over its weights). Here no more than `SLICE_BYTES` of
-    float32 is read at a time; the slices are cast, then joined in NumPy. Errors as `read_tensor`'s.
+    MB; after loading its whole base, 840 MB over its weights). Here no more than `SLICE_BYTES` (or one
+    slice of the axis) is read at a time; the slices are cast, then joined in NumPy. Errors as `read_tensor`'s.
     """
     axis = int(np.argmax(shape)) if shape else 0
     total = shape[axis] if shape else 1
-    step = max(1, SLICE_BYTES // max(1, 4 * int(np.prod(shape)) // max(1, total)))
+    index_bytes = tf.as_dtype(dtype).size * int(np.prod(shape)) // total  # one index of the axis: a row, a column
+    step = max(1, SLICE_BYTES // max(index_bytes, 1))
     full = " ".join(str(d) for d in shape)
     pieces = []
     for start in range(0, total, step):

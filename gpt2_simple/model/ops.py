@@ -14,6 +14,15 @@ import tensorflow as tf
 _MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
 
 
+def _apart(gradient, *tensors):
+    """`tensors` plus 0 times an element of `gradient` (a value of the backward pass): the same numbers, but values
+    XLA cannot prove equal to the forward pass's, so its common-subexpression pass cannot merge a recomputation
+    from them back into the forward pass (and keep what it computes after all); its CPU compiler drops
+    optimization barriers first. A non-finite `gradient` makes them NaN, as their gradients would be anyway."""
+    zero = tf.reshape(gradient, [-1])[0] * 0
+    return tuple(t + tf.cast(zero, t.dtype) for t in tensors)
+
+
 def attend(q, k, v, start, pads, n_head, segments=None, keep=True):
     """Masked attention of queries `q` at positions start.. over the caches `k`, `v`: `[batch * n_head, seq, head_dim]`.
 
@@ -51,12 +60,7 @@ def _attention_recomputed(q, k, v, visible):
     out = tf.matmul(tf.cast(_probabilities(q, k, visible), v.dtype), v)
 
     def grad(d_out):
-        # q and k plus 0 x a value of the backward pass: the same numbers, but values XLA cannot prove equal to the
-        # forward's, so its common-subexpression pass cannot merge this softmax back into the forward one (and
-        # keep it); its CPU compiler drops optimization barriers first. A non-finite d_out makes q, k NaN, as
-        # their gradients would be anyway.
-        zero = tf.cast(tf.reshape(d_out, [-1])[0], q.dtype) * 0
-        q_, k_ = q + zero, k + zero
+        q_, k_ = _apart(d_out, q, k)
         p = _probabilities(q_, k_, visible)
         d_v = tf.matmul(tf.cast(p, d_out.dtype), d_out, transpose_a=True)
         d_p = tf.cast(tf.matmul(d_out, v, transpose_b=True), tf.float32)
@@ -81,6 +85,11 @@ def write_at(cache, new, start):
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
+def _gelu_inner(x):
+    """The tanh's argument: sqrt(2 / pi) (x + 0.044715 x^3)."""
+    return _GELU_C * (x + 0.044715 * tf.pow(x, 3))
+
+
 @tf.custom_gradient
 def gelu(x):
     """OpenAI's tanh approximation of GELU (what the checkpoints were trained with).
@@ -89,9 +98,8 @@ def gelu(x):
     x's size besides x (the tanh and two products), `[batch, seq, 4 * n_embd]` each, a layer.
     """
     def grad(d_y):
-        zero = tf.cast(tf.reshape(d_y, [-1])[0], x.dtype) * 0  # a value XLA cannot merge into the forward pass's
-        x_ = x + zero
-        t = tf.tanh(_GELU_C * (x_ + 0.044715 * tf.pow(x_, 3)))
+        (x_,) = _apart(d_y, x)
+        t = tf.tanh(_gelu_inner(x_))
         return d_y * (0.5 * (1.0 + t) + 0.5 * x_ * (1.0 - tf.square(t)) * _GELU_C * (1.0 + 3 * 0.044715 * tf.square(x_)))
 
-    return 0.5 * x * (1.0 + tf.tanh(_GELU_C * (x + 0.044715 * tf.pow(x, 3)))), grad
+    return 0.5 * x * (1.0 + tf.tanh(_gelu_inner(x))), grad

@@ -20,6 +20,7 @@ from ..atomic import copy_file, size_text, write_text
 from ..formats import checkpoint, folders, hf
 from ..formats.download import MODEL_ALIASES, MODEL_NAMES
 from ..formats.hub import model_folder
+from ..formats.tensor_reads import read_tensor
 from ..model.hparams import save_hparams
 from . import lora_run
 
@@ -155,12 +156,12 @@ def load_training_state(prefix, opt):
         return None
     reader = tf.train.load_checkpoint(path)
     try:
-        state = json.loads(checkpoint.read_tensor(reader, path, STATE_TENSOR).decode("utf-8"))
+        state = json.loads(read_tensor(reader, path, STATE_TENSOR).decode("utf-8"))
         if state.get("save_optimizer", "full") == "none":
             print(f"{prefix} was saved with save_optimizer='none': the optimizer's moments start fresh "
                   "(the data order and step counter continue)")
         else:
-            opt.load_state(lambda name: checkpoint.read_tensor(reader, path, name))
+            opt.load_state(lambda name: read_tensor(reader, path, name))
     except (tf.errors.NotFoundError, KeyError, ValueError) as e:
         warnings.warn(f"optimizer state {path} does not fit this run ({e}); the optimizer starts fresh")
         return None
