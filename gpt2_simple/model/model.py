@@ -280,7 +280,10 @@ class GPT2(tf.Module):
         Returns:
             float32 `[batch, seq, n_vocab]`: the final LayerNorm, then the output projection tied to wte.
         """
-        x = self.ln_f(x)
+        return self.project(self.ln_f(x))
+
+    def project(self, x):
+        """The output projection tied to wte: features `[batch, seq, n_embd]` -> float32 logits `[batch, seq, n_vocab]`."""
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         logits = tf.matmul(tf.reshape(x, [-1, self.hparams.n_embd]), lora.cast_on_use(self.wte, x), transpose_b=True)
         return tf.cast(tf.reshape(logits, [batch, seq, self.hparams.n_vocab]), tf.float32)

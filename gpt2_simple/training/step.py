@@ -16,10 +16,16 @@ PRECISIONS = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat1
 
 
 def token_losses(model, tokens, *, dtype=tf.float32, recompute=False, segments=None, positions=None):
-    """Next-token cross-entropy in nats, `[batch, seq - 1]`: position i scores `tokens[:, i + 1]`."""
-    logits = model.train_logits(tokens, dtype=dtype, recompute=recompute, segments=segments,
-                                positions=positions)  # [batch, seq, n_vocab] float32
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits[:, :-1])
+    """Next-token cross-entropy in nats, `[batch, seq - 1]`: position i scores `tokens[:, i + 1]`.
+
+    The last position predicts nothing, so it is dropped before the output projection: the logits
+    then have the shape of their gradient, and XLA writes that gradient over them (one `[seq, n_vocab]`
+    buffer fewer at the step's peak).
+    """
+    features = model.train_logits(tokens, dtype=dtype, recompute=recompute, features=True, segments=segments,
+                                  positions=positions)  # [batch, seq, n_embd]
+    logits = model.project(features[:, :-1])  # [batch, seq - 1, n_vocab] float32
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
 
 
 def lm_loss(model, batch, *, dtype=tf.float32, recompute=False, chunked=None):
