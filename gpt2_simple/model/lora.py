@@ -17,6 +17,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from . import ops
+
 # Adaptable layers, by their names in the checkpoint table (`model/h<i>/<target>/w`).
 TARGETS = ("c_attn", "attn/c_proj", "c_fc", "mlp/c_proj")
 # All four by default: the frozen weights cost the same either way, rank-8 adapters on all four
@@ -161,8 +163,9 @@ class LoRAConv1D(tf.Module):
     def b(self):
         return self.base.b
 
-    def __call__(self, x, rows=None):
-        y = self.base(x, rows)  # [..., nf]
+    def __call__(self, x, rows=None, gelu_first=False):
+        y = self.base(x, rows, gelu_first)  # [..., nf]
+        x = ops.gelu(x) if gelu_first else x
         nx, nf = self.lora_A.shape[0], self.lora_B.shape[1]
         a = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(self.lora_A, x.dtype))  # [batch*seq, r]
         update = tf.matmul(a, tf.cast(self.lora_B, x.dtype)) * tf.cast(self.scale, x.dtype)  # [batch*seq, nf]

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from . import lora
 from .hparams import check_tokens
-from .ops import attend, gelu, write_at
+from .ops import attend, gelu, gelu_matmul, write_at
 
 LAYER_NORM_EPSILON = 1e-5
 
@@ -73,16 +73,19 @@ class Conv1D(_Layer):
         self.w = self._weight("w", [nx, nf])
         self.b = self._weight("b", [nf])
 
-    def __call__(self, x, rows=None):
+    def __call__(self, x, rows=None, gelu_first=False):
         """`x @ w + b` for `x` `[..., nx]`; `rows`: None, or each row's adapter (A `[batch, nx, r]`, B `[batch, r, nf]`,
-        `adapter_rows.py`), whose `(x @ A) @ B` is added row by row (x is then `[batch, seq, nx]`)."""
+        `adapter_rows.py`), whose `(x @ A) @ B` is added row by row (x is then `[batch, seq, nx]`).
+        `gelu_first`: `gelu(x) @ w + b`, whose backward pass recomputes gelu(x) (`ops.gelu_matmul`)."""
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
         w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
+        flat = tf.reshape(x, [-1, self.w.shape[0]])
+        product = gelu_matmul(flat, tf.convert_to_tensor(w)) if gelu_first else tf.matmul(flat, w)
         # `- (-b)`, not `+ b` (the same bits): XLA's CPU backend fuses an added bias into a matrix-vector
         # product (batch 1 decoding) and then runs the product on one core.
-        y = tf.reshape(tf.matmul(tf.reshape(x, [-1, self.w.shape[0]]), w) - tf.negative(b), tf.concat([leading, [nf]], 0))
-        return y if rows is None else y + lora.row_update(x, rows)
+        y = tf.reshape(product - tf.negative(b), tf.concat([leading, [nf]], 0))
+        return y if rows is None else y + lora.row_update(gelu(x) if gelu_first else x, rows)
 
 
 class Attention(_Layer):
@@ -143,7 +146,7 @@ class MLP(_Layer):
 
     def __call__(self, x, adapters=None):
         rows = adapters or (None, None)  # the rows' adapters of (c_fc, c_proj): see `Conv1D.__call__`
-        return self.c_proj(gelu(self.c_fc(x, rows[0])), rows[1])
+        return self.c_proj(self.c_fc(x, rows[0]), rows[1], gelu_first=True)
 
 
 class Block(_Layer):

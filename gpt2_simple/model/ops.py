@@ -1,9 +1,10 @@
-"""The functions inside a block: masked attention, GELU and the fixed-window cache write.
+"""The functions inside a block: masked attention, GELU (alone and before a matrix) and the fixed-window cache write.
 
 This module owns the math `model.py`'s layers and `columns.py`'s decoding step share, and the
 backward passes training takes through it. Two of them recompute in the backward pass what
 automatic differentiation would keep from the forward pass (the activations of a training step
-are most of its memory; docs/performance.md): attention's probabilities and GELU's tanh. Each adds
+are most of its memory; docs/performance.md): attention's probabilities, GELU's tanh and GELU's output
+where a matrix product follows it (`gelu_matmul`). Each adds
 0 times a value of the backward pass to its inputs there, so XLA (which drops optimization
 barriers on CPU) cannot merge the recomputation back into the forward pass and keep it after all.
 """
@@ -99,7 +100,27 @@ def gelu(x):
     """
     def grad(d_y):
         (x_,) = _apart(d_y, x)
-        t = tf.tanh(_gelu_inner(x_))
-        return d_y * (0.5 * (1.0 + t) + 0.5 * x_ * (1.0 - tf.square(t)) * _GELU_C * (1.0 + 3 * 0.044715 * tf.square(x_)))
+        return d_y * _gelu_with_derivative(x_)[1]
 
-    return 0.5 * x * (1.0 + tf.tanh(_gelu_inner(x))), grad
+    return _gelu_with_derivative(x)[0], grad
+
+
+def _gelu_with_derivative(x):
+    """(gelu(x), gelu'(x)) from one tanh."""
+    t = tf.tanh(_gelu_inner(x))
+    return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - tf.square(t)) * _GELU_C * (1.0 + 3 * 0.044715 * tf.square(x))
+
+
+@tf.custom_gradient
+def gelu_matmul(x, w):
+    """`gelu(x) @ w` for `x` `[n, k]`, `w` `[k, m]`: the MLP's second product, keeping only x for the backward pass.
+
+    Automatic differentiation would keep the product's input, gelu(x), besides x (`[batch, seq, 4 * n_embd]`,
+    a layer); the backward pass recomputes it with the derivative, from the same tanh.
+    """
+    def grad(d_y):
+        x_, w_ = _apart(d_y, x, w)
+        y, derivative = _gelu_with_derivative(x_)
+        return tf.matmul(d_y, w_, transpose_b=True) * derivative, tf.matmul(y, d_y, transpose_a=True)
+
+    return tf.matmul(_gelu_with_derivative(x)[0], w), grad

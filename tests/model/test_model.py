@@ -250,3 +250,74 @@ def test_the_training_loss_projects_only_the_positions_that_predict(tiny_hparams
     top = logits.max(-1)
     expected = np.mean(top + np.log(np.exp(logits - top[:, None]).sum(-1)) - logits[np.arange(seq - 1), tokens[0, 1:]])
     np.testing.assert_allclose(gradients(tokens)[0].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_gelu_before_a_matrix_has_autodiff_s_gradients(xla):
+    from gpt2_simple.model.ops import gelu_matmul
+
+    x = tf.constant(np.linspace(-6, 6, 64 * 32).reshape(64, 32), tf.float32)
+    w = tf.constant(np.random.default_rng(0).standard_normal((32, 8)), tf.float32)
+
+    def plain(x):
+        return 0.5 * x * (1.0 + tf.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+    @tf.function(jit_compile=xla)
+    def both(x, w):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, w])
+            mine, theirs = gelu_matmul(x, w), tf.matmul(plain(x), w)
+        return mine, theirs, tape.gradient(mine, [x, w]), tape.gradient(theirs, [x, w])
+
+    mine, theirs, d_mine, d_theirs = both(x, w)
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    for a, b in zip(d_mine, d_theirs):  # the derivatives differ by float32 ulps, summed over 8 or 64 terms
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6 * np.abs(b.numpy()).max())
+
+
+def test_the_backward_pass_keeps_one_tensor_of_the_mlp_s_width_a_layer(tiny_hparams):
+    """What the backward pass reads of the forward pass is what a step keeps. Of the MLP's `[positions, 4 n_embd]`
+    tensors it reads only the first product's output: GELU's output is recomputed from it (`gelu_matmul`),
+    and GELU's tanh too."""
+    from gpt2_simple.training.step import lm_loss
+
+    model = GPT2(HParams(**tiny_hparams), seed=0)
+    seq, width = 24, 4 * tiny_hparams["n_embd"]
+    tokens = tf.constant(np.random.default_rng(0).integers(0, tiny_hparams["n_vocab"], (1, seq)), tf.int32)
+
+    @tf.function
+    def gradients(tokens):
+        with tf.GradientTape() as tape:
+            loss = lm_loss(model, tokens)
+        return tape.gradient(loss, list(model.weights.values()))
+
+    graph = gradients.get_concrete_function(tokens).graph
+    backward = [op for op in graph.get_operations() if op.name.startswith("gradient_tape/")]
+    kept = {t.ref() for op in backward for t in op.inputs if not t.op.name.startswith("gradient_tape/")}
+    wide = [t.deref() for t in kept if t.deref().shape.as_list()[-1:] == [width] and seq in t.deref().shape.as_list()]
+    assert len(wide) == tiny_hparams["n_layer"], [t.name for t in wide]
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_the_training_cross_entropy_equals_tensorflow_s(xla):
+    """Loss and gradient, also where the logits span more than float32's exp can (a spread of 400)."""
+    from gpt2_simple.training.step import cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.standard_normal((2, 5, 97)) * np.array([1.0, 100.0])[:, None, None], tf.float32)
+    labels = tf.constant(rng.integers(0, 97, (2, 5)), tf.int32)
+    weights = tf.constant(rng.random((2, 5)), tf.float32)
+
+    @tf.function(jit_compile=xla)
+    def both(logits):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(logits)
+            mine = cross_entropy(logits, labels)
+            theirs = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            mine_sum, theirs_sum = tf.reduce_sum(mine * weights), tf.reduce_sum(theirs * weights)
+        return mine, theirs, tape.gradient(mine_sum, logits), tape.gradient(theirs_sum, logits)
+
+    mine, theirs, d_mine, d_theirs = both(logits)
+    np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d_mine.numpy(), d_theirs.numpy(), rtol=0, atol=1e-7)  # |gradient| <= 1
+    assert np.isfinite(mine.numpy()).all() and mine.numpy()[1].max() > 100
