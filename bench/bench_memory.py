@@ -149,6 +149,7 @@ def activation_kinds(hparams, batch=1):
     """{bytes: kind} of a float32 activation of each kind at `batch` x n_ctx positions (GPT-2's sizes are distinct)."""
     t, e = batch * hparams.n_ctx, hparams.n_embd
     return {4 * batch * hparams.n_head * hparams.n_ctx**2: "attention_probabilities", 4 * t * hparams.n_vocab: "logits",
+            4 * (t - batch) * hparams.n_vocab: "logits",  # ours: the last position predicts nothing (step.token_losses)
             4 * t * 4 * e: "mlp", 4 * t * 3 * e: "attention_qkv", 4 * t * e: "layernorm_and_residual"}
 
 

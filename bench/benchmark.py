@@ -43,6 +43,9 @@ Sections:
   busy and weight bandwidth: the blocks' matrix products in the stored layout and as the XLA loop
   runs them (activations as columns), the output projection, the draw, the whole step by
   `GPT2.forward` and by the XLA loop's `columns.step` (`bench/bench_profile.py`); `--only profile`.
+- precision: bfloat16 against float32 compute, our step and transformers' (`torch.autocast`): speed at
+  context 1024, and the loss after 200 steps of 128 tokens from the same weights (`bench/bench_precision.py`);
+  `--only precision`.
 With `--peer gpt-2-simple`, the train and generate workloads also run through gpt-2-simple 0.8.1
 (in a subprocess, on the same random-weight model folder) and the ratios are printed;
 `--peer transformers` does the same with Hugging Face's `GPT2LMHeadModel` on PyTorch (CPU), loaded
@@ -167,6 +170,16 @@ def sample_text(enc, megabytes, seed=0):
         parts.append(sentence)
         size += len(sentence)
     return "".join(parts)
+
+
+def _text_tokens(n):
+    """`n` token ids of `sample_text`, encoded with the real vocabulary."""
+    from encoder import get_encoder
+
+    enc = get_encoder(_vocab_dir())
+    tokens = enc.encode(sample_text(enc, n * 8 / 1e6))
+    assert len(tokens) >= n, (len(tokens), n)
+    return tokens[:n]
 
 
 def bench_encoder(args):
@@ -511,7 +524,7 @@ def bench_peer_transformers(args, ours):
 
 
 SECTIONS = ("limits", "encoder", "train", "generate", "memory", "serve")
-EXTRA_SECTIONS = ("copies", "logprobs", "profile", "packing")  # run only when named with --only
+EXTRA_SECTIONS = ("copies", "logprobs", "profile", "packing", "precision")  # run only when named with --only
 
 
 def _batches(text):
@@ -590,6 +603,10 @@ def main(argv=None):
 
         args.vocab_dir, args.tmp = _vocab_dir(), temporary_folder()
         results["packing"] = bench_packing(args, timed, sample_text)
+    if "precision" in sections:  # bench/bench_precision.py
+        from bench_precision import bench_precision
+
+        results["precision"] = bench_precision(args, _check_child, _openai_folder, _full_step, _text_tokens)
     if "logprobs" in sections:  # bench/bench_logprobs.py
         from bench_logprobs import bench_logprobs
 

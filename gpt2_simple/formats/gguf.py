@@ -27,7 +27,8 @@ from encoder.bpe import ENDOFTEXT
 from encoder.vocab import read_vocab
 
 from ..atomic import staged_path
-from ..model.model import GPT2, LAYER_NORM_EPSILON
+from ..model.model import GPT2
+from ..model.ops import LAYER_NORM_EPSILON
 from . import chat_template
 from .checkpoint import numpy_weights
 from .folders import load_model

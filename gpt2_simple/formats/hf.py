@@ -21,7 +21,8 @@ from ..atomic import write_text
 from ..errors import one_line
 from ..model.hparams import HParams
 from ..model.lora import base_dtype, frozen_init
-from ..model.model import GPT2, LAYER_NORM_EPSILON
+from ..model.model import GPT2
+from ..model.ops import LAYER_NORM_EPSILON
 from .checkpoint import numpy_weights, openai_variables
 from .safetensors_file import (
     FLOATS,

@@ -16,8 +16,7 @@ choices".
 """
 import tensorflow as tf
 
-from .model import LAYER_NORM_EPSILON
-from .ops import attend, gelu, write_at
+from .ops import LAYER_NORM_EPSILON, attend, gelu, write_at
 
 # The most the transposed copies may take: 774M's are 2.7 GB; 1558M's 5.8 GB would not fit beside its
 # 6.2 GB of weights in a free Colab's 12.7 GB, so 1558M decodes by `GPT2.forward`.

@@ -163,9 +163,9 @@ class LoRAConv1D(tf.Module):
     def b(self):
         return self.base.b
 
-    def __call__(self, x, rows=None, gelu_first=False):
-        y = self.base(x, rows, gelu_first)  # [..., nf]
-        x = ops.gelu(x) if gelu_first else x
+    def __call__(self, x, rows=None, gelu_first=False, norm=None):
+        y = self.base(x, rows, gelu_first, norm)  # [..., nf]
+        x = first(x, gelu_first, norm)
         nx, nf = self.lora_A.shape[0], self.lora_B.shape[1]
         a = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(self.lora_A, x.dtype))  # [batch*seq, r]
         update = tf.matmul(a, tf.cast(self.lora_B, x.dtype)) * tf.cast(self.scale, x.dtype)  # [batch*seq, nf]
@@ -174,6 +174,12 @@ class LoRAConv1D(tf.Module):
     def delta(self):
         """`scale * A @ B` in float32: `[nx, nf]`."""
         return self.scale * tf.matmul(self.lora_A, self.lora_B)
+
+
+def first(x, gelu_first, norm):
+    """What a `Conv1D` called with `gelu_first` or `norm` multiplies: `x`, `gelu(x)` or `norm(x)` (what the
+    adapters multiply too)."""
+    return norm(x) if norm is not None else ops.gelu(x) if gelu_first else x
 
 
 def row_update(x, rows):

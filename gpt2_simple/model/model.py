@@ -14,9 +14,7 @@ import tensorflow as tf
 
 from . import lora
 from .hparams import check_tokens
-from .ops import attend, gelu, gelu_matmul, write_at
-
-LAYER_NORM_EPSILON = 1e-5
+from .ops import attend, gelu_matmul, layer_norm, norm_matmul, write_at
 
 
 def normal_init(seed=None):
@@ -59,10 +57,7 @@ class LayerNorm(_Layer):
         self.b = self._weight("b", [n_embd])
 
     def __call__(self, x):
-        # Statistics in float32 even when the rest runs in float16/bfloat16.
-        x32 = tf.cast(x, tf.float32)
-        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
-        return tf.cast((x32 - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * self.g + self.b, x.dtype)
+        return layer_norm(x, self.g, self.b)  # statistics in float32 even when the rest runs in 16 bits
 
 
 class Conv1D(_Layer):
@@ -73,19 +68,23 @@ class Conv1D(_Layer):
         self.w = self._weight("w", [nx, nf])
         self.b = self._weight("b", [nf])
 
-    def __call__(self, x, rows=None, gelu_first=False):
+    def __call__(self, x, rows=None, gelu_first=False, norm=None):
         """`x @ w + b` for `x` `[..., nx]`; `rows`: None, or each row's adapter (A `[batch, nx, r]`, B `[batch, r, nf]`,
         `adapter_rows.py`), whose `(x @ A) @ B` is added row by row (x is then `[batch, seq, nx]`).
-        `gelu_first`: `gelu(x) @ w + b`, whose backward pass recomputes gelu(x) (`ops.gelu_matmul`)."""
+        `gelu_first` / `norm` (a `LayerNorm`): `gelu(x) @ w + b` / `norm(x) @ w + b`, whose backward pass recomputes
+        gelu(x) / norm(x) (`ops.gelu_matmul`, `ops.norm_matmul`)."""
         nf = self.w.shape[-1]
         leading = tf.shape(x)[:-1]
         w, b = lora.cast_on_use(self.w, x), lora.cast_on_use(self.b, x)  # stored weights, compute in x's dtype
-        flat = tf.reshape(x, [-1, self.w.shape[0]])
-        product = gelu_matmul(flat, tf.convert_to_tensor(w)) if gelu_first else tf.matmul(flat, w)
+        flat, w = tf.reshape(x, [-1, self.w.shape[0]]), tf.convert_to_tensor(w)
+        if norm is not None:
+            product = norm_matmul(flat, tf.convert_to_tensor(norm.g), tf.convert_to_tensor(norm.b), w)
+        else:
+            product = gelu_matmul(flat, w) if gelu_first else tf.matmul(flat, w)
         # `- (-b)`, not `+ b` (the same bits): XLA's CPU backend fuses an added bias into a matrix-vector
         # product (batch 1 decoding) and then runs the product on one core.
         y = tf.reshape(product - tf.negative(b), tf.concat([leading, [nf]], 0))
-        return y if rows is None else y + lora.row_update(gelu(x) if gelu_first else x, rows)
+        return y if rows is None else y + lora.row_update(lora.first(x, gelu_first, norm), rows)
 
 
 class Attention(_Layer):
@@ -107,7 +106,7 @@ class Attention(_Layer):
         x = tf.transpose(tf.reshape(x, [batch, self.n_head, seq, x.shape[-1]]), [0, 2, 1, 3])
         return tf.reshape(x, [batch, seq, self.n_head * x.shape[-1]])
 
-    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None, adapters=None):
+    def __call__(self, x, keys=None, values=None, start=None, pads=None, segments=None, adapters=None, norm=None):
         """Self-attention of `x` over the cached positions and its own: (output, keys, values).
 
         Args:
@@ -122,12 +121,13 @@ class Attention(_Layer):
             segments: None, or int32 `[batch, seq]` without caches: a query sees only keys of its
                 own segment (packed training windows: examples that never see each other).
             adapters: None, or the rows' adapters of (c_attn, c_proj): see `Conv1D.__call__`.
+            norm: None, or the `LayerNorm` to apply to `x` first (its output is recomputed in the backward pass).
 
         Returns:
             (`[batch, seq, n_embd]`, keys, values), the caches now holding `x`'s positions.
         """
         rows = adapters or (None, None)
-        q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x, rows[0]), 3, axis=-1))  # [batch * n_head, seq, head_dim]
+        q, k, v = (self._heads(t) for t in tf.split(self.c_attn(x, rows[0], norm=norm), 3, axis=-1))  # [batch * n_head, seq, head_dim]
         if start is None:
             if keys is not None:
                 k, v = tf.concat([keys, k], axis=1), tf.concat([values, v], axis=1)
@@ -144,9 +144,9 @@ class MLP(_Layer):
         self.c_fc = Conv1D(f"{scope}/c_fc", registry, init, n_embd, 4 * n_embd)
         self.c_proj = Conv1D(f"{scope}/c_proj", registry, init, 4 * n_embd, n_embd)
 
-    def __call__(self, x, adapters=None):
+    def __call__(self, x, adapters=None, norm=None):
         rows = adapters or (None, None)  # the rows' adapters of (c_fc, c_proj): see `Conv1D.__call__`
-        return self.c_proj(self.c_fc(x, rows[0]), rows[1], gelu_first=True)
+        return self.c_proj(self.c_fc(x, rows[0], norm=norm), rows[1], gelu_first=True)
 
 
 class Block(_Layer):
@@ -161,9 +161,9 @@ class Block(_Layer):
         """(output, keys, values): see `Attention.__call__`; `adapters`: None, or the rows' adapters of the
         block's four matrices (c_attn, attn c_proj, c_fc, mlp c_proj), `adapter_rows.AdapterTable.rows`'."""
         rows = adapters or (None,) * 4
-        a, keys, values = self.attn(self.ln_1(x), keys, values, start, pads, segments, rows[:2])
+        a, keys, values = self.attn(x, keys, values, start, pads, segments, rows[:2], norm=self.ln_1)
         x = x + a
-        return x + self.mlp(self.ln_2(x), rows[2:]), keys, values
+        return x + self.mlp(x, rows[2:], norm=self.ln_2), keys, values
 
 
 class GPT2(tf.Module):

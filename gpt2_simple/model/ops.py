@@ -1,10 +1,10 @@
-"""The functions inside a block: masked attention, GELU (alone and before a matrix) and the fixed-window cache write.
+"""The functions inside a block: masked attention, LayerNorm and GELU (alone and before a matrix), the cache write.
 
 This module owns the math `model.py`'s layers and `columns.py`'s decoding step share, and the
 backward passes training takes through it. Two of them recompute in the backward pass what
 automatic differentiation would keep from the forward pass (the activations of a training step
-are most of its memory; docs/performance.md): attention's probabilities, GELU's tanh and GELU's output
-where a matrix product follows it (`gelu_matmul`). Each adds
+are most of its memory; docs/performance.md): attention's probabilities, GELU's tanh, and the outputs of
+LayerNorm and GELU where a matrix product follows them (`norm_matmul`, `gelu_matmul`). Each adds
 0 times a value of the backward pass to its inputs there, so XLA (which drops optimization
 barriers on CPU) cannot merge the recomputation back into the forward pass and keep it after all.
 """
@@ -13,6 +13,7 @@ import math
 import tensorflow as tf
 
 _MASKED = -1e10  # the score OpenAI's attention gives to masked (future) positions
+LAYER_NORM_EPSILON = 1e-5
 
 
 def _apart(gradient, *tensors):
@@ -124,3 +125,39 @@ def gelu_matmul(x, w):
         return tf.matmul(d_y, w_, transpose_b=True) * derivative, tf.matmul(y, d_y, transpose_a=True)
 
     return tf.matmul(_gelu_with_derivative(x)[0], w), grad
+
+
+def layer_norm(x, g, b):
+    """LayerNorm over the last axis, in float32 (also for 16-bit `x`), returned in x's dtype."""
+    normalized, _ = _normalized(x)
+    return tf.cast(normalized * tf.cast(g, tf.float32) + tf.cast(b, tf.float32), x.dtype)
+
+
+def _normalized(x):
+    """((x - mean) / std over the last axis, 1 / std), in float32."""
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    inverse = tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
+    return (x32 - mean) * inverse, inverse
+
+
+@tf.custom_gradient
+def norm_matmul(x, g, b, w):
+    """`layer_norm(x, g, b) @ w` for `x` `[n, k]`, `w` `[k, m]`, keeping only x for the backward pass.
+
+    Automatic differentiation would keep the LayerNorm's output besides x (`[batch, seq, n_embd]`, twice a
+    layer); the backward pass recomputes it, and takes LayerNorm's gradient in closed form.
+    """
+    def grad(d_out):
+        x_, g_, w_ = _apart(d_out, x, g, w)
+        normalized, inverse = _normalized(x_)
+        g32 = tf.cast(g_, tf.float32)
+        d_y = tf.cast(tf.matmul(d_out, w_, transpose_b=True), tf.float32)  # [n, k]
+        d_n = d_y * g32
+        d_x = inverse * (d_n - tf.reduce_mean(d_n, -1, keepdims=True)
+                         - normalized * tf.reduce_mean(d_n * normalized, -1, keepdims=True))
+        y = tf.cast(normalized * g32 + tf.cast(b, tf.float32), x.dtype)
+        return (tf.cast(d_x, x.dtype), tf.cast(tf.reduce_sum(d_y * normalized, 0), g.dtype),
+                tf.cast(tf.reduce_sum(d_y, 0), b.dtype), tf.matmul(y, d_out, transpose_a=True))
+
+    return tf.matmul(layer_norm(x, g, b), w), grad

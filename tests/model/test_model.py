@@ -275,27 +275,32 @@ def test_gelu_before_a_matrix_has_autodiff_s_gradients(xla):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6 * np.abs(b.numpy()).max())
 
 
-def test_the_backward_pass_keeps_one_tensor_of_the_mlp_s_width_a_layer(tiny_hparams):
-    """What the backward pass reads of the forward pass is what a step keeps. Of the MLP's `[positions, 4 n_embd]`
-    tensors it reads only the first product's output: GELU's output is recomputed from it (`gelu_matmul`),
-    and GELU's tanh too."""
+def test_the_backward_pass_keeps_the_inputs_of_layernorm_and_gelu_not_their_outputs(tiny_hparams):
+    """What the backward pass reads of the forward pass is what a step keeps. Where a matrix product follows
+    LayerNorm or GELU, the backward pass recomputes their outputs from their inputs (`norm_matmul`,
+    `gelu_matmul`): a layer keeps one tensor of the MLP's width (the first product's output), and three of
+    the model's width (the block's input, attention's output and the residual between), where automatic
+    differentiation kept two and nine. The final LayerNorm keeps autodiff's three."""
     from gpt2_simple.training.step import lm_loss
 
     model = GPT2(HParams(**tiny_hparams), seed=0)
-    seq, width = 24, 4 * tiny_hparams["n_embd"]
+    seq, n_embd, n_layer = 24, tiny_hparams["n_embd"], tiny_hparams["n_layer"]
     tokens = tf.constant(np.random.default_rng(0).integers(0, tiny_hparams["n_vocab"], (1, seq)), tf.int32)
+    forward = set()
 
     @tf.function
     def gradients(tokens):
         with tf.GradientTape() as tape:
             loss = lm_loss(model, tokens)
+        forward.update(tf.compat.v1.get_default_graph().get_operations())  # what exists before the backward pass
         return tape.gradient(loss, list(model.weights.values()))
 
     graph = gradients.get_concrete_function(tokens).graph
-    backward = [op for op in graph.get_operations() if op.name.startswith("gradient_tape/")]
-    kept = {t.ref() for op in backward for t in op.inputs if not t.op.name.startswith("gradient_tape/")}
-    wide = [t.deref() for t in kept if t.deref().shape.as_list()[-1:] == [width] and seq in t.deref().shape.as_list()]
-    assert len(wide) == tiny_hparams["n_layer"], [t.name for t in wide]
+    kept = {t.ref() for op in graph.get_operations() if op not in forward for t in op.inputs if t.op in forward}
+    shapes = [t.deref().shape.as_list() for t in kept]
+    wide = [s for s in shapes if s[-1:] == [4 * n_embd] and seq in s]
+    narrow = [s for s in shapes if s[-1:] == [n_embd] and seq in s]
+    assert (len(wide), len(narrow)) == (n_layer, 3 * n_layer + 3), (wide, narrow)
 
 
 @pytest.mark.parametrize("xla", [False, True])
@@ -321,3 +326,29 @@ def test_the_training_cross_entropy_equals_tensorflow_s(xla):
     np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(d_mine.numpy(), d_theirs.numpy(), rtol=0, atol=1e-7)  # |gradient| <= 1
     assert np.isfinite(mine.numpy()).all() and mine.numpy()[1].max() > 100
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_layernorm_before_a_matrix_has_autodiff_s_gradients(xla):
+    from gpt2_simple.model.ops import LAYER_NORM_EPSILON, norm_matmul
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((64, 32)) * 3 + 1, tf.float32)
+    g, b = tf.constant(rng.standard_normal(32), tf.float32), tf.constant(rng.standard_normal(32), tf.float32)
+    w = tf.constant(rng.standard_normal((32, 8)), tf.float32)
+
+    def plain(x, g, b):
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * g + b
+
+    @tf.function(jit_compile=xla)
+    def both(x, g, b, w):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, g, b, w])
+            mine, theirs = norm_matmul(x, g, b, w), tf.matmul(plain(x, g, b), w)
+        return mine, theirs, tape.gradient(mine, [x, g, b, w]), tape.gradient(theirs, [x, g, b, w])
+
+    mine, theirs, d_mine, d_theirs = both(x, g, b, w)
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    for a, b_ in zip(d_mine, d_theirs):  # the closed form sums in another order than the chain rule
+        np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=0, atol=1e-5 * np.abs(b_.numpy()).max())
