@@ -2,7 +2,7 @@
 
 This module owns the user's switch and the device check, not the compiled code. The training
 step (`training/step.py`) and the decoding loop (`generation/sample.py`) each have a default
-(XLA for models of 10M weights or more; XLA for small decoding batches) and ask `decide` for
+(XLA on a GPU for models of 10M weights or more; XLA for small decoding batches) and ask `decide` for
 the final word:
 - an explicit argument (`compile_train_step(xla=...)`, `Sampler(xla_max_batch=...)`) wins;
 - else the environment variable `GPT2_SIMPLE_XLA`: `0` (off) or `1` (on), unset or `auto` for

@@ -5,7 +5,7 @@
 
 It measures, on the first device TensorFlow places work on:
 - peaks: the matmul TFLOP/s in float32 and bfloat16 (the chip's own, what MFU is held to);
-- train: 124M fine-tuning (Adam, context 1024, `--batch` rows, XLA as `finetune` compiles it) in
+- train: 124M fine-tuning (Adam, context 1024, `--batch` rows, compiled as `finetune` compiles it) in
   float32 and `mixed_bfloat16`: first step, steady step, tokens/s and MFU (6 * params * tokens / time
   against the bfloat16 peak, and the float32 one for float32);
 - generate: tokens/s at batch 1 and 8 (32-token prompt, 256 new tokens, second call) with the

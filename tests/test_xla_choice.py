@@ -42,7 +42,8 @@ def _train(tiny_hparams, batches):
 
 @pytest.mark.slow
 def test_forcing_xla_off_trains_the_same_losses_with_one_notice(tiny_hparams, monkeypatch, capsys):
-    monkeypatch.setattr(step_module, "XLA_MIN_PARAMS", 0)  # the tiny model gets the real sizes' default: XLA
+    monkeypatch.setattr(step_module, "XLA_MIN_PARAMS", 0)  # the tiny model gets the real sizes' default on a GPU: XLA
+    monkeypatch.setattr(step_module, "_on_gpu", lambda: True)
     batches = tf.constant(np.random.default_rng(0).integers(0, 97, size=(2, 2, 8)), tf.int32)
     compiled, xla_losses = _train(tiny_hparams, batches)
     assert compiled and capsys.readouterr().out == ""

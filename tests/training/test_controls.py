@@ -166,10 +166,13 @@ def _xla_and_graph_runs(tiny_hparams, optimizer, learning_rate):
 
 
 @pytest.mark.slow
-def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes(tiny_hparams):
+def test_the_xla_step_equals_the_graph_step_and_is_the_default_for_real_sizes_on_a_gpu(tiny_hparams, monkeypatch):
     from gpt2_simple.model.hparams import PRESETS, HParams
+    from gpt2_simple.training import step
     from gpt2_simple.training.step import use_xla
 
+    assert not use_xla(PRESETS["124M"], recompute=False)  # this machine's CPU: TensorFlow's graph is quicker
+    monkeypatch.setattr(step, "_on_gpu", lambda: True)
     assert use_xla(PRESETS["124M"], recompute=False) and use_xla(PRESETS["1558M"], recompute=False)
     assert not use_xla(PRESETS["124M"], recompute=True)  # XLA would keep what recomputation frees
     assert not use_xla(HParams(**tiny_hparams), recompute=False)
