@@ -161,7 +161,10 @@ def xla_peak_parts(dump, hparams):
     import glob
     import re
 
-    path = max(glob.glob(os.path.join(dump, "*minibatch*buffer-assignment.txt")), key=os.path.getsize)
+    paths = glob.glob(os.path.join(dump, "*minibatch*buffer-assignment.txt"))
+    if not paths:  # the step ran as TensorFlow's graph (a CPU's default): no XLA plan to read
+        return None
+    path = max(paths, key=os.path.getsize)
     with open(path) as f:
         text = f.read().split("Stack trace breakdown for peak usage", 1)[1]
     kinds, parts = activation_kinds(hparams), {}
