@@ -101,15 +101,19 @@ def gelu(x):
     """
     def grad(d_y):
         (x_,) = _apart(d_y, x)
-        return d_y * _gelu_with_derivative(x_)[1]
+        return d_y * _gelu_derivative(x_, tf.tanh(_gelu_inner(x_)))
 
-    return _gelu_with_derivative(x)[0], grad
+    return _gelu_value(x, tf.tanh(_gelu_inner(x))), grad
 
 
-def _gelu_with_derivative(x):
-    """(gelu(x), gelu'(x)) from one tanh."""
-    t = tf.tanh(_gelu_inner(x))
-    return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - tf.square(t)) * _GELU_C * (1.0 + 3 * 0.044715 * tf.square(x))
+def _gelu_value(x, t):
+    """gelu(x), given `t` = tanh(_gelu_inner(x))."""
+    return 0.5 * x * (1.0 + t)
+
+
+def _gelu_derivative(x, t):
+    """gelu'(x), given `t` = tanh(_gelu_inner(x))."""
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - tf.square(t)) * _GELU_C * (1.0 + 3 * 0.044715 * tf.square(x))
 
 
 @tf.custom_gradient
@@ -121,16 +125,21 @@ def gelu_matmul(x, w):
     """
     def grad(d_y):
         x_, w_ = _apart(d_y, x, w)
-        y, derivative = _gelu_with_derivative(x_)
-        return tf.matmul(d_y, w_, transpose_b=True) * derivative, tf.matmul(y, d_y, transpose_a=True)
+        t = tf.tanh(_gelu_inner(x_))
+        return (tf.matmul(d_y, w_, transpose_b=True) * _gelu_derivative(x_, t),
+                tf.matmul(_gelu_value(x_, t), d_y, transpose_a=True))
 
-    return tf.matmul(_gelu_with_derivative(x)[0], w), grad
+    return tf.matmul(gelu(x), w), grad
 
 
 def layer_norm(x, g, b):
     """LayerNorm over the last axis, in float32 (also for 16-bit `x`), returned in x's dtype."""
-    normalized, _ = _normalized(x)
-    return tf.cast(normalized * tf.cast(g, tf.float32) + tf.cast(b, tf.float32), x.dtype)
+    return _scaled(_normalized(x)[0], g, b, x.dtype)
+
+
+def _scaled(normalized, g, b, dtype):
+    """`normalized * g + b` in float32, returned in `dtype`: LayerNorm's last step."""
+    return tf.cast(normalized * tf.cast(g, tf.float32) + tf.cast(b, tf.float32), dtype)
 
 
 def _normalized(x):
@@ -156,7 +165,7 @@ def norm_matmul(x, g, b, w):
         d_n = d_y * g32
         d_x = inverse * (d_n - tf.reduce_mean(d_n, -1, keepdims=True)
                          - normalized * tf.reduce_mean(d_n * normalized, -1, keepdims=True))
-        y = tf.cast(normalized * g32 + tf.cast(b, tf.float32), x.dtype)
+        y = _scaled(normalized, g_, b, x.dtype)
         return (tf.cast(d_x, x.dtype), tf.cast(tf.reduce_sum(d_y * normalized, 0), g.dtype),
                 tf.cast(tf.reduce_sum(d_y, 0), b.dtype), tf.matmul(y, d_out, transpose_a=True))
 

@@ -30,15 +30,17 @@ def token_losses(model, tokens, *, dtype=tf.float32, recompute=False, segments=N
 
 @tf.custom_gradient
 def cross_entropy(logits, labels):
-    """`-log softmax(logits)[label]` over the last axis, holding one tensor the size of the logits.
+    """`-log softmax(logits)[label]` over the last axis, keeping one tensor the size of the logits.
 
-    TensorFlow's `sparse_softmax_cross_entropy_with_logits` keeps the logits and `exp(logits - max)`
-    both, two buffers of 206 MB at 124M and context 1024. Here `exp(logits - max)` is the one kept:
-    XLA writes it over the logits (read for the last time by then), and the gradient
-    `softmax - one_hot` over it in turn.
+    TensorFlow's `sparse_softmax_cross_entropy_with_logits` makes its gradient in the forward pass and
+    keeps it beside the logits. Here only `exp(logits - max)` is kept, and the gradient
+    `softmax - one_hot` is made from it in the backward pass, where it can take the logits' place. The
+    picked logits are read before the exponential (their 0 times in `top` orders it): otherwise XLA
+    fused that read into the loss after it and kept the logits alive beside the exponential. Under
+    XLA at 124M, context 1024: the plan's peak 1,718 -> 1,358 MB, the step 5.48 -> 5.35 s.
     """
     picked = tf.gather(logits, labels, batch_dims=labels.shape.rank)
-    top = tf.reduce_max(logits, axis=-1, keepdims=True) + 0 * picked[..., None]
+    top = tf.reduce_max(logits, axis=-1, keepdims=True) + 0 * picked[..., None]  # after `picked`: see above
     scaled = tf.exp(logits - top)
     total = tf.reduce_sum(scaled, axis=-1, keepdims=True)
     losses = tf.math.log(total[..., 0]) + top[..., 0] - picked
